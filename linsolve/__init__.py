@@ -1,0 +1,35 @@
+"""linsolve: differentiable linear algebra on structured operators, in JAX."""
+
+from ._logdet import logdet as logdet, slogdet as slogdet
+from ._operator import (
+    AbstractOperator as AbstractOperator,
+    AddOperator as AddOperator,
+    ComposedOperator as ComposedOperator,
+    DiagonalOperator as DiagonalOperator,
+    FunctionOperator as FunctionOperator,
+    IdentityOperator as IdentityOperator,
+    MatrixOperator as MatrixOperator,
+    ScaledOperator as ScaledOperator,
+    TransposedOperator as TransposedOperator,
+)
+from ._solution import RESULTS as RESULTS, Solution as Solution
+from ._solve import linear_solve as linear_solve
+from ._solver.abstract import AbstractSolver as AbstractSolver
+from ._solver.auto import AutoSolver as AutoSolver
+from ._solver.cholesky import Cholesky as Cholesky
+from ._solver.diagonal import Diagonal as Diagonal
+from ._solver.lu import LU as LU
+from ._solver.qr import QR as QR
+from ._solver.triangular import Triangular as Triangular
+from ._tags import (
+    diagonal_tag as diagonal_tag,
+    hermitian_tag as hermitian_tag,
+    lower_triangular_tag as lower_triangular_tag,
+    negative_semidefinite_tag as negative_semidefinite_tag,
+    positive_semidefinite_tag as positive_semidefinite_tag,
+    symmetric_tag as symmetric_tag,
+    unit_diagonal_tag as unit_diagonal_tag,
+    upper_triangular_tag as upper_triangular_tag,
+)
+
+__version__ = "0.1.0"

@@ -1,0 +1,242 @@
+r"""Differentiable dense factorizations: [`cholesky`][] and [`lu`][].
+
+Both functions work under `jax.jit`, `jax.vmap` and forward/reverse mode
+differentiation at any order, for float32/float64/complex64/complex128.
+
+**Cholesky.** Following the structure convention (SPEC section 3), the input is
+read by its lower triangle only. The effective matrix is built with `jnp.where`
+masks, so nothing from the strict upper triangle (nor the imaginary part of the
+diagonal, for complex input) reaches the output or the gradient, not even NaN.
+The completed matrix is factored by `jax.lax.linalg.cholesky(...,
+symmetrize_input=False)`, whose JVP assumes a hermitian tangent; the tangent is
+hermitian precisely because it flows through the same completion.
+
+**LU.** The forward factorization is `jax.lax.linalg.lu` (partial pivoting). The
+derivative is our own `jax.custom_jvp` rule; reverse mode comes from JAX
+transposing it, so the rule uses only ops that are linear and transposable in
+the tangent (matmul, `triangular_solve` on the right-hand side, static masks,
+gathers with constant indices). Pivoting is piecewise constant, so `P` has
+zero derivative.
+
+Derivation. Let `k = min(m, n)`. Differentiating `A = P L U` with `P` fixed
+gives `Pᵀ dA = dL U + L dU`.
+
+*Square* (`m = n = k`). Put `Y = L⁻¹ Pᵀ dA` and `M = L⁻¹ dL` (strictly lower,
+since `L` is unit lower). Then `Y = M U + dU`, i.e. `X := Y U⁻¹ = M + dU U⁻¹`
+with `dU U⁻¹` upper, so `M = strictly_lower(X)`. Column `j` of `X` only
+involves the leading `(j+1)×(j+1)` block of `U` (because `U⁻¹` is upper), and
+column `k-1` has no strictly-lower entries. Hence only `U[:k-1, :k-1]` is ever
+inverted:
+
+    M[:, :k-1] = strictly_lower(Y[:, :k-1] U[:k-1, :k-1]⁻¹),   M[:, k-1] = 0
+    dL = L M,    dU = Y − M U   (upper triangular; masked to kill round-off)
+
+The last pivot `U[k-1, k-1]` is never divided by, so a square matrix of rank
+`n-1` whose leading `n-1` pivots are nonzero gets finite, correct derivatives
+(the factors are smooth there), where `jax.scipy.linalg.lu` returns NaN.
+
+*Wide* (`m < n`). `U = [U₁ U₂]` with `U₁` square; the square argument applied
+to the first `k` columns gives `M`, and the remaining columns of
+`Y = M U + dU` give `dU₂ = Y₂ − M U₂`, again without inverse. So the
+formulas above hold unchanged with `Y = L⁻¹ Pᵀ dA` of shape `(k, n)`.
+
+*Tall* (`m > n`). Write `L = [L₁; L₂]` with `L₁` square and extend it to the
+invertible `L̃ = [[L₁, 0], [L₂, I]]`. With `Y = L̃⁻¹ Pᵀ dA = [Y₁; Y₂]`
+(`Y₂ = (Pᵀ dA)₂ − L₂ Y₁`), the top block is the square case, and the bottom
+rows give `dL₂ = L₂ M + Y₂ U⁻¹`. Here the full `U` is inverted: the bottom rows
+of `L` genuinely depend on `1 / U[k-1, k-1]`, so a full-rank `U` is required.
+
+The rule is complex-linear (no conjugates): `A = P L U` is holomorphic in the
+factors.
+"""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array, ArrayLike, Inexact
+
+
+def _as_inexact(A: ArrayLike) -> Array:
+    A = jnp.asarray(A)
+    if not jnp.issubdtype(A.dtype, jnp.inexact):
+        # Integer/bool input is promoted like jnp.linalg does.
+        A = A.astype(jnp.result_type(float))
+    return A
+
+
+def _mT(x: Array) -> Array:
+    return jnp.swapaxes(x, -1, -2)
+
+
+# --------------------------------------------------------------------------- #
+# Cholesky
+# --------------------------------------------------------------------------- #
+
+
+def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
+    r"""Cholesky factor of a hermitian (real: symmetric) positive definite matrix.
+
+    Only the **lower triangle** of `A` is read (LAPACK `uplo='L'`). The matrix
+    that is factored is
+
+    - real: `tril(A, -1) + tril(A, -1)ᵀ + diag(A)`;
+    - complex: `tril(A, -1) + tril(A, -1)ᴴ + real(diag(A))`.
+
+    The strict upper triangle (and, for complex input, the imaginary part of
+    the diagonal) never influences the result, even if it holds NaN, and its
+    gradient is exactly zero. Gradients with respect to the stored array agree
+    with finite differences under unconstrained perturbations of every entry.
+
+    If the effective matrix is not positive definite the result contains NaN
+    (as with `jax.lax.linalg.cholesky`); no error is raised.
+
+    **Arguments:**
+
+    - `A`: array of shape `(..., n, n)`, float or complex. Leading dimensions
+      are batch dimensions.
+
+    **Returns:**
+
+    Lower-triangular `L` of the same shape and dtype as `A` with
+    `L @ L.conj().mT` equal to the effective matrix. Its strict upper triangle
+    is zero.
+
+    **Raises:**
+
+    `ValueError` (at trace time) if `A` has fewer than two dimensions or its
+    last two dimensions differ.
+    """
+    A = _as_inexact(A)
+    if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
+        raise ValueError(
+            f"cholesky expects a square matrix of shape (..., n, n), got shape "
+            f"{A.shape}."
+        )
+    n = A.shape[-1]
+    row = np.arange(n)[:, None]
+    col = np.arange(n)[None, :]
+    # Static masks: `where` (unlike multiplication by 0) keeps NaN/inf in the
+    # unread entries from leaking into the output or the gradient.
+    lower = row > col
+    upper = row < col
+    diag = jnp.real(A).astype(A.dtype)  # imaginary part of diagonal unread
+    eff = jnp.where(lower, A, jnp.where(upper, jnp.conj(_mT(A)), diag))
+    # `eff` is exactly hermitian and so is its tangent, which is what the JVP
+    # of the LAPACK-style factorization assumes; no extra symmetrization.
+    L = jax.lax.linalg.cholesky(eff, symmetrize_input=False)
+    # Guarantee exact zeros above the diagonal regardless of backend.
+    return jnp.where(row >= col, L, 0)
+
+
+# --------------------------------------------------------------------------- #
+# LU
+# --------------------------------------------------------------------------- #
+
+
+@jax.custom_jvp
+def _lu_core(A: Array) -> tuple[Array, Array, Array]:
+    """`(perm, L, U)` with `A[..., perm, :] = L @ U`."""
+    m, n = A.shape[-2:]
+    k = min(m, n)
+    lu_, _, perm = jax.lax.linalg.lu(A)
+    eye = jnp.eye(m, k, dtype=A.dtype)
+    L = jnp.tril(lu_[..., :, :k], -1) + eye
+    U = jnp.triu(lu_[..., :k, :])
+    return perm, L, U
+
+
+@_lu_core.defjvp
+def _lu_core_jvp(primals, tangents):
+    (A,), (dA,) = primals, tangents
+    # Calling the custom function itself (not lax.linalg.lu) makes higher-order
+    # derivatives go through this rule again, keeping them finite too.
+    perm, L, U = _lu_core(A)
+    m, n = A.shape[-2:]
+    k = min(m, n)
+    dtype = L.dtype
+
+    # Pᵀ dA: a gather with non-differentiated indices (transposes to scatter-add).
+    PtdA = jnp.take_along_axis(dA, perm[..., :, None], axis=-2)
+
+    L1 = L[..., :k, :k]
+    # Y₁ = L₁⁻¹ (Pᵀ dA)[:k]; unit diagonal, so no pivot is involved.
+    Y1 = jax.lax.linalg.triangular_solve(
+        L1, PtdA[..., :k, :], left_side=True, lower=True, unit_diagonal=True
+    )
+
+    # M = strictly_lower(Y₁[:, :k] U₁⁻¹), using only U[:k-1, :k-1] (the last
+    # column of M is structurally zero), so the last pivot is never divided by.
+    batch = A.shape[:-2]
+    if k > 1:
+        U11 = U[..., : k - 1, : k - 1]
+        X = jax.lax.linalg.triangular_solve(
+            U11, Y1[..., :, : k - 1], left_side=False, lower=False
+        )
+        M = jnp.where(np.tri(k, k - 1, -1, dtype=bool), X, 0)
+        M = jnp.concatenate([M, jnp.zeros(batch + (k, 1), dtype)], axis=-1)
+    else:
+        M = jnp.zeros(batch + (k, k), dtype)
+
+    dU = jnp.triu(Y1 - M @ U)  # exact upper in exact arithmetic; mask round-off
+    dL_top = L1 @ M  # strictly lower: unit-lower times strictly-lower
+
+    if m > k:
+        # Tall: the rows of L below k need the full U⁻¹ (genuinely).
+        L2 = L[..., k:, :]
+        Y2 = PtdA[..., k:, :] - L2 @ Y1
+        dL_bot = L2 @ M + jax.lax.linalg.triangular_solve(
+            U, Y2, left_side=False, lower=False
+        )
+        dL = jnp.concatenate([dL_top, dL_bot], axis=-2)
+    else:
+        dL = dL_top
+
+    dperm = np.zeros(perm.shape, dtype=jax.dtypes.float0)
+    return (perm, L, U), (dperm, dL, dU)
+
+
+def lu(
+    A: Inexact[ArrayLike, "... m n"],
+) -> tuple[
+    Inexact[Array, "... m m"], Inexact[Array, "... m k"], Inexact[Array, "... k n"]
+]:
+    r"""LU decomposition with partial pivoting, `A = P @ L @ U`.
+
+    Works for square, tall (`m > n`) and wide (`m < n`) matrices; write
+    `k = min(m, n)`. Differentiable in forward and reverse mode at any order.
+    The permutation is piecewise constant, so `P` has zero derivative.
+
+    For square input the derivative never divides by the last pivot
+    `U[k-1, k-1]`: a rank-deficient matrix of rank `n-1` whose leading `n-1`
+    pivots are nonzero (e.g. `[[1, 2], [2, 4]]`) gets finite gradients that
+    agree with finite differences, where `jax.scipy.linalg.lu` gives NaN. The
+    same holds for wide input. For tall input the rows of `L` below `k` depend
+    on `1 / U[k-1, k-1]`, so there a full-rank `U` is required.
+
+    **Arguments:**
+
+    - `A`: array of shape `(..., m, n)`, float or complex. Leading dimensions
+      are batch dimensions.
+
+    **Returns:**
+
+    A tuple `(P, L, U)`:
+
+    - `P`: permutation matrix of shape `(..., m, m)`, same dtype as `A`.
+    - `L`: unit lower-trapezoidal, shape `(..., m, k)`.
+    - `U`: upper-trapezoidal, shape `(..., k, n)`.
+
+    **Raises:**
+
+    `ValueError` (at trace time) if `A` has fewer than two dimensions.
+    """
+    A = _as_inexact(A)
+    if A.ndim < 2:
+        raise ValueError(
+            f"lu expects a matrix of shape (..., m, n), got shape {A.shape}."
+        )
+    perm, L, U = _lu_core(A)
+    m = A.shape[-2]
+    # P[r, i] = 1 iff perm[i] == r, so that (P @ L @ U)[perm] = L @ U.
+    P = (perm[..., None, :] == np.arange(m)[:, None]).astype(A.dtype)
+    return P, L, U

@@ -1,0 +1,49 @@
+"""The interface every solver implements. A solver says how to factorize (`init`) and how
+to solve and transpose-solve from that state; how to differentiate lives in `_solve.py`."""
+
+import abc
+from typing import Any, ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._operator import AbstractOperator
+from .._structure import effective_matrix
+
+
+class AbstractSolver(eqx.Module):
+    """Base class of linsolve's solvers.
+
+    `init` runs once per `linear_solve` (a direct solver factorizes there); `solve` and
+    `transpose_solve` reuse its state, so reverse mode never factorizes again.
+    """
+
+    #: Whether the solver accepts non-square operators (least squares / minimum norm).
+    supports_nonsquare: ClassVar[bool] = False
+
+    @abc.abstractmethod
+    def init(self, operator: AbstractOperator) -> Any:
+        """Check the operator (at trace time) and precompute what solves need."""
+
+    @abc.abstractmethod
+    def solve(self, state: Any, vector: Array, y0: Array | None) -> tuple[Array, Array, dict]:
+        """Solve `A x = vector` (vector of shape `(m,)` or `(m, k)`), starting from `y0`
+        where the solver is iterative. Returns `(x, result, stats)`."""
+
+    @abc.abstractmethod
+    def transpose_solve(
+        self, state: Any, vector: Array, y0: Array | None
+    ) -> tuple[Array, Array, dict]:
+        """Solve `A.T x = vector` (plain transpose) from the same state."""
+
+
+def dense_input(operator: AbstractOperator) -> tuple[Array, Array]:
+    """The dense matrix a direct solver factorizes (structure convention applied: only the
+    entries the tags say are read), and whether it is finite."""
+    matrix = effective_matrix(operator.as_matrix(), operator.tags)
+    return matrix, jnp.all(jnp.isfinite(matrix))
+
+
+def tag_names(tags) -> str:
+    return "{" + ", ".join(sorted(map(repr, tags))) + "}"

@@ -1,0 +1,38 @@
+"""LU with partial pivoting: general square operators."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array
+
+from .._solution import RESULTS, first_failure
+from .abstract import AbstractSolver, dense_input
+
+
+class _LUState(eqx.Module):
+    lu: Array
+    pivots: Array
+    result: Array
+
+
+class LU(AbstractSolver):
+    """Dense LU factorization with partial pivoting, `P A = L U`, for square operators.
+    An exactly zero pivot gives `RESULTS.singular`."""
+
+    def init(self, operator) -> _LUState:
+        if operator.shape[0] != operator.shape[1]:
+            raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
+        matrix, finite = dense_input(operator)
+        lu, pivots, _ = jax.lax.linalg.lu(matrix)
+        singular = jnp.any(jnp.diagonal(lu) == 0)
+        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        return _LUState(lu, pivots, result)
+
+    def solve(self, state, vector, y0):
+        del y0
+        return jsl.lu_solve((state.lu, state.pivots), vector, trans=0), state.result, {}
+
+    def transpose_solve(self, state, vector, y0):
+        del y0
+        return jsl.lu_solve((state.lu, state.pivots), vector, trans=1), state.result, {}

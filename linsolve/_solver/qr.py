@@ -1,0 +1,61 @@
+"""QR: square, least-squares (tall, full column rank) and minimum-norm (wide, full row
+rank) solves."""
+
+from typing import ClassVar
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array
+
+from .._solution import RESULTS, first_failure
+from .abstract import AbstractSolver, dense_input
+
+
+class _QRState(eqx.Module):
+    q: Array
+    r: Array
+    wide: bool = eqx.field(static=True)
+    result: Array
+
+
+class QR(AbstractSolver):
+    """Householder QR. For a square operator it solves `A x = b`; for a tall one
+    (full column rank) it returns the least-squares solution; for a wide one (full row
+    rank) the minimum-norm solution. Derivatives are those of the pseudo-inverse
+    solution. An exactly zero diagonal entry of `R` gives `RESULTS.singular`."""
+
+    supports_nonsquare: ClassVar[bool] = True
+
+    def init(self, operator) -> _QRState:
+        matrix, finite = dense_input(operator)
+        m, n = operator.shape
+        wide = m < n
+        # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
+        q, r = jnp.linalg.qr(jnp.conj(matrix.T) if wide else matrix, mode="reduced")
+        singular = jnp.any(jnp.diagonal(r) == 0)
+        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        return _QRState(q, r, wide, result)
+
+    def solve(self, state, vector, y0):
+        del y0
+        q, r = state.q, state.r
+        if state.wide:  # A = Rᴴ Qᴴ: x = Q R⁻ᴴ b
+            x = q @ jsl.solve_triangular(r, vector, trans="C", lower=False)
+        else:  # A = Q R: x = R⁻¹ Qᴴ b
+            x = jsl.solve_triangular(r, jnp.conj(q.T) @ vector, lower=False)
+        return x, state.result, {}
+
+    def gram_solve(self, state, vector):
+        """Solve with the Gram matrix `AᴴA` (tall) or `AAᴴ` (wide), both `= RᴴR`."""
+        z = jsl.solve_triangular(state.r, vector, trans="C", lower=False)
+        return jsl.solve_triangular(state.r, z, lower=False)
+
+    def transpose_solve(self, state, vector, y0):
+        del y0
+        q, r = state.q, state.r
+        if state.wide:  # Aᵀ = conj(Q) conj(R), tall: y = conj(R)⁻¹ Qᵀ c
+            y = jsl.solve_triangular(jnp.conj(r), q.T @ vector, lower=False)
+        else:  # Aᵀ = Rᵀ Qᵀ, wide: y = conj(Q) R⁻ᵀ c
+            y = jnp.conj(q) @ jsl.solve_triangular(r, vector, trans="T", lower=False)
+        return y, state.result, {}

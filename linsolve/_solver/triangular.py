@@ -1,0 +1,52 @@
+"""Triangular solves (lower / upper, optionally unit diagonal)."""
+
+import equinox as eqx
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+from jaxtyping import Array
+
+from .._solution import RESULTS, first_failure
+from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
+from .abstract import AbstractSolver, dense_input, tag_names
+
+
+class _TriangularState(eqx.Module):
+    matrix: Array
+    lower: bool = eqx.field(static=True)
+    unit: bool = eqx.field(static=True)
+    result: Array
+
+
+class Triangular(AbstractSolver):
+    """Forward / back substitution for an operator tagged `lower_triangular_tag` or
+    `upper_triangular_tag` (with `unit_diagonal_tag`, the diagonal is not read). A zero on
+    the diagonal gives `RESULTS.singular`."""
+
+    def init(self, operator) -> _TriangularState:
+        tags = operator.tags
+        lower = lower_triangular_tag in tags or diagonal_tag in tags
+        if not (lower or upper_triangular_tag in tags):
+            raise ValueError(
+                "Triangular needs an operator tagged lower_triangular_tag or "
+                f"upper_triangular_tag; got tags {tag_names(tags)}."
+            )
+        if operator.shape[0] != operator.shape[1]:
+            raise ValueError(f"Triangular needs a square operator; got shape {operator.shape}.")
+        matrix, finite = dense_input(operator)
+        unit = unit_diagonal_tag in tags
+        singular = jnp.any(jnp.diagonal(matrix) == 0)
+        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        return _TriangularState(matrix, lower, unit, result)
+
+    def _solve(self, state, vector, trans):
+        return jsl.solve_triangular(
+            state.matrix, vector, trans=trans, lower=state.lower, unit_diagonal=state.unit
+        )
+
+    def solve(self, state, vector, y0):
+        del y0
+        return self._solve(state, vector, 0), state.result, {}
+
+    def transpose_solve(self, state, vector, y0):
+        del y0
+        return self._solve(state, vector, 1), state.result, {}
