@@ -1,4 +1,4 @@
-r"""Differentiable dense factorizations: [`cholesky`][] and [`lu`][].
+r"""Differentiable dense factorizations: `cholesky` and `lu`.
 
 Both functions work under `jax.jit`, `jax.vmap` and forward/reverse mode
 differentiation at any order, for float32/float64/complex64/complex128.
@@ -14,8 +14,8 @@ hermitian precisely because it flows through the same completion.
 **LU.** The forward factorization is `jax.lax.linalg.lu` (partial pivoting). The
 derivative is our own `jax.custom_jvp` rule; reverse mode comes from JAX
 transposing it, so the rule uses only ops that are linear and transposable in
-the tangent (matmul, `triangular_solve` on the right-hand side, static masks,
-gathers with constant indices). Pivoting is piecewise constant, so `P` has
+the tangent (matmuls, `triangular_solve` in its right-hand side, masks by
+static `where`). Pivoting is piecewise constant, so `P` has
 zero derivative.
 
 Derivation. Let `k = min(m, n)`. Differentiating `A = P L U` with `P` fixed
@@ -40,11 +40,13 @@ to the first `k` columns gives `M`, and the remaining columns of
 `Y = M U + dU` give `dU₂ = Y₂ − M U₂`, again without inverse. So the
 formulas above hold unchanged with `Y = L⁻¹ Pᵀ dA` of shape `(k, n)`.
 
-*Tall* (`m > n`). Write `L = [L₁; L₂]` with `L₁` square and extend it to the
-invertible `L̃ = [[L₁, 0], [L₂, I]]`. With `Y = L̃⁻¹ Pᵀ dA = [Y₁; Y₂]`
-(`Y₂ = (Pᵀ dA)₂ − L₂ Y₁`), the top block is the square case, and the bottom
-rows give `dL₂ = L₂ M + Y₂ U⁻¹`. Here the full `U` is inverted: the bottom rows
-of `L` genuinely depend on `1 / U[k-1, k-1]`, so a full-rank `U` is required.
+*Tall* (`m > n`). Extend `L` to the invertible unit-lower `m×m` matrix
+`L̃ = [L | (0; I)]`. Then `Pᵀ dA = dL U + L dU` reads `Y := L̃⁻¹ Pᵀ dA =
+M U + [dU; 0]` with `dL = L̃ M`, where `M` (`m×k`) is strictly lower in its top
+`k×k` block and unconstrained below it. So `M = tril(Y U⁻¹, -1)` (rows below
+`k` kept whole), `dL = L̃ M` and `dU = Y[:k] − M[:k] U`. Here the full `U` is
+inverted: the rows of `L` below `k` genuinely depend on `1 / U[k-1, k-1]`, so
+a full-rank `U` is required.
 
 The rule is complex-linear (no conjugates): `A = P L U` is holomorphic in the
 factors.
@@ -155,41 +157,47 @@ def _lu_core_jvp(primals, tangents):
     k = min(m, n)
     dtype = L.dtype
 
-    # Pᵀ dA: a gather with non-differentiated indices (transposes to scatter-add).
-    PtdA = jnp.take_along_axis(dA, perm[..., :, None], axis=-2)
+    # Pᵀ dA as a matmul with the (constant) permutation matrix: cheaper to
+    # compile and transpose than a gather/scatter pair at these sizes.
+    Pt = (perm[..., :, None] == np.arange(m)).astype(dtype)
+    PtdA = Pt @ dA
 
-    L1 = L[..., :k, :k]
-    # Y₁ = L₁⁻¹ (Pᵀ dA)[:k]; unit diagonal, so no pivot is involved.
-    Y1 = jax.lax.linalg.triangular_solve(
-        L1, PtdA[..., :k, :], left_side=True, lower=True, unit_diagonal=True
+    # L̃ = [L | (0; I)], the m×m unit-lower completion of L (L̃ = L if m ≤ n).
+    batch = A.shape[:-2]
+    if m > k:
+        pad = np.eye(m, m - k, -k, dtype=dtype)
+        Lt = jnp.concatenate([L, jnp.broadcast_to(pad, batch + pad.shape)], -1)
+    else:
+        Lt = L
+    # Y = L̃⁻¹ Pᵀ dA; unit diagonal, so no pivot is involved.
+    Y = jax.lax.linalg.triangular_solve(
+        Lt, PtdA, left_side=True, lower=True, unit_diagonal=True
     )
 
-    # M = strictly_lower(Y₁[:, :k] U₁⁻¹), using only U[:k-1, :k-1] (the last
-    # column of M is structurally zero), so the last pivot is never divided by.
-    batch = A.shape[:-2]
-    if k > 1:
-        U11 = U[..., : k - 1, : k - 1]
+    if m > n:
+        # Tall: M = tril(Y U⁻¹, -1) (its rows below k are kept whole). The
+        # rows of L below k genuinely depend on 1 / U[k-1, k-1], so the full
+        # U is inverted.
+        X = jax.lax.linalg.triangular_solve(U, Y, left_side=False, lower=False)
+        M = jnp.tril(X, -1)
+    elif k > 1:
+        # Square/wide: M = strictly_lower(Y[:, :k] U₁⁻¹). Its last column is
+        # structurally zero and column j only needs U[:j+1, :j+1], so only
+        # U[:k-1, :k-1] is inverted: the last pivot is never divided by.
         X = jax.lax.linalg.triangular_solve(
-            U11, Y1[..., :, : k - 1], left_side=False, lower=False
+            U[..., : k - 1, : k - 1], Y[..., :, : k - 1], left_side=False, lower=False
         )
         M = jnp.where(np.tri(k, k - 1, -1, dtype=bool), X, 0)
         M = jnp.concatenate([M, jnp.zeros(batch + (k, 1), dtype)], axis=-1)
     else:
         M = jnp.zeros(batch + (k, k), dtype)
 
-    dU = jnp.triu(Y1 - M @ U)  # exact upper in exact arithmetic; mask round-off
-    dL_top = L1 @ M  # strictly lower: unit-lower times strictly-lower
-
-    if m > k:
-        # Tall: the rows of L below k need the full U⁻¹ (genuinely).
-        L2 = L[..., k:, :]
-        Y2 = PtdA[..., k:, :] - L2 @ Y1
-        dL_bot = L2 @ M + jax.lax.linalg.triangular_solve(
-            U, Y2, left_side=False, lower=False
-        )
-        dL = jnp.concatenate([dL_top, dL_bot], axis=-2)
-    else:
-        dL = dL_top
+    # Y[:k] = M[:k] U + dU; the difference is upper in exact arithmetic, the
+    # mask only removes round-off.
+    dU = jnp.triu(Y[..., :k, :] - M[..., :k, :] @ U)
+    # dL = L̃ M: strictly lower in its top k×k block (unit-lower × strictly
+    # lower), and L₂ M₁ + Y₂ U⁻¹ below it.
+    dL = Lt @ M
 
     dperm = np.zeros(perm.shape, dtype=jax.dtypes.float0)
     return (perm, L, U), (dperm, dL, dU)

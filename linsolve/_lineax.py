@@ -91,4 +91,22 @@ def _lineax_tags(op) -> frozenset:
 
 
 def from_lineax(op: lx.AbstractLinearOperator) -> AbstractOperator:
+    """Convert a lineax operator. Dense, diagonal and identity operators become their
+    linsolve counterparts (so `mv` follows the structure convention too); anything else is
+    wrapped and applied through its own `mv`."""
+    from ._operator import DiagonalOperator, IdentityOperator, MatrixOperator
+
+    if isinstance(op, lx.TaggedLinearOperator):
+        inner = from_lineax(op.operator)
+        if isinstance(inner, MatrixOperator):
+            return MatrixOperator(inner.matrix, inner.tags | LineaxOperator(op).tags)
+        return LineaxOperator(op)
+    if isinstance(op, lx.MatrixLinearOperator):
+        return MatrixOperator(op.matrix, LineaxOperator(op).tags)
+    if isinstance(op, lx.DiagonalLinearOperator):
+        return DiagonalOperator(op.diagonal)
+    if isinstance(op, lx.IdentityLinearOperator):
+        structure = op.in_structure()
+        _check_flat(structure, "input")
+        return IdentityOperator(structure.shape[0], structure.dtype)
     return LineaxOperator(op)

@@ -44,43 +44,45 @@ import scipy.sparse.csgraph as csgraph
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ChildLink:
-    """Extend-add map from the update matrices of one child bucket into a parent bucket.
+class Link:
+    """Supernodes of one bucket whose parents lie in one bucket of the next level up.
 
-    For pair `t`, the update matrix of supernode `child_rows[t]` of the child bucket (a
-    `(M_c, M_c)` block) is added into the front of supernode `parent_rows[t]` of the parent
-    bucket, its row/column `i` landing at front position `rel[t, i]` (`rel == N_parent` for
-    padding rows, which are dropped).  The selected inverse uses the same map backwards: it
-    gathers the child's `Z[I, I]` block out of the parent's front.
+    For pair `t`, supernode `child_slots[t]` of `child_bucket` has its parent at batch index
+    `parent_slots[t]` of `parent_bucket`; row `i` of the child's update matrix (its `i`-th
+    below-diagonal row) is row `rel[t, i]` of the parent's front (`rel == N_parent` for
+    padding). The factorization extend-adds the child's update matrix through this map; the
+    selected inverse gathers the child's `Z[I, I]` block back out of the parent's front.
     """
 
     child_bucket: int
-    child_rows: np.ndarray  # (npairs,) int32, batch index in the child bucket
-    parent_rows: np.ndarray  # (npairs,) int32, batch index in the parent bucket
-    rel: np.ndarray  # (npairs, M_child) int32, position in the parent front
+    parent_bucket: int
+    child_slots: np.ndarray  # (npairs,) int32
+    parent_slots: np.ndarray  # (npairs,) int32
+    rel: np.ndarray  # (npairs, M_child) int32
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Bucket:
-    """A batch of independent supernodes of one tree level, padded to a common size.
+    """A batch of independent supernodes of one level, padded to a common size.
 
-    The front of supernode `b` is an `(N, N)` matrix, `N = K + M`: positions `0..K-1` are its
-    pivot columns (the first `ncols[b]` real, the rest padding that gets an identity pivot),
-    positions `K..K+M-1` its below-diagonal rows (the first `nrows[b]` real, the rest zero).
+    The front of supernode `t` is an `(N, N)` matrix, `N = K + M`: positions `0..K-1` are its
+    pivot columns (the first `ncols[t]` real, the rest padding with an identity pivot),
+    positions `K..N-1` its below-diagonal rows (the first `nrows[t]` real, the rest zero).
     """
 
-    level: int
+    level: int  # depth in the supernodal elimination tree (roots: 0)
     K: int
     M: int
     supernodes: np.ndarray  # (b,) supernode ids
     ncols: np.ndarray  # (b,) real pivot columns
     nrows: np.ndarray  # (b,) real below rows
-    col_idx: np.ndarray  # (b, K) int32 permuted column indices, n for padding
-    row_idx: np.ndarray  # (b, M) int32 permuted row indices, n for padding
-    pad_pivot: np.ndarray  # (b, K) bool, True at padding pivots
-    a_src: np.ndarray  # (q,) int32 index into the user's values array
-    a_dst: np.ndarray  # (q,) int32 flat index into the (b, N, N) fronts (F11 mirrored)
-    children: tuple[ChildLink, ...]
+    col_idx: np.ndarray  # (b, K) int32 permuted column of each pivot, n for padding
+    row_idx: np.ndarray  # (b, M) int32 permuted row of each below row, n for padding
+    a_src: np.ndarray  # (q,) int32 index into [values, 1.0] (nnz means "the constant 1")
+    a_dst: np.ndarray  # (q,) int32 flat index into the (b, N, N) fronts, lower triangle
+    sel_pos: np.ndarray  # (r,) int32 flat front index of the stored entries read back here
+    in_links: tuple[int, ...]  # links whose parent bucket is this one
+    out_links: tuple[int, ...]  # links whose child bucket is this one
 
     @property
     def N(self) -> int:
@@ -107,21 +109,22 @@ class Symbolic:
     entry_row: np.ndarray  # (nnz,) original row index
     entry_col: np.ndarray  # (nnz,) original column index
     entry_read: np.ndarray  # (nnz,) bool: entry is in the lower triangle (row >= col)
+    logdet_weight: np.ndarray  # (nnz,) d logdet / d value_e = weight_e * Ainv[row_e, col_e]
     # supernodes (in postorder of the supernodal elimination tree)
     sn_start: np.ndarray  # (ns + 1,) first permuted column of each supernode
     sn_parent: np.ndarray  # (ns,) parent supernode, -1 for roots
     sn_rows: tuple[np.ndarray, ...]  # below-diagonal permuted row indices of each supernode
     sn_bucket: np.ndarray  # (ns,) bucket id
     sn_slot: np.ndarray  # (ns,) batch index inside the bucket
-    buckets: tuple[Bucket, ...]  # in factorization order (levels ascending)
-    levels: tuple[tuple[int, ...], ...]  # bucket ids of each level
-    # where each stored entry lives in the fronts, for reading results back
-    entry_bucket: np.ndarray  # (nnz,) bucket id (of the lower-triangle mirror entry)
-    entry_pos: np.ndarray  # (nnz,) flat index in that bucket's (b, N, N) fronts
+    buckets: tuple[Bucket, ...]
+    links: tuple[Link, ...]
+    levels: tuple[tuple[int, ...], ...]  # bucket ids per level, deepest level first
+    sel_order: np.ndarray  # (nnz,) entry e is element sel_order[e] of concat(sel per bucket)
     # statistics
     nnz_L: int  # nonzeros of L including the diagonal (without amalgamation zeros)
     nnz_L_stored: int  # entries of L kept by the supernodal storage (unpadded)
-    flops: float  # approximate factorization flop count
+    nnz_L_padded: int  # entries of L kept by the padded buckets
+    flops: float  # approximate factorization flop count (unpadded)
 
     @property
     def num_supernodes(self) -> int:
@@ -526,204 +529,35 @@ def _relaxed_amalgamation(
 
 
 def _supernode_rows(sn_start, sn_parent, lp, li) -> tuple[np.ndarray, ...]:
-    """Below-diagonal row pattern of each supernode, in postorder (children first).
+    """Below-diagonal row pattern of each supernode.
 
-    rows(s) = (union of A's rows in the columns of s and the rows of its children) minus the
-    columns of s, restricted to rows after s.
+    Row i > last(s) is in the pattern of supernode s iff A[i, k] != 0 for some column k in
+    the subtree of s (columns are postordered). So every entry A[i, k] is pushed up the
+    supernodal tree from the supernode holding k for as long as i lies beyond the current
+    supernode; the walk is vectorised over all entries, one tree level per step.
     """
     ns = sn_parent.shape[0]
-    kids: list[list[int]] = [[] for _ in range(ns)]
-    for s, p in enumerate(sn_parent.tolist()):
-        if p >= 0:
-            kids[p].append(s)
-    rows: list[np.ndarray] = []
-    for s in range(ns):
-        f, l1 = int(sn_start[s]), int(sn_start[s + 1])
-        parts = [li[lp[f] : lp[l1]]]
-        parts.extend(rows[c] for c in kids[s])
-        cat = np.concatenate(parts) if len(parts) > 1 else parts[0]
-        u = np.unique(cat)
-        rows.append(u[u >= l1])
-    return tuple(rows)
-
-
-# ---------------------------------------------------------------------------------------
-# Numeric schedule: levels, buckets, index maps
-# ---------------------------------------------------------------------------------------
-
-
-def _size_class(x: int) -> int:
-    """Round a block dimension up to 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (ratio <= 1.5)."""
-    if x <= 4:
-        return x
-    p = 1 << (int(x - 1).bit_length() - 1)  # largest power of two < x
-    if x <= p + p // 2:
-        return p + p // 2
-    return 2 * p
-
-
-def _schedule(
-    *,
-    n,
-    nnz,
-    ordering,
-    perm,
-    iperm,
-    entry_row,
-    entry_col,
-    entry_read,
-    sn_start,
-    sn_parent,
-    sn_rows,
-    nnz_L,
-    nnz_L_stored,
-    flops,
-) -> Symbolic:
-    ns = sn_parent.shape[0]
-    k = np.diff(sn_start)
-    m = np.array([x.shape[0] for x in sn_rows], dtype=np.int64)
-
-    # Height of each supernode in the supernodal tree (children precede parents).
-    height = np.zeros(ns, dtype=np.int64)
-    for s in range(ns):
+    n = int(sn_start[-1])
+    col2sn = np.repeat(np.arange(ns), np.diff(sn_start))
+    sn_end = sn_start[1:]  # one past the last column
+    k = np.repeat(np.arange(n), np.diff(lp))
+    s = col2sn[k]
+    i = li
+    keep = i >= sn_end[s]
+    s, i = s[keep], i[keep]
+    found = []
+    while s.size:
+        key = np.unique(s * n + i)
+        s, i = key // n, key % n
+        found.append(key)
         p = sn_parent[s]
-        if p >= 0 and height[p] < height[s] + 1:
-            height[p] = height[s] + 1
-    num_levels = int(height.max()) + 1 if ns else 0
+        up = p >= 0
+        s, i, p = s[up], i[up], p[up]
+        beyond = i >= sn_end[p]
+        s, i = p[beyond], i[beyond]
+    key = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    owner, rows = key // n, key % n
+    bounds = np.searchsorted(owner, np.arange(ns + 1))
+    return tuple(rows[bounds[t] : bounds[t + 1]] for t in range(ns))
 
-    kc = np.array([_size_class(int(x)) for x in k], dtype=np.int64)
-    mc = np.array([_size_class(int(x)) for x in m], dtype=np.int64)
 
-    # Buckets: (level, K class, M class), in level order.
-    keys = np.stack([height, kc, mc], axis=1) if ns else np.zeros((0, 3), np.int64)
-    uniq, bucket_of = np.unique(keys, axis=0, return_inverse=True)
-    bucket_of = bucket_of.reshape(-1)
-    nb = uniq.shape[0]
-    sn_slot = np.zeros(ns, dtype=np.int64)
-    members = [np.nonzero(bucket_of == b)[0] for b in range(nb)]
-    for b in range(nb):
-        sn_slot[members[b]] = np.arange(members[b].shape[0])
-
-    # Global position of each supernode row inside its own front: rows are its columns
-    # (0..k-1) then its below rows (K..K+m-1). Below-row lookups use one global sorted key
-    # array: key = supernode * n + row.
-    row_off = np.zeros(ns + 1, dtype=np.int64)
-    np.cumsum(m, out=row_off[1:])
-    all_rows = np.concatenate(sn_rows) if ns else np.zeros(0, np.int64)
-    row_keys = np.repeat(np.arange(ns), m) * n + all_rows
-    col2sn = np.repeat(np.arange(ns), k)
-
-    def front_pos(s: np.ndarray, row: np.ndarray) -> np.ndarray:
-        """Position of permuted row `row` in the front of supernode `s` (vectorised)."""
-        f = sn_start[s]
-        in_cols = row < sn_start[s + 1]
-        below = np.searchsorted(row_keys, s * n + row) - row_off[s]
-        Kb = uniq[bucket_of[s], 1]
-        return np.where(in_cols, row - f, Kb + below)
-
-    # Stored entries -> (bucket, flat position) of their lower-triangle mirror.
-    pr, pc = iperm[entry_row], iperm[entry_col]
-    lo, hi = np.minimum(pr, pc), np.maximum(pr, pc)
-    e_sn = col2sn[lo]
-    e_col = lo - sn_start[e_sn]
-    e_row = front_pos(e_sn, hi)
-    e_bucket = bucket_of[e_sn]
-    e_N = uniq[e_bucket, 1] + uniq[e_bucket, 2]
-    e_pos = (sn_slot[e_sn] * e_N + e_row) * e_N + e_col
-    e_pos_mirror = (sn_slot[e_sn] * e_N + e_col) * e_N + e_row
-    # Sanity: everything found where expected.
-    if ns:
-        chk_sn = np.searchsorted(row_keys, e_sn * n + hi)
-        below = hi >= sn_start[e_sn + 1]
-        if np.any(below & (row_keys[np.minimum(chk_sn, row_keys.size - 1)] != e_sn * n + hi)):
-            raise AssertionError("internal error: an entry of A is outside the pattern of L")
-
-    # Child -> parent extend-add maps.
-    child_links: dict[int, dict[int, list[int]]] = {}
-    for s in range(ns):
-        p = sn_parent[s]
-        if p >= 0:
-            child_links.setdefault(int(bucket_of[p]), {}).setdefault(
-                int(bucket_of[s]), []
-            ).append(s)
-
-    buckets = []
-    levels: list[list[int]] = [[] for _ in range(num_levels)]
-    read_idx = np.nonzero(entry_read)[0]
-    for b in range(nb):
-        lev, K, M = (int(x) for x in uniq[b])
-        N = K + M
-        sns = members[b]
-        bsz = sns.shape[0]
-        col_idx = np.full((bsz, K), n, dtype=np.int64)
-        row_idx = np.full((bsz, M), n, dtype=np.int64)
-        for t, s in enumerate(sns):
-            col_idx[t, : k[s]] = np.arange(sn_start[s], sn_start[s + 1])
-            row_idx[t, : m[s]] = sn_rows[s]
-        pad_pivot = np.arange(K)[None, :] >= k[sns][:, None]
-
-        # Assembly of A: entries whose lower mirror lies in this bucket; entries in the
-        # pivot block F11 also go to their mirror position so the front is symmetric there
-        # (the Cholesky JVP assumes a symmetric tangent).
-        sel = read_idx[e_bucket[read_idx] == b]
-        in11 = (e_row[sel] < K) & (e_row[sel] != e_col[sel])
-        a_src = np.concatenate([sel, sel[in11]])
-        a_dst = np.concatenate([e_pos[sel], e_pos_mirror[sel][in11]])
-
-        links = []
-        for cb, kids in sorted(child_links.get(b, {}).items()):
-            kids = np.asarray(kids, dtype=np.int64)
-            Mc = int(uniq[cb, 2])
-            rel = np.full((kids.shape[0], Mc), N, dtype=np.int64)
-            for t, s in enumerate(kids):
-                rel[t, : m[s]] = front_pos(
-                    np.full(m[s], sn_parent[s]), sn_rows[s]
-                )
-            links.append(
-                ChildLink(
-                    child_bucket=int(cb),
-                    child_rows=sn_slot[kids].astype(np.int32),
-                    parent_rows=sn_slot[sn_parent[kids]].astype(np.int32),
-                    rel=rel.astype(np.int32),
-                )
-            )
-        buckets.append(
-            Bucket(
-                level=lev,
-                K=K,
-                M=M,
-                supernodes=sns,
-                ncols=k[sns],
-                nrows=m[sns],
-                col_idx=col_idx.astype(np.int32),
-                row_idx=row_idx.astype(np.int32),
-                pad_pivot=pad_pivot,
-                a_src=a_src.astype(np.int32),
-                a_dst=a_dst.astype(np.int32),
-                children=tuple(links),
-            )
-        )
-        levels[lev].append(b)
-
-    return Symbolic(
-        n=n,
-        nnz=nnz,
-        ordering=ordering,
-        perm=perm,
-        iperm=iperm,
-        entry_row=entry_row,
-        entry_col=entry_col,
-        entry_read=entry_read,
-        sn_start=sn_start,
-        sn_parent=sn_parent,
-        sn_rows=sn_rows,
-        sn_bucket=bucket_of,
-        sn_slot=sn_slot,
-        buckets=tuple(buckets),
-        levels=tuple(tuple(x) for x in levels),
-        entry_bucket=e_bucket,
-        entry_pos=e_pos,
-        nnz_L=nnz_L,
-        nnz_L_stored=nnz_L_stored,
-        flops=flops,
-    )

@@ -1,0 +1,33 @@
+"""Test helpers: entrywise central finite differences under unconstrained perturbations."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+def fd_grad(f, x, eps=1e-6):
+    """Central-difference gradient of a real scalar `f` w.r.t. every entry of `x`
+    (real and imaginary parts separately for complex `x`), returned in JAX's convention
+    for complex inputs: ∂f/∂Re − i ∂f/∂Im."""
+    x = np.asarray(x)
+    out = np.zeros(x.shape, dtype=x.dtype)
+    directions = [1.0] + ([1j] if np.iscomplexobj(x) else [])
+    for idx in np.ndindex(x.shape):
+        for d in directions:
+            e = np.zeros_like(x)
+            e[idx] = d * eps
+            df = (float(f(jnp.asarray(x + e))) - float(f(jnp.asarray(x - e)))) / (2 * eps)
+            out[idx] += df if d == 1.0 else -1j * df
+    return out
+
+
+def assert_grad_matches_fd(f, x, *, rtol=1e-6, atol=1e-7, eps=1e-6):
+    g = np.asarray(jax.grad(f)(jnp.asarray(x)))
+    fd = fd_grad(f, x, eps)
+    np.testing.assert_allclose(g, fd, rtol=rtol, atol=atol)
+    return g
+
+
+def real_loss(x):
+    """A real scalar loss that depends on every entry (and on both parts if complex)."""
+    return jnp.sum(jnp.sin(jnp.real(x))) + jnp.sum(jnp.cos(jnp.imag(x)) * jnp.imag(x))
