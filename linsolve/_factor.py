@@ -57,6 +57,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
+from ._structure import effective_matrix
+from ._tags import positive_semidefinite_tag
+
 
 def _as_inexact(A: ArrayLike) -> Array:
     A = jnp.asarray(A)
@@ -64,15 +67,6 @@ def _as_inexact(A: ArrayLike) -> Array:
         # Integer/bool input is promoted like jnp.linalg does.
         A = A.astype(jnp.result_type(float))
     return A
-
-
-def _mT(x: Array) -> Array:
-    return jnp.swapaxes(x, -1, -2)
-
-
-# --------------------------------------------------------------------------- #
-# Cholesky
-# --------------------------------------------------------------------------- #
 
 
 def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
@@ -114,18 +108,14 @@ def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
             f"cholesky expects a square matrix of shape (..., n, n), got shape "
             f"{A.shape}."
         )
+    # The structure convention of a PSD-tagged array: lower triangle (hermitian
+    # completion, real diagonal for complex). `eff` is exactly hermitian and so is its
+    # tangent, which is what the JVP of the LAPACK-style factorization assumes.
+    eff = effective_matrix(A, frozenset({positive_semidefinite_tag}))
+    L = jax.lax.linalg.cholesky(eff, symmetrize_input=False)
     n = A.shape[-1]
     row = np.arange(n)[:, None]
     col = np.arange(n)[None, :]
-    # Static masks: `where` (unlike multiplication by 0) keeps NaN/inf in the
-    # unread entries from leaking into the output or the gradient.
-    lower = row > col
-    upper = row < col
-    diag = jnp.real(A).astype(A.dtype)  # imaginary part of diagonal unread
-    eff = jnp.where(lower, A, jnp.where(upper, jnp.conj(_mT(A)), diag))
-    # `eff` is exactly hermitian and so is its tangent, which is what the JVP
-    # of the LAPACK-style factorization assumes; no extra symmetrization.
-    L = jax.lax.linalg.cholesky(eff, symmetrize_input=False)
     # Guarantee exact zeros above the diagonal regardless of backend.
     return jnp.where(row >= col, L, 0)
 

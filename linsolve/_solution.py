@@ -31,7 +31,7 @@ _MESSAGES = {
         "The iterative solver did not converge within `max_steps` iterations; increase "
         "`max_steps`, loosen `rtol`/`atol`, or use a preconditioner."
     ),
-    RESULTS.singular: "The operator is singular (a zero pivot or zero diagonal entry was found).",
+    RESULTS.singular: "The operator is singular (a pivot or diagonal entry is zero, up to rounding for LU/QR).",
     RESULTS.not_positive_definite: (
         "The operator is not positive definite: the Cholesky factorization failed. Check the "
         "positive/negative semidefinite tag, and remember that a tagged matrix is read by its "

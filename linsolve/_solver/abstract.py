@@ -47,3 +47,14 @@ def dense_input(operator: AbstractOperator) -> tuple[Array, Array]:
 
 def tag_names(tags) -> str:
     return "{" + ", ".join(sorted(map(repr, tags))) + "}"
+
+
+def numerically_singular(triangular_factor: Array) -> Array:
+    """Whether a triangular factor (U of LU, R of QR) has a pivot that is zero up to
+    rounding: `|u_kk| <= max(m, n) · eps · max|U|`. Exactly singular input rarely gives an
+    exact zero pivot after pivoted elimination, and solving with a rounding-error pivot
+    would return a silently wrong, finite answer."""
+    diag = jnp.abs(jnp.diagonal(triangular_factor))
+    eps = jnp.finfo(triangular_factor.dtype).eps
+    scale = jnp.max(jnp.abs(triangular_factor))
+    return jnp.any(diag <= max(triangular_factor.shape) * eps * scale)

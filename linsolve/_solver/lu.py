@@ -7,7 +7,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
 from .._solution import RESULTS, first_failure
-from .abstract import AbstractSolver, dense_input
+from .abstract import AbstractSolver, dense_input, numerically_singular
 
 
 class _LUState(eqx.Module):
@@ -18,14 +18,14 @@ class _LUState(eqx.Module):
 
 class LU(AbstractSolver):
     """Dense LU factorization with partial pivoting, `P A = L U`, for square operators.
-    An exactly zero pivot gives `RESULTS.singular`."""
+    A pivot that is zero up to rounding gives `RESULTS.singular`."""
 
     def init(self, operator) -> _LUState:
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
         matrix, finite = dense_input(operator)
         lu, pivots, _ = jax.lax.linalg.lu(matrix)
-        singular = jnp.any(jnp.diagonal(lu) == 0)
+        singular = numerically_singular(jnp.triu(lu))
         result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
         return _LUState(lu, pivots, result)
 

@@ -9,7 +9,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
 from .._solution import RESULTS, first_failure
-from .abstract import AbstractSolver, dense_input
+from .abstract import AbstractSolver, dense_input, numerically_singular
 
 
 class _QRState(eqx.Module):
@@ -23,7 +23,7 @@ class QR(AbstractSolver):
     """Householder QR. For a square operator it solves `A x = b`; for a tall one
     (full column rank) it returns the least-squares solution; for a wide one (full row
     rank) the minimum-norm solution. Derivatives are those of the pseudo-inverse
-    solution. An exactly zero diagonal entry of `R` gives `RESULTS.singular`."""
+    solution. A diagonal entry of `R` that is zero up to rounding gives `RESULTS.singular`."""
 
     supports_nonsquare: ClassVar[bool] = True
 
@@ -33,7 +33,7 @@ class QR(AbstractSolver):
         wide = m < n
         # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
         q, r = jnp.linalg.qr(jnp.conj(matrix.T) if wide else matrix, mode="reduced")
-        singular = jnp.any(jnp.diagonal(r) == 0)
+        singular = numerically_singular(r)
         result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
         return _QRState(q, r, wide, result)
 

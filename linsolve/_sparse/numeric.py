@@ -1,187 +1,190 @@
 """Numeric supernodal Cholesky factorization and triangular solves, traced in JAX.
 
-Multifrontal, level by level: `symbolic.analyse` grouped the supernodes by their height in
-the supernodal elimination tree and, inside a level, into buckets of equal padded size. For
-every bucket this module
+Multifrontal, one tree level at a time: `symbolic.analyse` put every supernode on the level
+just below its parent and split each level into buckets of supernodes padded to a common
+size. For each bucket this module
 
-1. assembles the frontal matrices `F = [[F11, .], [F21, F22]]` of all its supernodes at once:
-   the stored values of A are scattered in through a static map, and the update matrices of
-   the children (computed at lower levels) are extend-added through static row maps;
-2. partially factorizes them with dense batched kernels: `L11 = chol(F11)`,
-   `L21 = F21 L11^-T`, and the update matrix `U = F22 - L21 L21^T` handed to the parent.
+1. assembles the frontal matrices of all its supernodes at once: the stored values of A are
+   scattered in through a static map, and the update matrices of the children (computed on
+   the level below, kept in one flat pool per level) are extend-added through static row
+   maps. Only lower triangles are assembled (half the scatter traffic);
+2. partially factorizes them with dense batched kernels: `L11 = chol(F11)`, then one
+   triangular solve gives both `L11^-T` and `L21 = F21 L11^-T`, and one matmul gives both
+   `W = L21 L11^-1` and the update matrix `U = F22 - L21 L21^T` for the parent.
 
-The factor is the list of the `(L11, L21)` blocks of all buckets. Nothing here calls back to
-the host, so `factor`, `solve` and `logdet` work under `jit`, `vmap` (a batch of value arrays
-sharing one pattern), `grad` and `jvp`, on any backend, in float32 and float64.
+The factor keeps, per bucket, `G = [L11^-1; -W]` (shape `(b, N, K)`). With it both triangular
+solves are a gather, one batched matmul and a scatter per bucket (no triangular solves at
+solve time), and the selected inverse (`selinv.py`) needs exactly `L11^-1` and `W`.
 
-A non-positive-definite input does not raise: the Cholesky kernel returns NaN for a failed
-block, the NaNs propagate to the ancestors, and `Factor.ok` is False.
+Nothing here calls back to the host, so `factor`, `solve` and `logdet` work under `jit`,
+`vmap` (a batch of value arrays sharing one pattern), `grad` and `jvp`, on any backend, in
+float32 and float64. A matrix that is not positive definite does not raise: the Cholesky
+kernel returns NaN for a failed block, NaNs reach the root, and `Factor.ok` is False.
+
+Index arithmetic on the static maps is done in-graph from small arrays (behind an
+optimization barrier so XLA does not constant-fold it into huge literals): XLA embeds
+constants in the compiled program, and O(front size^2) maps would dominate compile time.
 """
 
 from __future__ import annotations
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float
 
-from .symbolic import Symbolic
+from .symbolic import Bucket, Symbolic
 
 
 _HI = lax.Precision.HIGHEST  # no TF32/bf16 shortcuts on GPU: this is a direct solver
 
 
 class Factor(eqx.Module):
-    """Supernodal Cholesky factor `P A P^T = L L^T` (the symbolic part lives in `Symbolic`).
+    """Supernodal Cholesky factor of `P A P^T` (the pattern lives in `Symbolic`).
 
-    `l11[b]` is `(size, K, K)` lower triangular (identity on padding pivots), `l21[b]` is
-    `(size, M, K)`, for each bucket `b` of the symbolic analysis.
+    `g[b]` holds `[L11^-1; -L21 L11^-1]` for the supernodes of bucket `b`, shape
+    `(size, K + M, K)` (identity on padding pivots, zero on padding rows).
     """
 
-    l11: tuple[Float[Array, "b K K"], ...]
-    l21: tuple[Float[Array, "b M K"], ...]
+    g: tuple[Float[Array, "b N K"], ...]
+    logdet: Float[Array, ""]
     ok: Bool[Array, ""]
 
 
-def _assemble_values(sym: Symbolic, bucket, values: Float[Array, " nnz"]) -> Array:
-    """The stored values of A scattered into a bucket's fronts, shape (size, N, N)."""
-    N = bucket.N
-    flat = jnp.zeros(bucket.size * N * N, values.dtype)
-    if bucket.a_src.size:
-        flat = flat.at[bucket.a_dst].add(values[bucket.a_src], unique_indices=False)
-    return flat.reshape(bucket.size, N, N)
+def _const(x: np.ndarray) -> Array:
+    """A small static index array that XLA must not constant-fold into large derived ones."""
+    return lax.optimization_barrier(jnp.asarray(x))
 
 
-def _extend_add(front: Array, link, update: Array) -> Array:
-    """Add child update matrices into their parents' fronts through the row map `rel`."""
-    if link.child_rows.shape[0] != update.shape[0] or not np.array_equal(
-        link.child_rows, np.arange(update.shape[0])
-    ):
-        update = update[link.child_rows]
-    rel = link.rel
-    return front.at[
-        link.parent_rows[:, None, None], rel[:, :, None], rel[:, None, :]
-    ].add(update, mode="drop")
+def _tril_sym(x: Array) -> Array:
+    """Symmetric matrix from the lower triangle of the last two axes."""
+    lower = jnp.tril(x)
+    return lower + jnp.swapaxes(jnp.tril(x, -1), -1, -2)
 
 
-def _eye_pad(bucket, dtype) -> Array:
-    """Identity on the padding pivots (so padded columns are inert), zero elsewhere."""
-    K = bucket.K
-    return jnp.asarray(bucket.pad_pivot[:, :, None] * np.eye(K, dtype=bool)[None], dtype)
+def _extend_add(front: Array, B: Bucket, pool: Array) -> Array:
+    """Add the lower triangles of the children's update matrices into the fronts."""
+    width = B.ea_rel.shape[1]
+    ti, tj = np.tril_indices(width)
+    base = _const(B.ea_base)
+    mc = _const(B.ea_m)
+    rel = _const(B.ea_rel)
+    ti_, tj_ = _const(ti.astype(np.int32)), _const(tj.astype(np.int32))
+    # Child row/col beyond its bucket's padded width: clamp the read (its rel is N: dropped).
+    ri = jnp.minimum(ti_[None, :], mc[:, None] - 1)
+    rj = jnp.minimum(tj_[None, :], mc[:, None] - 1)
+    src = base[:, None] + ri * mc[:, None] + rj
+    upd = pool.at[src].get(mode="clip")
+    dst_i = rel[:, ti_]
+    dst_j = rel[:, tj_]
+    slot = _const(B.ea_slot)[:, None]
+    return front.at[slot, dst_i, dst_j].add(upd, mode="drop")
 
 
 def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
-    """Numeric factorization of the matrix with the pattern `sym` and stored `values`.
+    """Numeric factorization of the matrix with pattern `sym` and stored `values`.
 
-    `values` is aligned with the CSC pattern given to `symbolic.analyse`; only its lower
-    triangle entries are read (duplicates are summed).
+    `values` is aligned with the CSC pattern given to `symbolic.analyse`; only the entries
+    with row >= col are read (duplicates are summed).
     """
     values = jnp.asarray(values)
     if values.shape != (sym.nnz,):
         raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
     if not jnp.issubdtype(values.dtype, jnp.floating):
         values = values.astype(jnp.result_type(float))
+    if jnp.issubdtype(values.dtype, jnp.complexfloating):
+        raise NotImplementedError("complex sparse Cholesky is not supported")
     dtype = values.dtype
-    nb = len(sym.buckets)
-    l11: list = [None] * nb
-    l21: list = [None] * nb
-    updates: dict[int, Array] = {}
-    pending = _consumers(sym)
-    ok = jnp.array(True)
+    # Index nnz reads the constant 1 placed on padding pivots.
+    vals_ext = jnp.concatenate([values, jnp.ones((1,), dtype)])
+    g: list = [None] * len(sym.buckets)
+    diags = []
+    pool = None  # update matrices of the level below
     for level in sym.levels:
+        parts = []
         for b in level:
             B = sym.buckets[b]
-            K = B.K
-            F = _assemble_values(sym, B, values)
-            for link in B.children:
-                F = _extend_add(F, link, updates[link.child_bucket])
-                pending[link.child_bucket] -= 1
-                if pending[link.child_bucket] == 0:
-                    del updates[link.child_bucket]  # let XLA free it early
-            F11 = F[:, :K, :K] + _eye_pad(B, dtype)
-            L11 = lax.linalg.cholesky(F11, symmetrize_input=False)
-            d = jnp.diagonal(L11, axis1=-2, axis2=-1)
-            ok = ok & jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
-            l11[b] = L11
-            if B.M:
-                F21 = F[:, K:, :K]
-                L21 = lax.linalg.triangular_solve(
-                    L11, F21, left_side=False, lower=True, transpose_a=True
+            K, M, N = B.K, B.M, B.N
+            flat = jnp.zeros(B.size * N * N, dtype)
+            flat = flat.at[_const(B.a_dst)].add(vals_ext[_const(B.a_src)], mode="drop")
+            F = flat.reshape(B.size, N, N)
+            if B.ea_base.size:
+                F = _extend_add(F, B, pool)
+            L11 = lax.linalg.cholesky(_tril_sym(F[:, :K, :K]), symmetrize_input=False)
+            diags.append(jnp.diagonal(L11, axis1=-2, axis2=-1).reshape(-1))
+            eye = jnp.broadcast_to(jnp.eye(K, dtype=dtype), (B.size, K, K))
+            if M:
+                # X L11^T = [I; F21]  =>  X = [L11^-T; L21]
+                rhs = jnp.concatenate([eye, F[:, K:, :K]], axis=1)
+                X = lax.linalg.triangular_solve(
+                    L11, rhs, left_side=False, lower=True, transpose_a=True
                 )
-                l21[b] = L21
-                if pending.get(b, 0):
-                    updates[b] = F[:, K:, K:] - jnp.matmul(
-                        L21, jnp.swapaxes(L21, -1, -2), precision=_HI
-                    )
+                L21 = X[:, K:]
+                # L21 @ [L11^-1, L21^T] = [W, L21 L21^T]
+                Y = jnp.matmul(L21, jnp.swapaxes(X, -1, -2), precision=_HI)
+                parts.append((F[:, K:, K:] - Y[:, :, K:]).reshape(-1))
+                g[b] = jnp.concatenate([jnp.swapaxes(X[:, :K], -1, -2), -Y[:, :, :K]], axis=1)
             else:
-                l21[b] = jnp.zeros((B.size, 0, K), dtype)
-    return Factor(l11=tuple(l11), l21=tuple(l21), ok=ok)
-
-
-def _consumers(sym: Symbolic) -> dict[int, int]:
-    """How many parent buckets read the update matrices of each bucket."""
-    count: dict[int, int] = {}
-    for B in sym.buckets:
-        for link in B.children:
-            count[link.child_bucket] = count.get(link.child_bucket, 0) + 1
-    return count
+                g[b] = lax.linalg.triangular_solve(L11, eye, left_side=True, lower=True)
+        pool = jnp.concatenate(parts) if parts else None
+    d = jnp.concatenate(diags)
+    ok = jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
+    logdet = 2 * jnp.sum(jnp.log(d))
+    return Factor(g=tuple(g), logdet=logdet, ok=ok)
 
 
 def logdet(sym: Symbolic, fac: Factor) -> Float[Array, ""]:
-    """log det A = 2 sum log diag L (padding pivots contribute log 1 = 0)."""
-    total = jnp.zeros((), fac.l11[0].dtype) if fac.l11 else jnp.zeros(())
-    for L11 in fac.l11:
-        total = total + 2 * jnp.sum(jnp.log(jnp.diagonal(L11, axis1=-2, axis2=-1)))
-    return total
+    """log det A = 2 sum log diag L (padding pivots contribute log 1 = 0).
+
+    Differentiating this through `factor` is correct but slow; `selinv.logdet` has the cheap
+    derivative.
+    """
+    del sym
+    return fac.logdet
 
 
-def _gather_rows(x: Array, idx: np.ndarray) -> Array:
-    """x[idx] with out-of-range indices (padding, == n) reading zero."""
-    return x.at[idx].get(mode="fill", fill_value=0)
+def _all_idx(B: Bucket) -> np.ndarray:
+    return np.concatenate([B.col_idx, B.row_idx], axis=1)
 
 
 def solve(sym: Symbolic, fac: Factor, b: Float[Array, "n *k"]) -> Float[Array, "n *k"]:
     """Solve `A x = b` with the factor, for `b` of shape (n,) or (n, k)."""
     b = jnp.asarray(b)
-    vector = b.ndim == 1
-    if b.shape[0] != sym.n or b.ndim not in (1, 2):
+    if b.ndim not in (1, 2) or b.shape[0] != sym.n:
         raise ValueError(f"expected b of shape ({sym.n},) or ({sym.n}, k), got {b.shape}")
+    vector = b.ndim == 1
     x = b[:, None] if vector else b
-    dtype = jnp.result_type(x.dtype, fac.l11[0].dtype) if fac.l11 else x.dtype
-    x = x.astype(dtype)[sym.perm]
-    x = _forward(sym, fac, x)
-    x = _backward(sym, fac, x)
+    x = x.astype(jnp.result_type(x.dtype, fac.g[0].dtype))[sym.perm]
+    x = solve_lower(sym, fac, x)
+    x = solve_upper(sym, fac, x)
     x = x[sym.iperm]
     return x[:, 0] if vector else x
 
 
-def _forward(sym: Symbolic, fac: Factor, x: Array) -> Array:
-    """L y = x, in place over the permuted vector, leaves first."""
+def solve_lower(sym: Symbolic, fac: Factor, x: Float[Array, "n k"]) -> Float[Array, "n k"]:
+    """`L^-1 x` in the permuted ordering, leaves first.
+
+    Per supernode: x_cols <- L11^-1 x_cols and x_rows -= W x_cols_old, i.e. one scatter-add
+    of `G x_cols - [x_cols; 0]`.
+    """
     for level in sym.levels:
         for b in level:
             B = sym.buckets[b]
-            y = _gather_rows(x, B.col_idx)  # (size, K, k)
-            y = lax.linalg.triangular_solve(fac.l11[b], y, left_side=True, lower=True)
-            x = x.at[B.col_idx].set(y, mode="drop")
-            if B.M:
-                upd = jnp.matmul(fac.l21[b], y, precision=_HI)
-                x = x.at[B.row_idx].add(-upd, mode="drop")
+            cols = _const(B.col_idx)
+            xc = x.at[cols].get(mode="fill", fill_value=0)  # (size, K, k)
+            r = jnp.matmul(fac.g[b], xc, precision=_HI)
+            r = r.at[:, : B.K].add(-xc)
+            x = x.at[_const(_all_idx(B))].add(r, mode="drop")
     return x
 
 
-def _backward(sym: Symbolic, fac: Factor, y: Array) -> Array:
-    """L^T x = y, roots first."""
+def solve_upper(sym: Symbolic, fac: Factor, x: Float[Array, "n k"]) -> Float[Array, "n k"]:
+    """`L^-T x` in the permuted ordering, roots first: x_cols <- G^T [x_cols; x_rows]."""
     for level in reversed(sym.levels):
         for b in level:
             B = sym.buckets[b]
-            r = _gather_rows(y, B.col_idx)
-            if B.M:
-                z = _gather_rows(y, B.row_idx)
-                r = r - jnp.matmul(jnp.swapaxes(fac.l21[b], -1, -2), z, precision=_HI)
-            xs = lax.linalg.triangular_solve(
-                fac.l11[b], r, left_side=True, lower=True, transpose_a=True
-            )
-            y = y.at[B.col_idx].set(xs, mode="drop")
-    return y
+            v = x.at[_const(_all_idx(B))].get(mode="fill", fill_value=0)  # (size, N, k)
+            xc = jnp.matmul(jnp.swapaxes(fac.g[b], -1, -2), v, precision=_HI)
+            x = x.at[_const(B.col_idx)].set(xc, mode="drop")
+    return x

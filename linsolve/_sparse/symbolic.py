@@ -44,24 +44,6 @@ import scipy.sparse.csgraph as csgraph
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class Link:
-    """Supernodes of one bucket whose parents lie in one bucket of the next level up.
-
-    For pair `t`, supernode `child_slots[t]` of `child_bucket` has its parent at batch index
-    `parent_slots[t]` of `parent_bucket`; row `i` of the child's update matrix (its `i`-th
-    below-diagonal row) is row `rel[t, i]` of the parent's front (`rel == N_parent` for
-    padding). The factorization extend-adds the child's update matrix through this map; the
-    selected inverse gathers the child's `Z[I, I]` block back out of the parent's front.
-    """
-
-    child_bucket: int
-    parent_bucket: int
-    child_slots: np.ndarray  # (npairs,) int32
-    parent_slots: np.ndarray  # (npairs,) int32
-    rel: np.ndarray  # (npairs, M_child) int32
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
 class Bucket:
     """A batch of independent supernodes of one level, padded to a common size.
 
@@ -81,8 +63,24 @@ class Bucket:
     a_src: np.ndarray  # (q,) int32 index into [values, 1.0] (nnz means "the constant 1")
     a_dst: np.ndarray  # (q,) int32 flat index into the (b, N, N) fronts, lower triangle
     sel_pos: np.ndarray  # (r,) int32 flat front index of the stored entries read back here
-    in_links: tuple[int, ...]  # links whose parent bucket is this one
-    out_links: tuple[int, ...]  # links whose child bucket is this one
+    # Where this bucket's fronts sit in the flat pools of its level: update matrices
+    # (b * M * M entries at u_offset) and selected-inverse fronts (b * N * N at z_offset).
+    u_offset: int
+    z_offset: int
+    # Extend-add into this bucket from the level below, one row per child supernode t:
+    # its update matrix starts at ea_base[t] in the child level's pool and is ea_m[t] wide
+    # (padded size of its bucket); its row i goes to row ea_rel[t, i] of front ea_slot[t]
+    # (N for padding, dropped).
+    ea_base: np.ndarray  # (c,) int32
+    ea_m: np.ndarray  # (c,) int32
+    ea_slot: np.ndarray  # (c,) int32
+    ea_rel: np.ndarray  # (c, Mc_max) int32
+    # Each supernode's position in its parent's front (selected inverse gathers Z[I, I]
+    # from there): the parent front starts at up_base[t] of the parent level's Z pool and is
+    # up_n[t] wide; below row i sits at row/column up_rel[t, i] (-1 for padding).
+    up_base: np.ndarray  # (b,) int32
+    up_n: np.ndarray  # (b,) int32
+    up_rel: np.ndarray  # (b, M) int32
 
     @property
     def N(self) -> int:
@@ -117,8 +115,9 @@ class Symbolic:
     sn_bucket: np.ndarray  # (ns,) bucket id
     sn_slot: np.ndarray  # (ns,) batch index inside the bucket
     buckets: tuple[Bucket, ...]
-    links: tuple[Link, ...]
     levels: tuple[tuple[int, ...], ...]  # bucket ids per level, deepest level first
+    u_pool: tuple[int, ...]  # per level: entries of its update-matrix pool
+    z_pool: tuple[int, ...]  # per level: entries of its selected-inverse front pool
     sel_order: np.ndarray  # (nnz,) entry e is element sel_order[e] of concat(sel per bucket)
     # statistics
     nnz_L: int  # nonzeros of L including the diagonal (without amalgamation zeros)
@@ -162,6 +161,8 @@ def analyse(
     indptr = np.ascontiguousarray(np.asarray(indptr), dtype=np.int64)
     indices = np.ascontiguousarray(np.asarray(indices), dtype=np.int64)
     n = int(n)
+    if n < 1:
+        raise ValueError("the matrix must have at least one row")
     if indptr.shape != (n + 1,):
         raise ValueError(f"indptr must have length n + 1 = {n + 1}, got {indptr.shape}")
     if indptr[0] != 0 or np.any(np.diff(indptr) < 0) or indptr[-1] != indices.shape[0]:
@@ -561,3 +562,296 @@ def _supernode_rows(sn_start, sn_parent, lp, li) -> tuple[np.ndarray, ...]:
     return tuple(rows[bounds[t] : bounds[t + 1]] for t in range(ns))
 
 
+# ---------------------------------------------------------------------------------------
+# Numeric schedule: levels, buckets, index maps
+# ---------------------------------------------------------------------------------------
+
+# Cost model used to split a level into buckets (rough seconds on one CPU core; only the
+# ratios matter). Every extra bucket costs a handful of kernels: launch overhead at run time
+# and, mostly, compile time (XLA compiles each kernel separately), so buckets are only split
+# when padding everything to the largest supernode would waste more.
+_COST_FLOP = 1e-10
+_COST_ELEM = 4e-9  # per front entry: zeroing, scatter, copies
+_COST_FRONT = 2e-7
+_COST_BUCKET = 3e-3
+
+
+def _front_cost(K, M):
+    return (
+        _COST_FLOP * (K**3 / 3 + K * K * M + K * M * M)
+        + _COST_ELEM * (K + M) ** 2
+        + _COST_FRONT
+    )
+
+
+def _size_class(x: int) -> int:
+    """Round a block dimension up to 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (ratio <= 1.5)."""
+    if x <= 4:
+        return x
+    p = 1 << (int(x - 1).bit_length() - 1)  # largest power of two < x
+    if x <= p + p // 2:
+        return p + p // 2
+    return 2 * p
+
+
+def _split_level(k: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
+    """Partition the supernodes of one level (sizes k, m) into buckets.
+
+    Supernodes are first grouped into size classes, classes sorted by front size, and an
+    optimal split into contiguous runs of classes is found by dynamic programming on the
+    cost model above.
+    """
+    kc = np.array([_size_class(int(x)) for x in k])
+    mc = np.array([_size_class(int(x)) for x in m])
+    cls, inv = np.unique(np.stack([kc + mc, kc, mc], axis=1), axis=0, return_inverse=True)
+    inv = inv.reshape(-1)
+    C = cls.shape[0]
+    cnt = np.bincount(inv, minlength=C)
+    kmax = np.zeros(C, np.int64)
+    mmax = np.zeros(C, np.int64)
+    np.maximum.at(kmax, inv, k)
+    np.maximum.at(mmax, inv, m)
+    best = np.full(C + 1, np.inf)
+    best[0] = 0.0
+    arg = np.zeros(C + 1, np.int64)
+    for j in range(1, C + 1):
+        K = M = 0
+        total = 0
+        for i in range(j - 1, -1, -1):  # group = classes i..j-1
+            K = max(K, kmax[i])
+            M = max(M, mmax[i])
+            total += cnt[i]
+            c = best[i] + total * _front_cost(K, M) + _COST_BUCKET
+            if c < best[j]:
+                best[j], arg[j] = c, i
+    groups = []
+    j = C
+    while j > 0:
+        i = arg[j]
+        groups.append(np.nonzero((inv >= i) & (inv < j))[0])
+        j = i
+    return groups[::-1]
+
+
+def _schedule(
+    *,
+    n,
+    nnz,
+    ordering,
+    perm,
+    iperm,
+    entry_row,
+    entry_col,
+    entry_read,
+    sn_start,
+    sn_parent,
+    sn_rows,
+    nnz_L,
+    nnz_L_stored,
+    flops,
+) -> Symbolic:
+    ns = sn_parent.shape[0]
+    k = np.diff(sn_start)
+    m = np.array([x.shape[0] for x in sn_rows], dtype=np.int64)
+
+    # Levels by depth: a supernode is processed on the level just below its parent, so every
+    # child of a level-d supernode is on level d + 1 and update matrices only ever flow
+    # between consecutive levels (they can be freed right after).
+    depth = np.zeros(ns, dtype=np.int64)
+    parent_l = sn_parent.tolist()
+    for s in range(ns - 1, -1, -1):  # parents have larger ids
+        p = parent_l[s]
+        if p >= 0:
+            depth[s] = depth[p] + 1
+    num_levels = int(depth.max()) + 1
+
+    bucket_of = np.zeros(ns, dtype=np.int64)
+    sn_slot = np.zeros(ns, dtype=np.int64)
+    bucket_members: list[np.ndarray] = []
+    bucket_level: list[int] = []
+    levels: list[list[int]] = []
+    for lev in range(num_levels - 1, -1, -1):
+        members = np.nonzero(depth == lev)[0]
+        ids = []
+        for grp in _split_level(k[members], m[members]):
+            sns = members[grp]
+            b = len(bucket_members)
+            bucket_members.append(sns)
+            bucket_level.append(lev)
+            bucket_of[sns] = b
+            sn_slot[sns] = np.arange(sns.shape[0])
+            ids.append(b)
+        levels.append(ids)
+    nb = len(bucket_members)
+    bK = np.array([int(k[s].max()) for s in bucket_members], dtype=np.int64)
+    bM = np.array([int(m[s].max()) for s in bucket_members], dtype=np.int64)
+    bN = bK + bM
+
+    # Position of permuted row `row` in the front of supernode `s`: its own columns come first,
+    # then its below rows after the (padded) pivot block. Below rows are found with one
+    # global sorted key array (key = supernode * n + row).
+    row_off = np.zeros(ns + 1, dtype=np.int64)
+    np.cumsum(m, out=row_off[1:])
+    all_rows = np.concatenate(sn_rows) if ns else np.zeros(0, np.int64)
+    row_keys = np.repeat(np.arange(ns), m) * n + all_rows
+    col2sn = np.repeat(np.arange(ns), k)
+
+    def front_pos(s: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(position, found) of permuted rows in the fronts of supernodes s (vectorised)."""
+        in_cols = (row >= sn_start[s]) & (row < sn_start[s + 1])
+        q = np.searchsorted(row_keys, s * n + row)
+        qc = np.minimum(q, max(row_keys.size - 1, 0))
+        found_below = (row_keys.size > 0) & (row_keys[qc] == s * n + row) if row_keys.size else np.zeros(row.shape, bool)
+        pos = np.where(in_cols, row - sn_start[s], bK[bucket_of[s]] + q - row_off[s])
+        return pos, in_cols | found_below
+
+    # Stored entries -> flat position of their lower-triangle mirror in the fronts.
+    pr, pc = iperm[entry_row], iperm[entry_col]
+    lo, hi = np.minimum(pr, pc), np.maximum(pr, pc)
+    e_sn = col2sn[lo]
+    e_row, e_found = front_pos(e_sn, hi)
+    if not np.all(e_found[entry_read]):
+        raise AssertionError("internal error: an entry of A is outside the pattern of L")
+    e_col = lo - sn_start[e_sn]
+    e_bucket = bucket_of[e_sn]
+    e_N = bN[e_bucket]
+    e_pos = (sn_slot[e_sn] * e_N + e_row) * e_N + e_col
+    # An unread (upper) entry whose mirror is not in the pattern of L reads back as zero:
+    # point it one past the end of its bucket's fronts.
+    bsize = np.array([s.shape[0] for s in bucket_members], dtype=np.int64)
+    e_pos = np.where(e_found, e_pos, bsize[e_bucket] * e_N * e_N)
+
+    weight = np.where(entry_read, np.where(entry_row == entry_col, 1.0, 2.0), 0.0)
+
+    # Pool layout of every level (buckets of a level in order).
+    u_offset = np.zeros(nb, dtype=np.int64)
+    z_offset = np.zeros(nb, dtype=np.int64)
+    u_pool, z_pool = [], []
+    for ids in levels:
+        uo = zo = 0
+        for b in ids:
+            u_offset[b], z_offset[b] = uo, zo
+            uo += int(bsize[b] * bM[b] * bM[b])
+            zo += int(bsize[b] * bN[b] * bN[b])
+        u_pool.append(uo)
+        z_pool.append(zo)
+
+    # Position of every child's below rows in its parent's front.
+    child = np.nonzero(sn_parent >= 0)[0]
+    par = sn_parent[child]
+    cat_rows = np.concatenate([sn_rows[s] for s in child]) if child.size else np.zeros(0, np.int64)
+    rel_all, rel_found = front_pos(np.repeat(par, m[child]), cat_rows)
+    if not np.all(rel_found):
+        raise AssertionError("internal error: a child row is outside its parent's front")
+    rel_off = np.zeros(ns + 1, dtype=np.int64)  # indexed by supernode (roots have m == 0)
+    np.cumsum(np.where(sn_parent >= 0, m, 0), out=rel_off[1:])
+
+    def rel_rows(sns: np.ndarray, width: int, pad: np.ndarray) -> np.ndarray:
+        ar = np.arange(width)
+        valid = ar[None, :] < m[sns][:, None]
+        idx = np.minimum(rel_off[sns][:, None] + ar[None, :], max(rel_all.size - 1, 0))
+        vals = rel_all[idx] if rel_all.size else np.zeros(idx.shape, np.int64)
+        return np.where(valid, vals, pad[:, None])
+
+    # children of each bucket's supernodes, grouped by parent bucket
+    kids_order = child[np.argsort(bucket_of[par], kind="stable")]
+    kid_counts = np.bincount(bucket_of[par], minlength=nb)
+    kid_bounds = np.concatenate([[0], np.cumsum(kid_counts)])
+    kids_of_bucket = [kids_order[kid_bounds[b] : kid_bounds[b + 1]] for b in range(nb)]
+
+    buckets = []
+    read_idx = np.nonzero(entry_read)[0]
+    read_bucket = e_bucket[read_idx]
+    sel_chunks = []
+    for b in range(nb):
+        sns = bucket_members[b]
+        K, M, N = int(bK[b]), int(bM[b]), int(bN[b])
+        bs = sns.shape[0]
+        arK, arM = np.arange(K), np.arange(M)
+        col_valid = arK[None, :] < k[sns][:, None]
+        col_idx = np.where(col_valid, sn_start[sns][:, None] + arK[None, :], n)
+        row_valid = arM[None, :] < m[sns][:, None]
+        ridx = np.minimum(row_off[sns][:, None] + arM[None, :], max(all_rows.size - 1, 0))
+        row_idx = np.where(row_valid, all_rows[ridx] if all_rows.size else n, n)
+
+        sel = read_idx[read_bucket == b]
+        pad_t, pad_j = np.nonzero(~col_valid)
+        a_src = np.concatenate([sel, np.full(pad_t.shape[0], nnz, np.int64)])
+        a_dst = np.concatenate([e_pos[sel], (pad_t * N + pad_j) * N + pad_j])
+        mine = np.nonzero(e_bucket == b)[0]
+        sel_chunks.append(mine)
+
+        kids = kids_of_bucket[b]
+        if kids.size:
+            cb = bucket_of[kids]
+            ea_m = bM[cb]
+            ea_base = u_offset[cb] + sn_slot[kids] * ea_m * ea_m
+            ea_rel = rel_rows(kids, int(ea_m.max()), np.full(kids.shape[0], N))
+            ea_slot = sn_slot[sn_parent[kids]]
+        else:
+            ea_m = ea_base = ea_slot = np.zeros(0, np.int64)
+            ea_rel = np.zeros((0, 0), np.int64)
+        has_parent = sn_parent[sns] >= 0
+        pb = np.where(has_parent, bucket_of[np.maximum(sn_parent[sns], 0)], 0)
+        up_n = np.where(has_parent, bN[pb], 0)
+        up_base = np.where(
+            has_parent, z_offset[pb] + sn_slot[np.maximum(sn_parent[sns], 0)] * up_n * up_n, 0
+        )
+        up_rel = rel_rows(sns, M, np.full(bs, -1)) if M else np.zeros((bs, 0), np.int64)
+        buckets.append(
+            Bucket(
+                level=bucket_level[b],
+                K=K,
+                M=M,
+                supernodes=sns,
+                ncols=k[sns],
+                nrows=m[sns],
+                col_idx=col_idx.astype(np.int32),
+                row_idx=row_idx.astype(np.int32),
+                a_src=a_src.astype(np.int32),
+                a_dst=a_dst.astype(np.int32),
+                sel_pos=e_pos[mine].astype(np.int32),
+                u_offset=int(u_offset[b]),
+                z_offset=int(z_offset[b]),
+                ea_base=ea_base.astype(np.int32),
+                ea_m=ea_m.astype(np.int32),
+                ea_slot=ea_slot.astype(np.int32),
+                ea_rel=ea_rel.astype(np.int32),
+                up_base=up_base.astype(np.int32),
+                up_n=up_n.astype(np.int32),
+                up_rel=up_rel.astype(np.int32),
+            )
+        )
+    order = np.concatenate(sel_chunks) if sel_chunks else np.zeros(0, np.int64)
+    sel_order = np.empty(nnz, dtype=np.int64)
+    sel_order[order] = np.arange(order.shape[0])
+
+    nnz_L_padded = int(np.sum(bsize * (bK * (bK + 1) // 2 + bK * bM)))
+    if max(max(z_pool), nnz + 1, n + 1) >= 2**31:
+        raise ValueError("sparse factor too large for 32-bit index maps")
+
+    return Symbolic(
+        n=n,
+        nnz=nnz,
+        ordering=ordering,
+        perm=perm,
+        iperm=iperm,
+        entry_row=entry_row,
+        entry_col=entry_col,
+        entry_read=entry_read,
+        logdet_weight=weight,
+        sn_start=sn_start,
+        sn_parent=sn_parent,
+        sn_rows=sn_rows,
+        sn_bucket=bucket_of,
+        sn_slot=sn_slot,
+        buckets=tuple(buckets),
+        levels=tuple(tuple(x) for x in levels),
+        u_pool=tuple(u_pool),
+        z_pool=tuple(z_pool),
+        sel_order=sel_order,
+        nnz_L=nnz_L,
+        nnz_L_stored=nnz_L_stored,
+        nnz_L_padded=nnz_L_padded,
+        flops=flops,
+    )
