@@ -133,11 +133,16 @@ def logdet(operator: Any, solver: AbstractSolver = AutoSolver()) -> Inexact[Arra
 
     **Returns:**
 
-    `log det A`. For operators that are not positive definite this is `log(sign) +
-    logabsdet`: NaN for a negative real determinant, complex for complex operators.
-    A matrix tagged positive semidefinite that is not positive definite gives NaN.
+    `log det A`: real for operators tagged positive semidefinite (NaN if the Cholesky
+    factorization fails). Otherwise it is `log(sign) + logabsdet`: NaN for a negative
+    real determinant, complex for complex operators.
     """
+    operator = as_operator(operator)
+    if isinstance(solver, AutoSolver):
+        solver = solver.select(operator)
     sign, logabsdet = slogdet(operator, solver)
+    if isinstance(solver, Cholesky) and negative_semidefinite_tag not in operator.tags:
+        return logabsdet  # positive definite: real, even for complex hermitian input
     if jnp.iscomplexobj(sign):
         return jnp.log(sign) + logabsdet
     return jnp.where(sign > 0, logabsdet, jnp.where(sign == 0, -jnp.inf, jnp.nan))
