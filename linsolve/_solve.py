@@ -85,6 +85,9 @@ def _solve_jvp(primals, tangents, *, throw):
         return jnp.conj(operator.rmv(jnp.conj(v)))
 
     rhs = jnp.zeros_like(vector) if t_vector is None else t_vector
+    # What the forward solve learned (e.g. a recycled Krylov subspace) for the derivative's
+    # solves; the state itself for direct solvers.
+    state = solver.adjoint_state(state, out[2])
     m, n = operator.shape
     if m == n:
         # A ẋ = ḃ − Ȧ x. Reverse mode transposes this into the transposed solve.

@@ -37,6 +37,13 @@ class AbstractSolver(eqx.Module):
     ) -> tuple[Array, Array, dict]:
         """Solve `A.T x = vector` (plain transpose) from the same state."""
 
+    def adjoint_state(self, state: Any, stats: dict) -> Any:
+        """The state the tangent and transposed solves of a derivative start from, given
+        the forward solve's `stats`. Direct solvers reuse `state`; a Krylov solver may
+        attach what its forward solve learned (e.g. a recycled subspace)."""
+        del stats
+        return state
+
 
 def dense_input(operator: AbstractOperator) -> tuple[Array, Array]:
     """The dense matrix a direct solver factorizes (structure convention applied: only the
