@@ -21,8 +21,7 @@ def _params(dtypes):
     ]
 
 
-def _tol(dtype):
-    return 1e-4 if np.dtype(dtype).itemsize <= 8 and np.dtype(dtype) != np.float64 else 1e-10
+SECOND_ORDER_COMPLEX = {"cholesky-psd", "lu-hermitian", "qr-wide", "qr-tall"}
 
 
 @pytest.mark.parametrize("case,dtype", _params(ALL_DTYPES))
@@ -49,7 +48,10 @@ def test_check_grads_jit(case, dtype):
     def f(a, b):
         return case.solve(a, b).value
 
-    check_grads(f, (stored, b), order=2, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
+    # Second order in float64 for every row; complex rows at first order (the entrywise FD
+    # test covers them too) except a few that exercise every complex code path at order 2.
+    order = 2 if dtype == np.float64 or case.name in SECOND_ORDER_COMPLEX else 1
+    check_grads(f, (stored, b), order=order, modes=["fwd", "rev"], atol=1e-5, rtol=1e-5)
 
 
 @pytest.mark.parametrize("case,dtype", _params(GRAD_DTYPES))
