@@ -13,13 +13,18 @@ from ._operator import (
     ScaledOperator as ScaledOperator,
     TransposedOperator as TransposedOperator,
 )
+from ._sparse.operator import SparseOperator as SparseOperator
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import linear_solve as linear_solve
 from ._solver.abstract import AbstractSolver as AbstractSolver
 from ._solver.auto import AutoSolver as AutoSolver
+from ._solver.bicgstab import BiCGStab as BiCGStab
+from ._solver.cg import CG as CG
 from ._solver.cholesky import Cholesky as Cholesky
 from ._solver.diagonal import Diagonal as Diagonal
+from ._solver.gmres import GMRES as GMRES
 from ._solver.lu import LU as LU
+from ._solver.minres import MINRES as MINRES
 from ._solver.qr import QR as QR
 from ._solver.triangular import Triangular as Triangular
 from ._tags import (

@@ -33,9 +33,11 @@ class Case:
     solver: Callable[[], ls.AbstractSolver]
     tags: tuple = ()
     matrix: str = "general"  # general | spd | nsd | symmetric | hermitian | lower | upper | diagonal
-    kind: str = "matrix"  # matrix | function | lineax | diagonal
+    kind: str = "matrix"  # matrix | function | lineax | diagonal | sparse
     shape: tuple = (4, 4)
     unit: bool = False
+    # Iterative rows: `solver` is called with the dtype, to pick converged tolerances.
+    iterative: bool = False
 
     def __str__(self):
         return self.name
@@ -120,14 +122,45 @@ class Case:
             inner = ls.MatrixOperator(stored, tags)
             example = jnp.zeros(self.shape[1], stored.dtype)
             return ls.FunctionOperator(lambda v: inner.mv(v), example, tags)
+        if self.kind == "sparse":
+            # Every entry stored (CSC, column-major), so unread entries are stored too.
+            m, n = self.shape
+            indptr, indices = np.arange(n + 1) * m, np.tile(np.arange(m), n)
+            return ls.SparseOperator(stored.T.reshape(-1), indices, indptr, (m, n), tags)
         if self.kind == "lineax":
             lx_tags = {PSD: lx.positive_semidefinite_tag, NSD: lx.negative_semidefinite_tag,
                        ls.symmetric_tag: lx.symmetric_tag}
             return lx.MatrixLinearOperator(stored, tuple(lx_tags[t] for t in tags))
         raise ValueError(self.kind)
 
+    def make_solver(self, dtype):
+        return self.solver(np.dtype(dtype)) if self.iterative else self.solver()
+
     def solve(self, stored, b, **kwargs):
-        return ls.linear_solve(self.operator(stored), b, self.solver(), **kwargs)
+        return ls.linear_solve(self.operator(stored), b, self.make_solver(stored.dtype), **kwargs)
+
+
+def _converged(dtype):
+    """Tolerances at which an iterative solve is converged to (nearly) working precision."""
+    return 1e-13 if np.finfo(dtype).bits == 64 else 1e-6
+
+
+def iterative(cls, **kwargs):
+    """A solver factory `dtype -> cls(rtol, atol, **kwargs)` with converged tolerances."""
+
+    def make(dtype):
+        tol = _converged(dtype)
+        return cls(rtol=tol, atol=tol, **kwargs)
+
+    return make
+
+
+def _cg_preconditioned_nsd(dtype):
+    # A fixed definite preconditioner of the operator's sign (it approximates A⁻¹): any
+    # one is valid, it only changes the speed.
+    diagonal = -np.array([0.3, 0.2, 0.25, 0.1]).astype(dtype)
+    return ls.CG(rtol=_converged(dtype), atol=_converged(dtype),
+                 preconditioner=ls.DiagonalOperator(diagonal))
 
 
 CASES = [
@@ -151,6 +184,18 @@ CASES = [
     Case("auto-function-lu", ls.AutoSolver, (), "general", kind="function"),
     Case("auto-lineax-psd", ls.AutoSolver, (PSD,), "spd", kind="lineax"),
     Case("auto-lineax-lu", ls.AutoSolver, (), "general", kind="lineax"),
+    Case("sparse-cholesky-psd", ls.Cholesky, (PSD,), "spd", kind="sparse"),
+    Case("sparse-lu-lower-unit", ls.LU, (ls.lower_triangular_tag, ls.unit_diagonal_tag), "lower",
+         kind="sparse", unit=True),
+    # Krylov solvers (tests/test_iterative.py has their own behaviour).
+    Case("cg-psd", iterative(ls.CG), (PSD,), "spd", iterative=True),
+    Case("cg-nsd-preconditioned", _cg_preconditioned_nsd, (NSD,), "nsd", iterative=True),
+    Case("cg-function-recycle", iterative(ls.CG, recycle=2), (PSD,), "spd", kind="function",
+         iterative=True),
+    Case("minres-hermitian", iterative(ls.MINRES), (ls.hermitian_tag,), "hermitian", iterative=True),
+    Case("gmres-function-restart", iterative(ls.GMRES, restart=2), (), "general", kind="function",
+         iterative=True),
+    Case("bicgstab-lineax", iterative(ls.BiCGStab), (), "general", kind="lineax", iterative=True),
 ]
 
 REAL_DTYPES = (np.float32, np.float64)
