@@ -1,5 +1,6 @@
 """linsolve: differentiable linear algebra on structured operators, in JAX."""
 
+from ._eig import Eigenpairs as Eigenpairs, eigh as eigh, lobpcg as lobpcg
 from ._factor import cholesky as cholesky, lu as lu
 from ._logdet import logdet as logdet, slogdet as slogdet
 from ._operator import (

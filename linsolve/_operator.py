@@ -103,6 +103,10 @@ class AbstractOperator(eqx.Module):
         """`A.T y` (plain transpose). Defaults to transposing `mv` with JAX."""
         return self.transpose().mv(y)
 
+    def diag(self) -> Array:
+        """The diagonal of the matrix this operator applies (structure convention applied)."""
+        return jnp.diagonal(self.as_matrix())
+
     @property
     def T(self) -> "AbstractOperator":
         """The transpose, `A.T`."""
@@ -271,6 +275,9 @@ class DiagonalOperator(AbstractOperator):
     def as_matrix(self):
         return jnp.diag(self._values())
 
+    def diag(self):
+        return self._values()
+
     def transpose(self):
         return self
 
@@ -315,6 +322,9 @@ class IdentityOperator(AbstractOperator):
 
     def as_matrix(self):
         return jnp.eye(self.n, dtype=self._dtype)
+
+    def diag(self):
+        return jnp.ones(self.n, self._dtype)
 
     def transpose(self):
         return self

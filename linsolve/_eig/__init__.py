@@ -1,0 +1,6 @@
+"""Eigenpairs of symmetric operators and pencils: `lobpcg` (a few extreme eigenpairs,
+iterative, derivatives from projected linear solves) and `eigh` (dense, all eigenpairs),
+both returning `Eigenpairs`."""
+
+from .eigh import eigh as eigh
+from .lobpcg import Eigenpairs as Eigenpairs, lobpcg as lobpcg

@@ -1,14 +1,30 @@
 """AutoSolver: picks a solver from the operator's tags and kind."""
 
+import equinox as eqx
+import jax
+import jax.numpy as jnp
 
 from .._tags import (
     diagonal_tag,
+    is_hermitian,
+    is_self_adjoint,
     lower_triangular_tag,
     negative_semidefinite_tag,
     positive_semidefinite_tag,
     upper_triangular_tag,
 )
 from .abstract import AbstractSolver
+
+
+def is_matrix_free(operator) -> bool:
+    """Whether applying `operator` involves a `FunctionOperator` or a lineax operator that
+    is not a matrix one (lineax matrices are converted to `MatrixOperator`s on entry)."""
+    from .._lineax import LineaxOperator
+    from .._operator import FunctionOperator
+
+    kinds = (FunctionOperator, LineaxOperator)
+    leaves = jax.tree_util.tree_leaves(operator, is_leaf=lambda x: isinstance(x, kinds))
+    return any(isinstance(leaf, kinds) for leaf in leaves)
 
 
 class AutoSolver(AbstractSolver):
@@ -18,12 +34,27 @@ class AutoSolver(AbstractSolver):
     | --- | --- |
     | tagged diagonal | [`linsolve.Diagonal`][] |
     | tagged lower / upper triangular | [`linsolve.Triangular`][] |
+    | matrix-free (see below), tagged positive / negative semidefinite | [`linsolve.CG`][] |
+    | matrix-free, self-adjoint (symmetric; hermitian if complex) | [`linsolve.MINRES`][] |
+    | matrix-free, otherwise | [`linsolve.GMRES`][] |
     | tagged positive / negative semidefinite | [`linsolve.Cholesky`][] |
     | not square | [`linsolve.QR`][] (least squares / minimum norm) |
     | otherwise | [`linsolve.LU`][] |
 
-    Matrix-free operators are materialized with `as_matrix` by the dense solvers.
+    "Matrix-free" means a `FunctionOperator` or a lineax operator that is not a matrix
+    one (or a sum / product / transpose involving one) of size at least
+    `materialize_below`; the Krylov solvers then use their default tolerances
+    (`rtol = eps**0.75`). Smaller matrix-free operators are materialized with `as_matrix`
+    (n products, cheaper than an iterative solve at that size, and exact) and solved by the
+    dense solvers, as are matrix-free operators tagged diagonal or triangular.
+
+    **Arguments:**
+
+    - `materialize_below`: matrix-free operators with fewer rows than this are solved
+      densely (default 64; 0 always picks a Krylov solver for them).
     """
+
+    materialize_below: int = eqx.field(static=True, default=64)
 
     def select(self, operator) -> AbstractSolver:
         """The solver this `AutoSolver` uses for `operator`."""
@@ -40,7 +71,19 @@ class AutoSolver(AbstractSolver):
             return Diagonal()
         if tags & {lower_triangular_tag, upper_triangular_tag}:
             return Triangular()
-        if tags & {positive_semidefinite_tag, negative_semidefinite_tag}:
+        semidefinite = tags & {positive_semidefinite_tag, negative_semidefinite_tag}
+        if operator.shape[0] >= self.materialize_below and is_matrix_free(operator):
+            from .cg import CG
+            from .gmres import GMRES
+            from .minres import MINRES
+
+            if semidefinite:
+                return CG()
+            cplx = jnp.issubdtype(operator.dtype, jnp.complexfloating)
+            if is_hermitian(tags, cplx) if cplx else is_self_adjoint(tags):
+                return MINRES()
+            return GMRES()
+        if semidefinite:
             return Cholesky()
         return LU()
 
@@ -55,3 +98,7 @@ class AutoSolver(AbstractSolver):
     def transpose_solve(self, state, vector, y0):
         solver, inner = state
         return solver.transpose_solve(inner, vector, y0)
+
+    def adjoint_state(self, state, stats):
+        solver, inner = state
+        return solver, solver.adjoint_state(inner, stats)

@@ -4,7 +4,6 @@ import equinox as eqx
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .._operator import DiagonalOperator, IdentityOperator
 from .._solution import RESULTS, first_failure
 from .._structure import read_diagonal
 from .._tags import diagonal_tag
@@ -25,12 +24,7 @@ class Diagonal(AbstractSolver):
             raise ValueError(
                 f"Diagonal needs an operator tagged diagonal_tag; got tags {tag_names(operator.tags)}."
             )
-        if isinstance(operator, DiagonalOperator):
-            diagonal = read_diagonal(operator.diagonal, operator.tags)
-        elif isinstance(operator, IdentityOperator):
-            diagonal = jnp.ones(operator.shape[0], operator.dtype)
-        else:
-            diagonal = read_diagonal(jnp.diagonal(operator.as_matrix()), operator.tags)
+        diagonal = read_diagonal(operator.diag(), operator.tags)
         finite = jnp.all(jnp.isfinite(diagonal))
         result = first_failure(
             (~finite, RESULTS.nonfinite_input), (jnp.any(diagonal == 0), RESULTS.singular)

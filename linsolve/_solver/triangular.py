@@ -7,6 +7,8 @@ from jaxtyping import Array
 
 from .._solution import RESULTS, first_failure
 from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
+from .._sparse.operator import SparseOperator
+from .._sparse.triangular import Schedule, schedule
 from .abstract import AbstractSolver, dense_input, tag_names
 
 
@@ -32,8 +34,10 @@ class Triangular(AbstractSolver):
             )
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"Triangular needs a square operator; got shape {operator.shape}.")
-        matrix, finite = dense_input(operator)
         unit = unit_diagonal_tag in tags
+        if isinstance(operator, SparseOperator):
+            return _sparse_init(operator, unit)
+        matrix, finite = dense_input(operator)
         singular = jnp.any(jnp.diagonal(matrix) == 0)
         result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
         return _TriangularState(matrix, lower, unit, result)
@@ -45,8 +49,35 @@ class Triangular(AbstractSolver):
 
     def solve(self, state, vector, y0):
         del y0
+        if isinstance(state, _SparseTriangularState):
+            return state.forward.solve(state.off_values, state.diagonal, vector), state.result, {}
         return self._solve(state, vector, 0), state.result, {}
 
     def transpose_solve(self, state, vector, y0):
         del y0
+        if isinstance(state, _SparseTriangularState):
+            return state.backward.solve(state.off_values, state.diagonal, vector), state.result, {}
         return self._solve(state, vector, 1), state.result, {}
+
+
+class _SparseTriangularState(eqx.Module):
+    off_values: Array
+    diagonal: Array | None
+    forward: Schedule = eqx.field(static=True)
+    backward: Schedule = eqx.field(static=True)
+    result: Array
+
+
+def _sparse_init(operator: SparseOperator, unit: bool) -> _SparseTriangularState:
+    """Level-scheduled sparse substitution: never materializes the matrix."""
+    forward, off, _ = schedule(operator.pattern, operator.tags, False)
+    backward, _, _ = schedule(operator.pattern, operator.tags, True)
+    off_values = operator.values[off]
+    diagonal = None if unit else operator.diag()
+    finite = jnp.all(jnp.isfinite(off_values))
+    singular = jnp.asarray(False)
+    if diagonal is not None:
+        finite = finite & jnp.all(jnp.isfinite(diagonal))
+        singular = jnp.any(diagonal == 0)
+    result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+    return _SparseTriangularState(off_values, diagonal, forward, backward, result)

@@ -231,6 +231,12 @@ class SparseOperator(AbstractOperator):
             return out + jnp.eye(*self.shape, dtype=out.dtype)
         return out.at[d_idx, d_idx].add(d_vals)
 
+    def diag(self):
+        if unit_diagonal_tag in self._tags:
+            return jnp.ones(min(self.shape), self.values.dtype)
+        _, (d_idx, d_vals) = self._entries()
+        return jnp.zeros(min(self.shape), self.values.dtype).at[d_idx].add(d_vals)
+
     def transpose(self):
         if is_self_adjoint(self._tags):
             if self._hermitian():

@@ -1,0 +1,89 @@
+"""Dense eigendecomposition of a symmetric operator (or pencil), under the structure
+convention, with the same derivative rule as `lobpcg`.
+
+The matrix is `operator.as_matrix()`, which for a tagged dense matrix is built from its
+lower triangle: gradients w.r.t. the stored array fold into that triangle and the unread
+upper triangle gets exactly zero. With `B`, the pencil is reduced by the Cholesky factor
+`B = L Lᵀ` to `L⁻¹ A L⁻ᵀ` and the eigenvectors mapped back, `V = L⁻ᵀ Y`.
+
+The derivative is the `lobpcg` one with U the whole eigenbasis (`adjoint.py`), so
+degenerate eigenvalues are handled the same way: pairs closer than
+`degeneracy_rtol · max|λ|` are one eigenspace, and basis-independent losses (sums of
+its eigenvalues, its projector) get finite, exact gradients where `jnp.linalg.eigh`'s
+rule divides by zero.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+
+from .._solution import RESULTS, result_code
+from .adjoint import eigenpair_tangents
+from .lobpcg import Eigenpairs, _check_operator
+
+
+def _dense_eigh(a, b):
+    if b is None:
+        return jnp.linalg.eigh(a)
+    chol = jnp.linalg.cholesky(b)
+    c = jsl.solve_triangular(chol, a, lower=True)
+    c = jsl.solve_triangular(chol, c.T, lower=True)
+    values, y = jnp.linalg.eigh(c)
+    return values, jsl.solve_triangular(chol.T, y, lower=False)
+
+
+@eqx.filter_custom_jvp
+def _eigh(op, B, *, rtol):
+    del rtol
+    return _dense_eigh(op.as_matrix(), None if B is None else B.as_matrix())
+
+
+@_eigh.def_jvp
+def _eigh_jvp(primals, tangents, *, rtol):
+    op, B = primals
+    t_op, t_B = tangents
+    values, vectors = _eigh(op, B, rtol=rtol)
+    threshold = rtol * jnp.max(jnp.abs(values))
+    t_values, t_vectors = eigenpair_tangents(
+        op, B, t_op, t_B, values, vectors, largest=False, threshold=threshold, solver=None,
+        preconditioner=None, throw=False, complete=True,
+    )
+    return (values, vectors), (t_values, t_vectors)
+
+
+def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) -> Eigenpairs:
+    """All eigenpairs of a symmetric operator, densely (`jnp.linalg.eigh` on
+    `operator.as_matrix()`); with `B`, of the pencil `A v = λ B v`. For small operators,
+    and as a reference for [`linsolve.lobpcg`][].
+
+    **Arguments:**
+
+    - `operator`: `A`, tagged symmetric (or semidefinite); a tagged dense matrix is read
+      by its lower triangle. Any linsolve or lineax operator (matrix-free ones are
+      materialised with `as_matrix`).
+    - `B`: symmetric positive definite, or `None`.
+    - `degeneracy_rtol`: eigenvalues closer than `degeneracy_rtol · max|λ|` are one
+      eigenspace for the derivative (default `sqrt(eps)`), as in `lobpcg`.
+
+    **Returns:**
+
+    An [`linsolve.Eigenpairs`][] with all `n` eigenvalues ascending, `B`-orthonormal
+    eigenvectors, `result` (`successful`, or `nonfinite_input` for NaN/Inf) and empty
+    `stats`. Differentiable w.r.t. the arrays inside `A` and `B`.
+    """
+    op = _check_operator(operator, "operator")
+    if B is not None:
+        B = _check_operator(B, "B")
+        if B.shape != op.shape:
+            raise ValueError(f"eigh: `B` has shape {B.shape}, the operator {op.shape}.")
+    dtype = op.dtype if B is None else jnp.result_type(op.dtype, B.dtype)
+    rtol = float(jnp.finfo(dtype).eps) ** 0.5 if degeneracy_rtol is None else float(degeneracy_rtol)
+    values, vectors = _eigh(op, B, rtol=rtol)
+    finite = jnp.all(jnp.isfinite(jax.lax.stop_gradient(values))) & jnp.all(
+        jnp.isfinite(jax.lax.stop_gradient(vectors))
+    )
+    result = jnp.where(finite, result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
+    return Eigenpairs(values, vectors, result, {})

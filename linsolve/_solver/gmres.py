@@ -1,0 +1,155 @@
+"""Restarted GMRES (Saad & Schultz 1986) with right preconditioning, for any square operator."""
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+import jax.scipy.linalg as jsl
+
+from .._solution import RESULTS, result_code
+from .krylov import (
+    AbstractKrylovSolver,
+    KrylovState,
+    final_result,
+    map_columns,
+    matvec,
+    norm,
+    precondition,
+    real_dtype,
+    report,
+    start,
+    stats,
+    target,
+    transposed,
+)
+
+
+class GMRES(AbstractKrylovSolver):
+    """Restarted GMRES(`restart`) with right preconditioning, for any square operator
+    (real or complex, no structure needed). One matrix-vector product per iteration, plus
+    one per restart for the true residual. The monitored residual is the true,
+    unpreconditioned one (right preconditioning does not change it).
+
+    **Arguments:**
+
+    - `rtol`, `atol`, `max_steps`, `preconditioner`, `verbose`: as for [`linsolve.CG`][];
+      `max_steps` counts inner iterations over all restarts.
+    - `restart`: the Krylov dimension before a restart (memory: `restart + 1` vectors).
+
+    `sol.stats` has `num_steps` (inner iterations), `num_restarts` and `residual_norm`.
+    """
+
+    restart: int = eqx.field(static=True, default=20)
+
+    def init(self, operator) -> KrylovState:
+        if self.restart < 1:
+            raise ValueError(f"GMRES: `restart` must be >= 1, got {self.restart}.")
+        return self._make_state(operator)
+
+    def solve(self, state, vector, y0):
+        return map_columns(lambda b, x0, _: self._gmres(state, b, x0, "GMRES"), vector, y0)
+
+    def transpose_solve(self, state, vector, y0):
+        state = transposed(state)
+        return map_columns(lambda b, x0, _: self._gmres(state, b, x0, "GMRES (transposed)"), vector, y0)
+
+    def _gmres(self, state: KrylovState, b, y0, label):
+        return _gmres(state, b, y0, min(self.restart, b.shape[0]), self.verbose, label)
+
+
+def _givens(a, b):
+    """`(c, s)` with c real, such that `[[c, s], [−s̄, c]] @ [a, b] = [ρ, 0]`."""
+    rdt = real_dtype(jnp.result_type(a))
+    abs_a = jnp.abs(a)
+    rho = jnp.hypot(abs_a, jnp.abs(b))
+    safe_rho = jnp.where(rho == 0, 1, rho)
+    phase = jnp.where(abs_a == 0, jnp.ones_like(a), a / jnp.where(abs_a == 0, 1, abs_a))
+    c = jnp.where(rho == 0, 1, abs_a / safe_rho).astype(rdt)
+    s = jnp.where(rho == 0, 0, phase * jnp.conj(b) / safe_rho)
+    return c, s
+
+
+def _rotate(c, s, x, y):
+    return c * x + s * y, -jnp.conj(s) * x + c * y
+
+
+def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
+    mv = matvec(state)
+    pre = precondition(state)
+    rdt = real_dtype(b.dtype)
+    dtype = b.dtype
+    n = b.shape[0]
+    x, r, b_norm = start(state, b, y0)
+    goal = target(state, b_norm)
+    r_norm = norm(r).astype(rdt)
+    code = jnp.where(jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
+    report(verbose, label, 0, r_norm, goal)
+
+    def cycle(carry):
+        k, cycles, x, r, r_norm, code = carry
+        basis = jnp.zeros((n, restart + 1), dtype).at[:, 0].set(r / jnp.where(r_norm == 0, 1, r_norm))
+        hess = jnp.zeros((restart + 1, restart), dtype)
+        g = jnp.zeros(restart + 1, dtype).at[0].set(r_norm)
+        rot = jnp.eye(restart + 1, dtype=dtype)
+
+        def inner_cond(c):
+            j, kk, _, _, _, _, est = c
+            return (j < restart) & (kk < state.max_steps) & (est > goal)
+
+        def inner_body(c):
+            j, kk, basis, hess, g, rot, _ = c
+            w = mv(pre(basis[:, j]))
+            # Classical Gram–Schmidt twice: as stable as modified Gram–Schmidt and two
+            # matrix-vector products with the basis instead of j dot products. Columns
+            # beyond j are zero, so they do not contribute.
+            h = jnp.conj(basis.T) @ w
+            w = w - basis @ h
+            h2 = jnp.conj(basis.T) @ w
+            w = w - basis @ h2
+            h = h + h2
+            h_next = norm(w).astype(rdt)
+            # A (numerically) zero h_next is the lucky breakdown: the Krylov space is
+            # invariant and the least-squares solution below is exact.
+            basis = basis.at[:, j + 1].set(w / jnp.where(h_next == 0, 1, h_next))
+            h = h.at[j + 1].set(h_next)
+            # `rot` is the product of the Givens rotations so far, kept as a small dense
+            # unitary matrix: one (restart+1)² product brings the new column to
+            # triangular form without a sequential loop over the previous rotations.
+            h = rot @ h
+            c_j, s_j = _givens(h[j], h[j + 1])
+            hj, _ = _rotate(c_j, s_j, h[j], h[j + 1])
+            h = h.at[j].set(hj).at[j + 1].set(0)
+            row_j, row_j1 = _rotate(c_j, s_j, rot[j], rot[j + 1])
+            rot = rot.at[j].set(row_j).at[j + 1].set(row_j1)
+            gj, gj1 = _rotate(c_j, s_j, g[j], g[j + 1])
+            g = g.at[j].set(gj).at[j + 1].set(gj1)
+            est = jnp.abs(gj1).astype(rdt)
+            report(verbose, label, kk + 1, est, goal)
+            return (j + 1, kk + 1, basis, hess.at[:, j].set(h), g, rot, est)
+
+        init = (jnp.asarray(0, jnp.int32), k, basis, hess, g, rot, r_norm)
+        j, k, basis, hess, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, init)
+        # Least squares in the Krylov space: the rotated Hessenberg matrix is upper
+        # triangular on its first j columns; pad the rest with the identity.
+        used = jnp.arange(restart) < j
+        tri = jnp.where(used[:, None] & used[None, :], hess[:restart], 0)
+        diag = jnp.diagonal(tri)
+        bad_diag = used & (diag == 0)
+        tri = tri + jnp.diag(jnp.where(used & ~bad_diag, 0, 1).astype(dtype))
+        rhs = jnp.where(used, g[:restart], 0)
+        coef = jsl.solve_triangular(tri, rhs, lower=False)
+        x = x + pre(basis[:, :restart] @ coef)
+        r = b - mv(x)
+        r_norm = norm(r).astype(rdt)
+        code = jnp.where(jnp.isfinite(r_norm), code, result_code(RESULTS.nonfinite_input))
+        # No progress in a whole cycle (e.g. a singular operator): stop rather than spin.
+        stalled = (j > 0) & jnp.any(bad_diag)
+        code = jnp.where(stalled & (r_norm > goal), result_code(RESULTS.breakdown), code)
+        return k, cycles + 1, x, r, r_norm, code
+
+    def outer_cond(carry):
+        k, _, _, _, r_norm, code = carry
+        return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
+
+    carry = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x, r, r_norm, code)
+    k, cycles, x, _, r_norm, code = jax.lax.while_loop(outer_cond, cycle, carry)
+    return x, final_result(code, r_norm <= goal), stats(k, r_norm, num_restarts=cycles)

@@ -1,0 +1,205 @@
+"""Pieces shared by the Krylov solvers (CG, MINRES, GMRES, BiCGStab).
+
+- `AbstractKrylovSolver`: the common configuration (`rtol`, `atol`, `max_steps`,
+  `preconditioner`, `verbose`), its resolution against an operator, and the state every
+  Krylov solver starts from (operator and preconditioner, both `stop_gradient`-ed by
+  `linear_solve` because they live in the state).
+- The stopping test `‖r‖₂ <= atol + rtol ‖b‖₂`, the verbose printer and the result codes.
+- `map_columns`: a right-hand side of shape `(n, k)` is solved column by column (`vmap`),
+  each column with its own Krylov space and stopping test.
+
+None of this is differentiated: `linear_solve` differentiates the solution through
+`jax.lax.custom_linear_solve`, never through the iterations, so plain `lax.while_loop`s
+are used.
+"""
+
+from typing import Any
+
+import equinox as eqx
+import jax
+import jax.numpy as jnp
+from jaxtyping import Array
+
+from .._operator import AbstractOperator, as_operator
+from .._solution import RESULTS, result_code
+from .abstract import AbstractSolver
+
+
+def inner(a: Array, b: Array) -> Array:
+    """`aᴴ b` for vectors (conjugate-linear in the first argument)."""
+    return jnp.sum(jnp.conj(a) * b)
+
+
+def norm(a: Array) -> Array:
+    """Euclidean norm, real dtype."""
+    return jnp.sqrt(jnp.real(inner(a, a)))
+
+
+def real_dtype(dtype) -> Any:
+    return jnp.finfo(dtype).dtype
+
+
+def default_tolerance(dtype) -> float:
+    """`eps**0.75`: about 2e-12 in double and 7e-6 in single precision. Tight enough that
+    a well-conditioned solve is accurate to most digits, loose enough to be reachable."""
+    return float(jnp.finfo(dtype).eps) ** 0.75
+
+
+class KrylovState(eqx.Module):
+    """What a Krylov solve needs from `init`: the operator, the preconditioner (`None` for
+    none), the resolved tolerances, and — for a recycling CG, after
+    `adjoint_state` — the recycled subspace."""
+
+    operator: AbstractOperator
+    preconditioner: AbstractOperator | None
+    rtol: float = eqx.field(static=True)
+    atol: float = eqx.field(static=True)
+    max_steps: int = eqx.field(static=True)
+    negate: bool = eqx.field(static=True, default=False)
+    recycled: Any = None
+
+
+class AbstractKrylovSolver(AbstractSolver):
+    """Configuration shared by linsolve's Krylov solvers.
+
+    **Arguments:**
+
+    - `rtol`, `atol`: stop when `‖b − A x‖₂ <= atol + rtol ‖b‖₂` (per right-hand side).
+      `None` (the default) means `eps**0.75` of the operator's dtype for `rtol` and `0`
+      for `atol`.
+    - `max_steps`: the most iterations (default `10 n`). Not converging in time gives
+      `RESULTS.max_steps_reached`.
+    - `preconditioner`: an operator (linsolve or lineax) approximating `A⁻¹`, or `None`.
+      The transposed solve of reverse mode uses its transpose. It may be built from
+      traced arrays; like the operator it gets no derivative through the solver.
+    - `verbose`: print the residual norm at every step (`jax.debug.print`, works under
+      `jit`).
+    """
+
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int | None = eqx.field(static=True, default=None)
+    preconditioner: Any = None
+    verbose: bool = eqx.field(static=True, default=False)
+
+    def _check_square(self, operator):
+        if operator.shape[0] != operator.shape[1]:
+            raise ValueError(
+                f"{type(self).__name__} needs a square operator; got shape {operator.shape}."
+            )
+
+    def _make_state(self, operator, negate: bool = False) -> KrylovState:
+        self._check_square(operator)
+        n = operator.shape[0]
+        preconditioner = None
+        if self.preconditioner is not None:
+            preconditioner = as_operator(self.preconditioner)
+            if preconditioner.shape != operator.shape:
+                raise ValueError(
+                    f"The preconditioner of {type(self).__name__} has shape "
+                    f"{preconditioner.shape}; the operator has shape {operator.shape}."
+                )
+        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
+            if value is not None and not value >= 0:
+                raise ValueError(f"{type(self).__name__}: `{name}` must be >= 0, got {value}.")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"{type(self).__name__}: `max_steps` must be >= 0.")
+        rtol = default_tolerance(operator.dtype) if self.rtol is None else float(self.rtol)
+        atol = 0.0 if self.atol is None else float(self.atol)
+        max_steps = 10 * n if self.max_steps is None else int(self.max_steps)
+        return KrylovState(operator, preconditioner, rtol, atol, max_steps, negate)
+
+
+def transposed(state: KrylovState) -> KrylovState:
+    """The state of the transposed system: `Aᵀ` and the transposed preconditioner."""
+    pre = None if state.preconditioner is None else state.preconditioner.T
+    return KrylovState(
+        state.operator.T, pre, state.rtol, state.atol, state.max_steps, state.negate, state.recycled
+    )
+
+
+def matvec(state: KrylovState):
+    """`v ↦ A v` (`−A v` for a negated, i.e. negative definite, operator)."""
+
+    def mv(v):
+        out = state.operator.mv(v)
+        return -out if state.negate else out
+
+    return mv
+
+
+def precondition(state: KrylovState):
+    """`v ↦ M v`, the identity without a preconditioner (negated with the operator)."""
+    if state.preconditioner is None:
+        return lambda v: v
+
+    def apply(v):
+        out = state.preconditioner.mv(v)
+        return -out if state.negate else out
+
+    return apply
+
+
+def target(state: KrylovState, b_norm: Array) -> Array:
+    """The residual norm at which a solve has converged."""
+    return state.atol + state.rtol * b_norm
+
+
+def start(state: KrylovState, b: Array, y0: Array | None):
+    """Initial iterate and residual. A zero right-hand side gives `x = 0` exactly (whatever
+    `y0`), so that e.g. a zero cotangent never runs into `max_steps`."""
+    b_norm = norm(b)
+    if y0 is None:
+        return jnp.zeros_like(b), b, b_norm
+    x = jnp.where(b_norm == 0, jnp.zeros_like(y0), y0)
+    return x, b - matvec(state)(x), b_norm
+
+
+def failure_code(value: Array) -> Array:
+    """`breakdown` for a finite non-admissible value (e.g. a zero or negative curvature),
+    `nonfinite_input` for NaN/Inf (almost always NaN/Inf in the operator or `b`)."""
+    return jnp.where(
+        jnp.isfinite(value), result_code(RESULTS.breakdown), result_code(RESULTS.nonfinite_input)
+    )
+
+
+def final_result(code: Array, converged: Array) -> Array:
+    """The result of a finished loop: its failure code, else `max_steps_reached` if it
+    stopped before converging."""
+    return jnp.where(
+        code != RESULTS.successful,
+        code,
+        jnp.where(converged, result_code(RESULTS.successful), result_code(RESULTS.max_steps_reached)),
+    ).astype(jnp.int32)
+
+
+def report(verbose: bool, label: str, step, residual_norm, goal) -> None:
+    """Print one line per iteration when `verbose` (a no-op at trace time otherwise)."""
+    if verbose:
+        jax.debug.print(
+            label + ": step {step}, residual norm {r:.3e} (target {t:.3e})",
+            step=step,
+            r=residual_norm,
+            t=goal,
+        )
+
+
+def stats(num_steps, residual_norm, **extra) -> dict:
+    out = {"num_steps": jnp.asarray(num_steps, jnp.int32), "residual_norm": residual_norm}
+    out.update(extra)
+    return out
+
+
+def map_columns(single, vector: Array, y0: Array | None, extra: Any = None, extra_batched=False):
+    """Run `single(b, y0, extra) -> (x, result, stats)` on a vector, or on every column of
+    an `(n, k)` block (`vmap`). `extra` is passed whole, or sliced along its leading axis
+    when `extra_batched`. The block's result is that of its first failing column; stats
+    get a leading axis of length k."""
+    if vector.ndim == 1:
+        return single(vector, y0, extra)
+    in_axes = (1, None if y0 is None else 1, 0 if extra_batched else None)
+    x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(vector, y0, extra)
+    failed = result != RESULTS.successful
+    first = result[jnp.argmax(failed)]
+    result = jnp.where(jnp.any(failed), first, result_code(RESULTS.successful))
+    return x, result, out_stats

@@ -1,0 +1,213 @@
+"""Selected inverse (Takahashi recurrences) and the log-determinant with its cheap derivative.
+
+For a supernode with pivot columns J and below rows I, and its factor blocks
+`L11^-1` and `W = L21 L11^-1` (kept by `numeric.factor` as `G = [L11^-1; -W]`), the entries of
+`Z = A^-1` on the pattern of L satisfy
+
+    Z[I, J] = -Z[I, I] W
+    Z[J, J] = L11^-T L11^-1 - W^T Z[I, J]  ( = G^T [L11^-1; Z[I, J]] )
+
+where `Z[I, I]` is a block of the parent's front (I is a clique of the filled graph, inside
+the parent's rows). So the recurrence runs from the roots down, one tree level at a time,
+every bucket of a level batched: gather `Z[I, I]` from the parent level's fronts, two batched
+matmuls, and write the new front `[[Z[J, J], Z[I, J]^T], [Z[I, J], Z[I, I]]]` to this level's
+flat pool for the children. Only entries on the pattern of L are ever formed, never a dense
+inverse. Costs about twice the factorization.
+
+`logdet` has a `jax.custom_jvp` whose tangent is `sum_e w_e Z[row_e, col_e] dv_e` over the
+stored entries (w = 1 on the diagonal, 2 off it since a stored lower entry defines both
+(i, j) and (j, i), 0 for unread upper entries), computed from the selected inverse. It is
+linear in the tangent, so reverse mode follows by transposition, and `selected_inverse` is
+itself differentiable (by autodiff through the recurrences), so Hessian-vector products work.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from jaxtyping import Array, Bool, Float
+
+from . import numeric
+from .numeric import Factor, _HI, _const
+from .symbolic import Bucket, Symbolic
+
+
+def _fronts(sym: Symbolic, fac: Factor, emit):
+    """Run the Takahashi recurrence; call `emit(b, Zf)` with each bucket's (b, N, N) front."""
+    pool = None  # selected-inverse fronts of the level above
+    for level in reversed(sym.levels):  # roots first
+        parts = []
+        for b in level:
+            B = sym.buckets[b]
+            K, M = B.K, B.M
+            G = fac.g[b]
+            linv = G[:, :K]
+            if M:
+                z22 = _gather_zii(B, pool)
+                z21 = jnp.matmul(z22, G[:, K:], precision=_HI)  # -Z[I,I] W
+                z11 = jnp.matmul(
+                    jnp.swapaxes(G, -1, -2),
+                    jnp.concatenate([linv, z21], axis=1),
+                    precision=_HI,
+                )
+                top = jnp.concatenate([z11, jnp.swapaxes(z21, -1, -2)], axis=2)
+                bottom = jnp.concatenate([z21, z22], axis=2)
+                zf = jnp.concatenate([top, bottom], axis=1)
+            else:
+                zf = jnp.matmul(jnp.swapaxes(linv, -1, -2), linv, precision=_HI)
+            emit(b, zf)
+            parts.append(zf.reshape(-1))
+        pool = jnp.concatenate(parts)
+
+
+def _gather_zii(B: Bucket, pool: Array) -> Array:
+    """Z[I, I] of every supernode of the bucket, read from its parent's front."""
+    base = _const(B.up_base)[:, None, None]
+    width = _const(B.up_n)[:, None, None]
+    rel = _const(B.up_rel)
+    ri, rj = rel[:, :, None], rel[:, None, :]
+    src = base + ri * width + rj
+    # Padding rows/columns (rel == -1) read zero: send them past the end of the pool.
+    src = jnp.where((ri >= 0) & (rj >= 0), src, pool.shape[0])
+    return pool.at[src].get(mode="fill", fill_value=0)
+
+
+def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
+    chunks: dict[int, Array] = {}
+
+    def emit(b, zf):
+        pos = sym.buckets[b].sel_pos
+        if pos.size:
+            chunks[b] = zf.reshape(-1).at[_const(pos)].get(mode="fill", fill_value=0)
+
+    _fronts(sym, fac, emit)
+    cat = jnp.concatenate([chunks[b] for b in sorted(chunks)])
+    return cat[_const(sym.sel_order)]
+
+
+def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnz"]:
+    """Entries of `A^-1` at the stored entries, aligned with `values`.
+
+    A stored strict-upper entry (full symmetric storage) gets the value of its mirror
+    `A^-1[j, i]` (equal by symmetry), or 0 if that mirror is not on the pattern of L.
+    """
+    return _entries_from_factor(sym, numeric.factor(sym, values))
+
+
+def selected_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
+    """As `selected_inverse`, reusing a factorization."""
+    return _entries_from_factor(sym, fac)
+
+
+def diag_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " n"]:
+    """diag(A^-1) in the original ordering (e.g. marginal variances of a GMRF)."""
+    return diag_inverse_from_factor(sym, numeric.factor(sym, values))
+
+
+def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
+    out = {}
+
+    def emit(b, zf):
+        out[b] = jnp.diagonal(zf[:, : sym.buckets[b].K, : sym.buckets[b].K], axis1=-2, axis2=-1)
+
+    _fronts(sym, fac, emit)
+    dtype = fac.g[0].dtype
+    d = jnp.zeros(sym.n, dtype)
+    for b, v in out.items():
+        d = d.at[_const(sym.buckets[b].col_idx)].set(v, mode="drop")
+    return d[sym.iperm]
+
+
+def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the supernodal pattern of L (lower triangle with the diagonal) in the
+    ORIGINAL ordering, in the order `selected_inverse_on_l` returns its values.
+
+    Includes the explicit zeros added by supernode amalgamation.
+    """
+    rows, cols, _ = _l_pattern_maps(sym)
+    return rows, cols
+
+
+@functools.lru_cache(maxsize=8)
+def _l_pattern_maps(sym: Symbolic):
+    rows, cols, pos = [], [], []
+    for b, B in enumerate(sym.buckets):
+        N = B.N
+        for t in range(B.size):
+            kk, mm = int(B.ncols[t]), int(B.nrows[t])
+            c = B.col_idx[t, :kk].astype(np.int64)
+            r_all = np.concatenate([c, B.row_idx[t, :mm].astype(np.int64)])
+            lr = np.concatenate([np.arange(kk), B.K + np.arange(mm)])
+            for j in range(kk):
+                sel = slice(j, None)
+                rows.append(r_all[sel])
+                cols.append(np.full(r_all[sel].shape[0], c[j]))
+                pos.append(np.stack([np.full(lr[sel].shape[0], b), (t * N + lr[sel]) * N + j], 1))
+    rows = sym.perm[np.concatenate(rows)]
+    cols = sym.perm[np.concatenate(cols)]
+    pos = np.concatenate(pos)
+    # lower triangle in the original ordering
+    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    return hi, lo, pos
+
+
+def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnzL"]:
+    """Entries of `A^-1` on the whole (supernodal) pattern of L, aligned with `l_pattern`."""
+    fac = numeric.factor(sym, values)
+    _, _, pos = _l_pattern_maps(sym)
+    chunks = {}
+
+    def emit(b, zf):
+        chunks[b] = zf.reshape(-1)
+
+    _fronts(sym, fac, emit)
+    out = []
+    order = []
+    for b in sorted(chunks):
+        sel = np.nonzero(pos[:, 0] == b)[0]
+        if sel.size:
+            out.append(chunks[b][_const(pos[sel, 1].astype(np.int32))])
+            order.append(sel)
+    order = np.concatenate(order)
+    inv = np.empty_like(order)
+    inv[order] = np.arange(order.shape[0])
+    return jnp.concatenate(out)[_const(inv)]
+
+
+# ---------------------------------------------------------------------------------------
+# log-determinant with its derivative from the selected inverse
+# ---------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def logdet_and_ok(sym: Symbolic, values: Float[Array, " nnz"]) -> tuple[Array, Array]:
+    """`(log det A, ok)`, ok False when A is not (numerically) positive definite.
+
+    Derivative w.r.t. `values`: `weight * selected_inverse` (see module docstring).
+    """
+    fac = numeric.factor(sym, values)
+    return fac.logdet, fac.ok
+
+
+@logdet_and_ok.defjvp
+def _logdet_jvp(sym, primals, tangents):
+    (values,), (dv,) = primals, tangents
+    fac = numeric.factor(sym, values)
+    z = _entries_from_factor(sym, fac)
+    w = jnp.asarray(sym.logdet_weight, dtype=z.dtype)
+    tangent = jnp.sum(w * z * dv)
+    return (fac.logdet, fac.ok), (tangent, np.zeros((), dtype=jax.dtypes.float0))
+
+
+def logdet(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, ""]:
+    """log det A for SPD A (NaN if A is not positive definite)."""
+    return logdet_and_ok(sym, values)[0]
+
+
+def logdet_grad_weights(sym: Symbolic) -> np.ndarray:
+    """d logdet / d values = logdet_grad_weights * selected_inverse (1 diag, 2 off, 0 unread)."""
+    return sym.logdet_weight
