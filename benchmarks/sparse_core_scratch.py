@@ -1,5 +1,6 @@
 """Private timing script for the sparse Cholesky engine (not part of the benchmark suite)."""
-import sys, time
+import os, sys, time
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # oversubscribed 2-core box: OpenBLAS threads spin
 import jax
 jax.config.update("jax_enable_x64", True)
 import jax.numpy as jnp

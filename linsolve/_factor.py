@@ -113,11 +113,8 @@ def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
     # tangent, which is what the JVP of the LAPACK-style factorization assumes.
     eff = effective_matrix(A, frozenset({positive_semidefinite_tag}))
     L = jax.lax.linalg.cholesky(eff, symmetrize_input=False)
-    n = A.shape[-1]
-    row = np.arange(n)[:, None]
-    col = np.arange(n)[None, :]
     # Guarantee exact zeros above the diagonal regardless of backend.
-    return jnp.where(row >= col, L, 0)
+    return jnp.tril(L)
 
 
 # --------------------------------------------------------------------------- #
@@ -155,7 +152,7 @@ def _lu_core_jvp(primals, tangents):
     # L̃ = [L | (0; I)], the m×m unit-lower completion of L (L̃ = L if m ≤ n).
     batch = A.shape[:-2]
     if m > k:
-        pad = np.eye(m, m - k, -k, dtype=dtype)
+        pad = jnp.eye(m, m - k, -k, dtype=dtype)
         Lt = jnp.concatenate([L, jnp.broadcast_to(pad, batch + pad.shape)], -1)
     else:
         Lt = L
@@ -177,7 +174,7 @@ def _lu_core_jvp(primals, tangents):
         X = jax.lax.linalg.triangular_solve(
             U[..., : k - 1, : k - 1], Y[..., :, : k - 1], left_side=False, lower=False
         )
-        M = jnp.where(np.tri(k, k - 1, -1, dtype=bool), X, 0)
+        M = jnp.tril(X, -1)  # X is k×(k−1): its strictly lower part
         M = jnp.concatenate([M, jnp.zeros(batch + (k, 1), dtype)], axis=-1)
     else:
         M = jnp.zeros(batch + (k, k), dtype)

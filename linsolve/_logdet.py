@@ -101,14 +101,14 @@ def slogdet(
         return jnp.where(jnp.any(d == 0), 0, sign).astype(d.dtype), jnp.sum(jnp.log(absd))
     if isinstance(solver, Cholesky):
         solver.init(operator)
-        matrix, _ = dense_input(operator)
+        matrix = dense_input(operator)
         n = operator.shape[0]
         if negative_semidefinite_tag in operator.tags:
             sign = jnp.asarray(-1.0 if n % 2 else 1.0, matrix.dtype)
             return sign, _logdet_cholesky(-matrix)
         return jnp.ones((), matrix.dtype), _logdet_cholesky(matrix)
     if isinstance(solver, LU):
-        return _slogdet_lu(dense_input(operator)[0])
+        return _slogdet_lu(dense_input(operator))
     raise ValueError(
         f"slogdet supports the Cholesky, LU, Triangular and Diagonal solvers; got {type(solver).__name__}."
     )

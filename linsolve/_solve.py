@@ -13,6 +13,10 @@ How derivatives work here (and nowhere else):
   folded into the read triangle and exactly zero on unread entries.
 - `y0` and `adjoint_y0` are inputs whose tangents are ignored: their derivative is exactly
   zero, traced or not.
+- `throw` holds for the derivative's solves too: with `throw=True` a failed tangent or
+  transposed solve raises; with `throw=False` it returns what the solver reached (for a
+  truncated Krylov solve, an approximate derivative; the gradient w.r.t. `b` is the
+  transposed solution, so its residual can be checked).
 - Non-square operators (QR least squares / minimum norm) get the pseudo-inverse
   derivative through the normal equations, solved with the solver's factorization of the
   Gram matrix (`gram_solve`).
@@ -100,10 +104,18 @@ def _solve_jvp(primals, tangents, *, throw):
                 y = _raise_on_failure(y, result, "transposed solve of reverse mode")
             return y
 
+        def tangent_solve(r):
+            # An iterative tangent solve can fail where the primal converged; with
+            # throw=True that must raise, not give a silently wrong JVP.
+            y, result, _ = solver.solve(state, r, None)
+            if throw:
+                y = _raise_on_failure(y, result, "tangent solve of forward mode")
+            return y
+
         t_x = jax.lax.custom_linear_solve(
             operator.mv,
             rhs,
-            solve=lambda _, r: solver.solve(state, r, None)[0],
+            solve=lambda _, r: tangent_solve(r),
             transpose_solve=lambda _, r: backward_solve(r),
         )
         return out, (t_x,) + out_tangents[1:]

@@ -1,31 +1,38 @@
 """Block LOBPCG for a few extreme eigenpairs of a symmetric pencil `(A, B)`.
 
 The iteration (Knyazev 2001) in the robust form of Hetmaniuk & Lehoucq (2006) and
-Duersch, Shao, Yang & Gu (2018):
+Duersch, Shao, Yang & Gu (2018). Each step works in the basis `S = [X, P, W]`: the
+current Ritz vectors, the previous search directions and the preconditioned residuals,
+`m` columns each (`m` the block size). `S` is kept `B`-orthonormal, so Rayleigh–Ritz is
+an ordinary symmetric eigenproblem of size `3m`:
 
-- Every Rayleigh–Ritz step works in the basis `S = [X, W, P]` (Ritz vectors, preconditioned
-  residuals, previous directions) of `3m` columns, `m` the block size. Its `B`-Gram matrix
-  is computed in full and orthonormalised by SVQB: the diagonal is scaled to one, an
-  eigendecomposition of the scaled Gram matrix drops the directions that are dependent to
-  rounding, and the reduced eigenproblem is solved in what is left. Nothing is ever
-  factorized with Cholesky, so an ill-conditioned (even rank-deficient) block degrades the
-  step instead of breaking it. Dropped directions keep their slot (shapes are static under
-  `jit`) with a zero coefficient column and are never selected.
-- `W` is orthogonalised against `X` and `P` (classical Gram–Schmidt with the stored `BX`,
-  `BP`) before its products with `A` and `B` are taken, so the Gram matrix is nearly the
-  identity and SVQB loses no accuracy.
-- The new directions `P` are chosen in the small space (Hetmaniuk–Lehoucq): the `W`/`P`
-  part of the Ritz coefficients, made `B`-orthonormal and `B`-orthogonal to the new `X`.
-  `AX`, `BX`, `AP`, `BP` are updated from the coefficients, so an iteration applies `A`
-  and `B` to the `m` columns of `W` only.
+- `X` and `P` come out of the previous step `B`-orthonormal and mutually `B`-orthogonal
+  *by construction* (orthonormal coefficient vectors in an orthonormal basis).
+- `W` is `B`-orthogonalised against `[X, P]` (classical Gram–Schmidt) and
+  orthonormalised by SVQB: scale the Gram matrix's diagonal to one, eigendecompose it,
+  drop the directions that are dependent to rounding. Nothing is factorized with
+  Cholesky, so an ill-conditioned (even rank-deficient) block degrades a step instead of
+  breaking it; dropped directions keep their slot (shapes are static under `jit`) as zero
+  columns that are never selected. When the first pass cancelled much of a column or
+  SVQB met an ill-conditioned block, a second pass restores orthogonality to working
+  precision ("twice is enough").
+- The new directions (Hetmaniuk–Lehoucq) satisfy `span[X_new, P_new] = span[X_new,
+  X_old]` and `P_new ⟂_B X_new`; they are computed from the Ritz coefficients in the
+  small space, as an orthonormal basis in the span of the non-selected Ritz vectors, so
+  they stay orthogonal to `X_new` however small the step.
+- The projected matrix needs only `[X, P, W]ᵀ A W` from the large space: `Xᵀ A X` and
+  `Pᵀ A P` are diagonal/small-space quantities of the previous Rayleigh–Ritz step, and
+  `Xᵀ A P = 0`.
+- Products: with a stored dense matrix (n² work per column) `AX`, `AP` (and `BX`, `BP`)
+  are updated from the Ritz coefficients; otherwise (sparse, stencils, matrix-free) they
+  are recomputed, which is cheaper and exact. Updated products drift with rounding, so
+  convergence is always confirmed on recomputed ones (an outer loop around the
+  iteration, which also re-orthonormalises `X`).
 - Soft locking: a wanted column whose residual has converged contributes no residual
-  direction (its `W` column is zero and dropped), but stays in the Rayleigh–Ritz basis.
-- The implicitly updated products drift by rounding; when every wanted column looks
-  converged, `AX` and `BX` are recomputed from `X`, `X` is re-orthonormalised, and the
-  test is repeated on the true residuals (an outer loop around the iteration).
+  direction but stays in the basis. The guard columns beyond `k` always contribute.
 
-The largest eigenvalues are found as the smallest of `-A`. Derivatives are defined in
-`adjoint.py`; the iteration itself is never differentiated.
+The largest eigenvalues are the smallest of `-A`. Derivatives are in `adjoint.py`; the
+iteration itself is never differentiated.
 """
 
 from typing import Any
@@ -63,7 +70,7 @@ class Eigenpairs(eqx.Module):
 
 
 class _Config(eqx.Module):
-    """Static configuration of one LOBPCG run (hashable: it parametrises compilation)."""
+    """Static configuration of one LOBPCG run (it parametrises compilation)."""
 
     k: int = eqx.field(static=True)
     block_size: int = eqx.field(static=True)
@@ -71,163 +78,223 @@ class _Config(eqx.Module):
     tol: float = eqx.field(static=True)
     max_steps: int = eqx.field(static=True)
     drop: float = eqx.field(static=True)
+    explicit: bool = eqx.field(static=True)  # recompute AX, AP (and BX, BP) by products
 
 
 def _sym(m):
     return 0.5 * (m + m.T)
 
 
-def _bmv(B, x):
-    return x if B is None else B.mv(x)
+def _row_norms(x):
+    return jnp.sqrt(jnp.sum(x * x, axis=1))
 
 
-def _col_norms(x):
-    return jnp.sqrt(jnp.sum(x * x, axis=0))
+def _norm_ratio(out, x, current):
+    """Running lower bound of an operator norm from `out = Op x` (rows are vectors; zero
+    rows skipped)."""
+    xn = _row_norms(x)
+    ok = xn > 0
+    return jnp.maximum(current, jnp.max(jnp.where(ok, _row_norms(out) / jnp.where(ok, xn, 1), 0)))
 
 
-def rayleigh_ritz(gram: Array, proj: Array, drop: float):
-    """Robust Rayleigh–Ritz for the pencil `(proj, gram)` (both `c × c` symmetric, `gram`
-    positive semidefinite, possibly singular).
-
-    The basis is orthonormalised in the `gram` metric by SVQB: scale the diagonal to one,
-    eigendecompose, drop eigenvalues below `drop` times the largest (zero columns always
-    go). Returns `(theta, coef, valid)`: the Ritz values ascending, the coefficient
-    vectors (columns, `gram`-orthonormal) and which of them are genuine. Dropped
-    directions come last, with zero coefficient columns."""
+def _svqb(gram: Array, drop: float) -> tuple[Array, Array, Array]:
+    """SVQB (Stathopoulos & Wu 2002): a transform `t` with `tᵀ gram t` the identity on the
+    kept columns and zero columns for directions dependent to rounding (scaled-Gram
+    eigenvalues below `drop` times the largest; exactly zero columns always go).
+    Returns `(t, keep, smallest kept scaled eigenvalue)`."""
     c = gram.shape[0]
     gram = _sym(gram)
-    proj = _sym(proj)
     d = jnp.diagonal(gram)
-    tiny = jnp.finfo(gram.dtype).tiny
-    nonzero = d > tiny * c  # exactly zero (masked) columns
+    nonzero = d > jnp.finfo(gram.dtype).tiny * c
     scale = jnp.where(nonzero, 1 / jnp.sqrt(jnp.where(nonzero, d, 1)), 0)
     sig, vec = jnp.linalg.eigh(gram * scale[:, None] * scale[None, :])
     keep = sig > drop * jnp.max(sig)
-    z = (scale[:, None] * vec) * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, sig, 1)), 0)
-    reduced = _sym(z.T @ proj @ z)
-    # Dropped directions are zero rows and columns of `reduced`: give them a diagonal
-    # sentinel above every genuine Ritz value so that they sort last and decouple.
-    sentinel = 2 * jnp.sqrt(jnp.sum(reduced * reduced)) + 1
-    reduced = reduced + jnp.diag(jnp.where(keep, 0, sentinel))
-    theta, q = jnp.linalg.eigh(reduced)
-    valid = jnp.arange(c) < jnp.sum(keep)
-    return theta, z @ q, valid
-
-
-def _orthonormal_columns(coef: Array, gram: Array, drop: float) -> Array:
-    """SVQB of coefficient columns in the `gram` metric; dependent columns become zero."""
-    g = _sym(coef.T @ gram @ coef)
-    d = jnp.diagonal(g)
-    nonzero = d > jnp.finfo(g.dtype).tiny * g.shape[0]
-    scale = jnp.where(nonzero, 1 / jnp.sqrt(jnp.where(nonzero, d, 1)), 0)
-    sig, vec = jnp.linalg.eigh(g * scale[:, None] * scale[None, :])
-    keep = sig > drop * jnp.max(sig)
     t = (scale[:, None] * vec) * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, sig, 1)), 0)
-    return coef @ t
+    smallest = jnp.min(jnp.where(keep, sig, jnp.inf))
+    return t, keep, smallest
+
+
+def _ritz(proj: Array, valid: Array) -> tuple[Array, Array]:
+    """Eigenpairs of `proj` (symmetric, in an orthonormal basis) whose rows/columns
+    `~valid` (dropped, zero basis directions) get a sentinel above every genuine Ritz
+    value, so that they sort last and stay decoupled. Ascending."""
+    proj = jnp.where(valid[:, None] & valid[None, :], _sym(proj), 0)
+    sentinel = 2 * jnp.sqrt(jnp.sum(proj * proj)) + 1
+    return jnp.linalg.eigh(proj + jnp.diag(jnp.where(valid, 0, sentinel)))
+
+
+def rayleigh_ritz(gram: Array, proj: Array, drop: float):
+    """Robust Rayleigh–Ritz for the pencil `(proj, gram)` (`c × c` symmetric, `gram`
+    positive semidefinite, possibly singular): SVQB of the basis, then the reduced
+    problem. Returns `(theta, coef)`: Ritz values ascending and `gram`-orthonormal
+    coefficient columns (dropped directions last, with zero coefficients)."""
+    z, keep, _ = _svqb(gram, drop)
+    theta, q = _ritz(z.T @ proj @ z, keep)
+    return theta, z @ q
+
+
+# Large blocks are stored as rows, `(columns, n)`: XLA's CPU matrix products of the
+# Gram shapes (`V Wᵀ`, a contraction over the long axis) are markedly faster in that
+# layout than as `Vᵀ W` on `(n, columns)` arrays. Operators see `(n, columns)` blocks.
 
 
 class _State(eqx.Module):
-    x: Array
-    ax: Array
-    bx: Array
-    p: Array
-    ap: Array
-    bp: Array
-    theta: Array  # Ritz values of x, of the (possibly negated) operator
-    eta: Array  # backward errors of the columns of x
-    anorm: Array  # running estimates of ‖A‖₂ and ‖B‖₂ (lower bounds)
+    xp: Array  # [X; P], (2m, n): Ritz vectors and search directions, B-orthonormal rows
+    axp: Array  # (A [X, P])ᵀ (of the possibly negated operator)
+    bxp: Array | None  # (B [X, P])ᵀ; None without B
+    pvalid: Array  # which rows of P are genuine (the others are zero)
+    theta: Array  # Ritz values of X
+    eta: Array  # backward errors of the rows of X
+    anorm: Array  # running lower bounds of ‖A‖₂ and ‖B‖₂
     bnorm: Array
     steps: Array
 
 
 def _backward_errors(x, ax, bx, theta, anorm, bnorm):
-    r = ax - bx * theta[None, :]
-    rnorm = _col_norms(r)
-    denom = (anorm + jnp.abs(theta) * bnorm) * _col_norms(x)
-    tiny = jnp.finfo(x.dtype).tiny
-    return rnorm, rnorm / jnp.maximum(denom, tiny)
+    rnorm = _row_norms(ax - theta[:, None] * bx)
+    denom = (anorm + jnp.abs(theta) * bnorm) * _row_norms(x)
+    return rnorm, rnorm / jnp.maximum(denom, jnp.finfo(x.dtype).tiny)
 
 
-def _refresh(amv, B, x, anorm, bnorm, cfg: _Config):
-    """Re-orthonormalise `x`, recompute `AX`, `BX` from it (no drift), and rotate to Ritz
-    vectors of span(x)."""
+def _refresh(amv, bmv, cfg: _Config, s: _State) -> _State:
+    """Recompute `AX`, `BX` from `X` (no drift), re-orthonormalise `X` and rotate it to
+    the Ritz vectors of its span. `P` is untouched: it stays orthogonal to span(X)."""
+    m = cfg.block_size
+    x = s.xp[:m]
     ax = amv(x)
-    bx = _bmv(B, x)
-    xn = _col_norms(x)
-    ok = xn > 0
-    safe = jnp.where(ok, xn, 1)
-    anorm = jnp.maximum(anorm, jnp.max(jnp.where(ok, _col_norms(ax) / safe, 0)))
-    if B is not None:
-        bnorm = jnp.maximum(bnorm, jnp.max(jnp.where(ok, _col_norms(bx) / safe, 0)))
-    theta, coef, _ = rayleigh_ritz(x.T @ bx, x.T @ ax, cfg.drop)
-    x, ax, bx = x @ coef, ax @ coef, bx @ coef
+    bx = x if bmv is None else bmv(x)
+    anorm = _norm_ratio(ax, x, s.anorm)
+    bnorm = s.bnorm if bmv is None else _norm_ratio(bx, x, s.bnorm)
+    theta, coef = rayleigh_ritz(x @ bx.T, x @ ax.T, cfg.drop)
+    x, ax = coef.T @ x, coef.T @ ax
+    bx = x if bmv is None else coef.T @ bx
     _, eta = _backward_errors(x, ax, bx, theta, anorm, bnorm)
-    return x, ax, bx, theta, eta, anorm, bnorm
+    xp = s.xp.at[:m].set(x)
+    axp = s.axp.at[:m].set(ax)
+    bxp = None if bmv is None else s.bxp.at[:m].set(bx)
+    return _State(xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps)
 
 
-def _step(amv, B, pre, cfg: _Config, s: _State) -> _State:
+def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
     m, k = cfg.block_size, cfg.k
-    r = s.ax - s.bx * s.theta[None, :]
-    # Soft locking: converged wanted columns contribute no residual direction; the
-    # guard columns beyond k always do.
+    eps = jnp.finfo(s.xp.dtype).eps
+    xp, axp = s.xp, s.axp
+    bxp = xp if bmv is None else s.bxp
+    r = axp[:m] - s.theta[:, None] * bxp[:m]
+    # Soft locking: converged wanted rows contribute no residual direction.
     active = (s.eta > cfg.tol) | (jnp.arange(m) >= k)
-    w = r if pre is None else pre.mv(r)
-    w = jnp.where(active[None, :], w, 0)
-    wn = _col_norms(w)
-    w = w / jnp.where(wn > 0, wn, 1)[None, :]
-    # B-orthogonalise against X and P (both B-orthonormal, mutually B-orthogonal).
-    w = w - s.x @ (s.bx.T @ w) - s.p @ (s.bp.T @ w)
-    aw = amv(w)
-    bw = _bmv(B, w)
-    wn = _col_norms(w)
-    ok = wn > 0
-    safe = jnp.where(ok, wn, 1)
-    anorm = jnp.maximum(s.anorm, jnp.max(jnp.where(ok, _col_norms(aw) / safe, 0)))
-    bnorm = s.bnorm
-    if B is not None:
-        bnorm = jnp.maximum(bnorm, jnp.max(jnp.where(ok, _col_norms(bw) / safe, 0)))
+    w = r if pre is None else pre(r)
+    w = jnp.where(active[:, None], w, 0)
+    wn = _row_norms(w)
+    w = w / jnp.where(wn > 0, wn, 1)[:, None]
 
-    basis = jnp.concatenate([s.x, w, s.p], axis=1)
-    abasis = jnp.concatenate([s.ax, aw, s.ap], axis=1)
-    bbasis = basis if B is None else jnp.concatenate([s.bx, bw, s.bp], axis=1)
-    gram = basis.T @ bbasis
-    proj = basis.T @ abasis
-    theta, coef, _ = rayleigh_ritz(gram, proj, cfg.drop)
-    cx = coef[:, :m]
-    # New directions (Hetmaniuk–Lehoucq): the W/P part of the new Ritz coefficients,
-    # B-orthogonalised against them and B-orthonormalised, all in the small space.
-    cp = cx.at[:m].set(0)
-    cp = cp - cx @ (cx.T @ gram @ cp)
-    cp = _orthonormal_columns(cp, gram, cfg.drop)
-    both = jnp.concatenate([cx, cp], axis=1)
-    new = basis @ both
-    anew = abasis @ both
-    bnew = new if B is None else bbasis @ both
-    x, p = new[:, :m], new[:, m:]
-    ax, ap = anew[:, :m], anew[:, m:]
-    bx, bp = bnew[:, :m], bnew[:, m:]
+    def orthonormalise(carry):
+        # Classical Gram–Schmidt against [X, P] with the coefficients `c` measured before,
+        # then SVQB, then the coefficients left (for the test of another pass).
+        w, bw, c, _, passes = carry
+        before = _row_norms(w)
+        w = w - c @ xp
+        # What survived of each row. A row that cancelled to rounding level lies in
+        # span[X, P]: what is left is noise, which SVQB's scaling would blow up into a
+        # spurious direction. In the second pass a genuine direction is left intact (its
+        # components along [X, P] are at rounding level after the first), so a second
+        # large cancellation means the row was noise too (the criterion of Daniel,
+        # Gragg, Kaufman & Stewart).
+        left = _row_norms(w) / jnp.where(before > 0, before, 1)
+        dependent = left <= jnp.where(passes == 0, 10 * xp.shape[0] * eps, 0.5)
+        w = jnp.where(dependent[:, None], 0, w)
+        if bmv is not None:
+            bw = jnp.where(dependent[:, None], 0, bw - c @ bxp)
+        t, keep, _ = _svqb(w @ (w if bmv is None else bw).T, cfg.drop)
+        w = t.T @ w
+        bw = bw if bmv is None else t.T @ bw
+        return w, bw, w @ bxp.T, keep, passes + 1
+
+    def again(carry):
+        _, _, c, _, passes = carry
+        return (passes == 0) | ((passes == 1) & (jnp.max(jnp.abs(c)) > 100 * eps))
+
+    # One pass, and a second one where the first left more than rounding of [X, P]
+    # ("twice is enough"). Without it the loss of orthogonality accumulates from step
+    # to step once the residuals are at rounding level. A loop rather than a `cond`
+    # keeps one copy of the code.
+    if bmv is None:
+        bw = jnp.zeros((), w.dtype)  # unused placeholder
+    else:
+        # B W is formed once; the passes update it by linearity.
+        bw = bmv(w)
+    carry = (w, bw, w @ bxp.T, jnp.zeros((m,), bool), jnp.asarray(0))
+    w, bw, _, wvalid, _ = jax.lax.while_loop(again, orthonormalise, carry)
+    if bmv is None:
+        bw = w
+    aw = amv(w)
+    anorm = _norm_ratio(aw, w, s.anorm)
+    bnorm = s.bnorm if bmv is None else _norm_ratio(bw, w, s.bnorm)
+
+    # Rayleigh–Ritz in the orthonormal basis [X, P, W]. X and P come from the same
+    # Rayleigh–Ritz step, so Xᵀ A X = Θ and Xᵀ A P = 0. Pᵀ A P is computed: its
+    # small-space value from that step (Θ₂ in P's coordinates) drifts from the true one
+    # step after step at convergence, and the iteration would lose the accuracy it had.
+    basis = jnp.concatenate([xp, w], axis=0)
+    g = basis @ aw.T
+    c = 3 * m
+    zero = jnp.zeros((m, m), w.dtype)
+    xax = jnp.diag(s.theta)
+    pap = xp[m:] @ axp[m:].T
+    gx, gp, gw = g[:m], g[m : 2 * m], g[2 * m :]
+    proj = jnp.block([[xax, zero, gx], [zero, pap, gp], [gx.T, gp.T, gw]])
+    valid = jnp.concatenate([jnp.ones((m,), bool), s.pvalid, wvalid])
+    theta, q = _ritz(proj, valid)
+    # New directions (Hetmaniuk–Lehoucq): X_old has coordinates [I; 0; 0]; its
+    # component orthogonal to the new X lies in the span of the other Ritz vectors q2,
+    # with coordinates given by q2's first m rows. An orthonormal basis of those keeps
+    # P exactly orthonormal and orthogonal to the new X.
+    # (An SVD rather than an eigendecomposition of e eᵀ: its singular vectors for small
+    # singular values, i.e. rows that barely moved, are accurate to eps / σ, not eps / σ².)
+    # Only genuine Ritz vectors may enter: the sentinel ones (q2's last columns) are
+    # dropped, zero basis directions.
+    q2 = q[:, m:]
+    genuine = jnp.arange(c - m) < jnp.sum(valid) - m
+    v, sv, _ = jnp.linalg.svd(jnp.where(genuine[:, None], q2[:m, :].T, 0), full_matrices=False)
+    pvalid = sv > 10 * c * eps
+    v = jnp.where(genuine[:, None] & pvalid[None, :], v, 0)
+    coef = jnp.concatenate([q[:, :m], q2 @ v], axis=1)
+    xp = coef.T @ basis
+    if cfg.explicit:
+        # Cheap products (sparse, stencils): recompute them, exactly.
+        axp = amv(xp)
+        bxp = None if bmv is None else bmv(xp)
+    else:
+        axp = coef.T @ jnp.concatenate([axp, aw], axis=0)
+        bxp = None if bmv is None else coef.T @ jnp.concatenate([bxp, bw], axis=0)
     theta = theta[:m]
-    _, eta = _backward_errors(x, ax, bx, theta, anorm, bnorm)
-    return _State(x, ax, bx, p, ap, bp, theta, eta, anorm, bnorm, s.steps + 1)
+    bx = xp[:m] if bmv is None else bxp[:m]
+    _, eta = _backward_errors(xp[:m], axp[:m], bx, theta, anorm, bnorm)
+    return _State(xp, axp, bxp, pvalid, theta, eta, anorm, bnorm, s.steps + 1)
 
 
 def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
-    """The iteration. Returns `(eigenvalues (k,), eigenvectors (n, k), result, stats)`;
-    not differentiated (see `adjoint.py`)."""
-    sign = -1 if cfg.largest else 1
-
-    def amv(v):
-        out = op.mv(v)
-        return -out if cfg.largest else out
-
+    """The iteration. Returns `(eigenvalues (k,), eigenvectors (n, k), result, stats,
+    scale)`, `scale` an estimate of the spectral radius; not differentiated."""
     m, k = cfg.block_size, cfg.k
     dtype = x0.dtype
+
+    def amv(v):  # rows in, rows out
+        out = op.mv(v.T).T
+        return -out if cfg.largest else out
+
+    bmv = None if B is None else (lambda v: B.mv(v.T).T)
+    pmv = None if pre is None else (lambda v: pre.mv(v.T).T)
     zero = jnp.zeros((), dtype)
-    zeros = jnp.zeros_like(x0)
-    inf = jnp.full((m,), jnp.inf, dtype)
+    x0 = x0.T
+    xp = jnp.concatenate([x0, jnp.zeros_like(x0)], axis=0)
     # The state starts unrefreshed: the first outer step computes AX, BX from X0.
-    state = _State(x0, zeros, zeros, zeros, zeros, zeros, zeros[0], inf, zero,
-                   zero + 1 if B is None else zero, jnp.zeros((), jnp.int32))
+    state = _State(
+        xp, jnp.zeros_like(xp), None if B is None else jnp.zeros_like(xp),
+        jnp.zeros((m,), bool), jnp.zeros((m,), dtype),
+        jnp.full((m,), jnp.inf, dtype), zero, zero + 1 if B is None else zero,
+        jnp.zeros((), jnp.int32),
+    )
 
     def wanted_converged(s):
         return jnp.all(s.eta[:k] <= cfg.tol)
@@ -235,30 +302,24 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
     def inner_cond(s):
         return ~wanted_converged(s) & (s.steps < cfg.max_steps)
 
-    def inner_body(s):
-        return _step(amv, B, pre, cfg, s)
-
-    def outer_cond(carry):
-        return ~carry[1]
-
     def outer_body(carry):
         s, _ = carry
-        # AX, BX were updated implicitly (or not at all, at the start): recompute them,
-        # and test convergence on the true residuals.
-        x, ax, bx, theta, eta, anorm, bnorm = _refresh(amv, B, s.x, s.anorm, s.bnorm, cfg)
-        s = _State(x, ax, bx, s.p, s.ap, s.bp, theta, eta, anorm, bnorm, s.steps)
+        # Products were updated (or, at the start, never computed): recompute them and
+        # test convergence on the true residuals.
+        s = _refresh(amv, bmv, cfg, s)
         done = wanted_converged(s) | (s.steps >= cfg.max_steps)
         # A no-op when done: its condition fails at once.
-        s = jax.lax.while_loop(inner_cond, inner_body, s)
+        s = jax.lax.while_loop(inner_cond, lambda s: _step(amv, bmv, pmv, cfg, s), s)
         return s, done
 
-    state, _ = jax.lax.while_loop(outer_cond, outer_body, (state, jnp.asarray(False)))
+    state, _ = jax.lax.while_loop(lambda c: ~c[1], outer_body, (state, jnp.asarray(False)))
     converged = wanted_converged(state)
-    vectors = state.x[:, :k]
+    x = state.xp[:m]
+    bx = x if B is None else state.bxp[:m]
+    rnorm, eta = _backward_errors(x, state.axp[:m], bx, state.theta, state.anorm, state.bnorm)
+    sign = -1 if cfg.largest else 1
     values = sign * state.theta[:k]
-    rnorm, eta = _backward_errors(
-        state.x, state.ax, state.bx, state.theta, state.anorm, state.bnorm
-    )
+    vectors = x[:k].T
     finite = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(vectors))
     result = first_failure(
         (~finite, RESULTS.nonfinite_input),
@@ -270,10 +331,10 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
         "backward_error": eta[:k],
         "block_size": jnp.asarray(m, jnp.int32),
     }
-    # The spectral-radius estimate sets the scale of "equal" eigenvalues for the
-    # derivative's degeneracy mask.
-    scale = jnp.maximum(state.anorm / jnp.maximum(state.bnorm, jnp.finfo(dtype).tiny),
-                        jnp.max(jnp.abs(values)))
+    # The scale of "equal" eigenvalues for the derivative's degeneracy mask.
+    scale = jnp.maximum(
+        state.anorm / jnp.maximum(state.bnorm, jnp.finfo(dtype).tiny), jnp.max(jnp.abs(values))
+    )
     return values, vectors, result, stats, scale
 
 
@@ -323,6 +384,16 @@ def _check_operator(op, name: str) -> AbstractOperator:
             "matrix is read by its lower triangle."
         )
     return op
+
+
+def _has_dense_matrix(op) -> bool:
+    """Whether applying `op` multiplies by a stored dense matrix (n² work per column);
+    then LOBPCG updates `AX`, `AP` from the Rayleigh–Ritz coefficients (3m·n work per
+    column) instead of applying the operator again."""
+    from .._operator import MatrixOperator
+
+    leaves = jax.tree_util.tree_leaves(op, is_leaf=lambda x: isinstance(x, MatrixOperator))
+    return any(isinstance(leaf, MatrixOperator) for leaf in leaves)
 
 
 def default_block_size(k: int, n: int) -> int:
@@ -435,6 +506,7 @@ def lobpcg(
         tol=eps**0.75 if tol is None else float(tol),
         max_steps=1000 if max_steps is None else int(max_steps),
         drop=float(eps),
+        explicit=not _has_dense_matrix(op) and (B is None or not _has_dense_matrix(B)),
     )
     if adjoint_solver is None:
         adjoint_solver = CG()
@@ -449,8 +521,9 @@ def lobpcg(
         op, B, pre, x0, adjoint_solver, cfg=cfg, threshold_rtol=rtol, throw=bool(throw)
     )
     if throw:
-        vectors = eqx.error_if(
-            vectors,
+        # On both outputs, so that the check survives when only one of them is used.
+        values, vectors = eqx.error_if(
+            (values, vectors),
             result != RESULTS.successful,
             "linsolve.lobpcg did not converge within `max_steps` iterations (or met "
             "NaN/Inf); increase `max_steps`, loosen `tol`, use a preconditioner, or pass "

@@ -5,11 +5,11 @@ import abc
 from typing import Any, ClassVar
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._operator import AbstractOperator
-from .._structure import effective_matrix
 
 
 class AbstractSolver(eqx.Module):
@@ -45,11 +45,21 @@ class AbstractSolver(eqx.Module):
         return state
 
 
-def dense_input(operator: AbstractOperator) -> tuple[Array, Array]:
-    """The dense matrix a direct solver factorizes (structure convention applied: only the
-    entries the tags say are read), and whether it is finite."""
-    matrix = effective_matrix(operator.as_matrix(), operator.tags)
-    return matrix, jnp.all(jnp.isfinite(matrix))
+def dense_input(operator: AbstractOperator) -> Array:
+    """The dense matrix a direct solver factorizes. `as_matrix` already applies the
+    structure convention (only the entries the tags say are read)."""
+    return operator.as_matrix()
+
+
+def input_check(matrix: Array, failed: Array, code) -> Array:
+    """The result code of a factorization that `failed`: `nonfinite_input` if the matrix
+    holds NaN/Inf, else `code`. The O(n²) scan of the input runs only on failure."""
+    from .._solution import RESULTS, result_code
+
+    def diagnose(m):
+        return jnp.where(jnp.all(jnp.isfinite(m)), result_code(code), result_code(RESULTS.nonfinite_input))
+
+    return jax.lax.cond(failed, diagnose, lambda m: result_code(RESULTS.successful), matrix)
 
 
 def tag_names(tags) -> str:
@@ -58,10 +68,10 @@ def tag_names(tags) -> str:
 
 def numerically_singular(triangular_factor: Array) -> Array:
     """Whether a triangular factor (U of LU, R of QR) has a pivot that is zero up to
-    rounding: `|u_kk| <= max(m, n) · eps · max|U|`. Exactly singular input rarely gives an
+    rounding: `|u_kk| <= max(m, n) · eps · max_j |u_jj|`. Exactly singular input rarely gives an
     exact zero pivot after pivoted elimination, and solving with a rounding-error pivot
     would return a silently wrong, finite answer."""
     diag = jnp.abs(jnp.diagonal(triangular_factor))
     eps = jnp.finfo(triangular_factor.dtype).eps
-    scale = jnp.max(jnp.abs(triangular_factor))
-    return jnp.any(diag <= max(triangular_factor.shape) * eps * scale)
+    # The largest pivot stands in for max|U| (no O(n²) pass); NaN pivots count as failed.
+    return ~jnp.all(diag > max(triangular_factor.shape) * eps * jnp.max(diag))

@@ -1,5 +1,6 @@
 """BiCGStab (van der Vorst 1992) with right preconditioning, for any square operator."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -49,6 +50,7 @@ class BiCGStab(AbstractKrylovSolver):
         return map_columns(lambda b, x0, _: _bicgstab(state, b, x0, self.verbose, label), vector, y0)
 
 
+@eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
 def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
     mv = matvec(state)
     pre = precondition(state)

@@ -1,16 +1,32 @@
 """Conjugate gradients for positive (or negative) definite operators, with optional Krylov
 recycling of the forward solve into the solves of the derivative.
 
-Recycling (`CG(recycle=m)`): while the forward solve runs, its search directions (already
-multiplied by `A`: no extra matrix-vector products) are collected in a pool of `2m`
-vectors; whenever the pool is full, a Rayleigh–Ritz step keeps the `m` Ritz vectors of the
-smallest Ritz values — the slow modes of CG — and the pool refills with new directions. At
-the end the Ritz vectors `W` and `AW` are returned in `stats["recycle_basis"]` and
-`stats["recycle_image"]`, and `adjoint_state` attaches them (with the pseudo-inverse of
-the `m × m` matrix `WᴴAW`) to the state of the derivative's solves. Those start from the
-Galerkin projection onto `W`, added to `adjoint_y0` when given, and run deflated CG
-(Saad, Yeung, Erhel, Guyomarc'h 2000): every search direction is kept `A`-conjugate to
-`W`, which removes the recycled eigenvalues from the effective spectrum.
+Recycling (`CG(recycle=m)`), in two halves:
+
+- **Collecting** (the forward solve). The CG coefficients `α_k, β_k` are the Lanczos
+  coefficients of the (preconditioned) operator: with `v_k = z_k / √(r_kᴴ z_k)` the
+  projected matrix `T = VᴴAV` is tridiagonal with `T_kk = 1/α_k + β_{k−1}/α_{k−1}` and
+  `T_{k+1,k} = −√β_k / α_k`, known without any extra product. The `v_k` are written into a
+  window of `4m` vectors; when it is full, the window restarts from the `m` Ritz vectors of
+  the smallest Ritz values of `T` together with the `m` of its leading `(4m−1)`-block
+  (Stathopoulos & Orginos' eigCG, 2010: the second set keeps the information a plain thick
+  restart loses, and the Ritz vectors come out as good as from the whole Krylov space),
+  and `T` restarts as the projection onto them plus the one coupling row to the next
+  Lanczos vector. At the end the `m` Ritz vectors of the smallest Ritz values are
+  `stats["recycle_basis"]` (`W`, shape `(n, m)`) — approximate eigenvectors of `MA` for the
+  smallest eigenvalues, the modes that slow CG down.
+- **Using** (the derivative's solves). `adjoint_state` computes `AW` (`m` products, only
+  when a derivative is taken) and the pseudo-inverse of the `m × m` matrix `WᴴAW`, formed
+  explicitly (the Lanczos vectors lose orthogonality in floating point, so no formula is
+  trusted). The tangent and transposed solves start from the Galerkin projection onto `W`
+  — added to `adjoint_y0` when given — and run deflated CG (Saad, Yeung, Erhel &
+  Guyomarc'h, 2000): every search direction is kept `A`-conjugate to `W`, which removes the
+  recycled eigenvalues from the spectrum CG sees.
+
+Memory: the state holds `W` and `AW`, `2m` vectors; the forward solve works in a window of
+`4m`. Work: about `8m` flops per entry and iteration for the window restarts in the forward
+solve and `4m` for the deflation in the derivative's solves — worth it when a
+matrix-vector product costs more than that.
 """
 
 import equinox as eqx
@@ -58,29 +74,6 @@ def _hermitian_pinv(matrix: Array) -> Array:
     return (q * inv[..., None, :]) @ jnp.conj(jnp.swapaxes(q, -1, -2))
 
 
-def _ritz(pool: Array, image: Array, count: Array, m: int) -> tuple[Array, Array]:
-    """Rayleigh–Ritz on the first `count` columns of `pool` (with `image = A pool`): the
-    `m` Ritz vectors of the smallest Ritz values and their images, `A`-orthonormal.
-
-    The pool is orthonormalised in the `A` inner product by an eigendecomposition of its
-    Gram matrix `PᴴAP` (dropping directions that are dependent to rounding), then the
-    Ritz values are the reciprocals of the eigenvalues of `PᴴP` in that basis."""
-    s = pool.shape[1]
-    valid = jnp.arange(s) < count
-    both = valid[:, None] & valid[None, :]
-    gram_a = jnp.conj(pool.T) @ image
-    gram_a = jnp.where(both, 0.5 * (gram_a + jnp.conj(gram_a.T)), 0)
-    gram = jnp.where(both, jnp.conj(pool.T) @ pool, 0)
-    lam, q = jnp.linalg.eigh(gram_a)
-    eps = jnp.finfo(lam.dtype).eps
-    keep = lam > s * eps * jnp.max(lam)
-    z = q * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1)), 0)
-    c = jnp.conj(z.T) @ gram @ z
-    _, u = jnp.linalg.eigh(0.5 * (c + jnp.conj(c.T)))
-    y = z @ u[:, -m:]  # largest eigenvalues of PᴴP ⇔ smallest Ritz values of A
-    return pool @ y, image @ y
-
-
 class CG(AbstractKrylovSolver):
     """Preconditioned conjugate gradients for operators tagged `positive_semidefinite_tag`
     (or `negative_semidefinite_tag`: CG then runs on `−A`), real symmetric or complex
@@ -91,14 +84,14 @@ class CG(AbstractKrylovSolver):
     - `rtol`, `atol`, `max_steps`, `preconditioner`, `verbose`: as for every Krylov
       solver: stop when `‖b − A x‖₂ <= atol + rtol ‖b‖₂`; `rtol=None` is `eps**0.75`,
       `atol=None` is 0, `max_steps=None` is `10 n`. The preconditioner approximates `A⁻¹`
-      and must be positive definite (hermitian) itself.
+      and must be definite (hermitian) with the operator's sign.
     - `recycle`: keep `m = recycle` Ritz vectors of the forward solve to start and deflate
       the solves of the derivative (reverse mode's transposed solve, forward mode's tangent
-      solve). Costs `2m` vectors of memory in the state (`W` and `A W`) and a pool of `4m`
-      during the forward solve; no extra matrix-vector products.
+      solve). Memory: `W` and `AW` in the state (`2m` vectors) and a window of `4m` vectors
+      during the forward solve. `AW` costs `m` products, made only when differentiating.
 
     `sol.stats` has `num_steps` and `residual_norm` (per column for a `(n, k)` right-hand
-    side) and, with `recycle`, `recycle_basis` (W) and `recycle_image` (AW). A
+    side) and, with `recycle`, `recycle_basis`: the `(n, m)` Ritz vectors `W`. A
     non-positive curvature `pᴴAp <= 0` (the operator is not definite) gives
     `RESULTS.breakdown`.
     """
@@ -134,10 +127,10 @@ class CG(AbstractKrylovSolver):
     def adjoint_state(self, state: KrylovState, stats: dict) -> KrylovState:
         if self.recycle == 0 or "recycle_basis" not in stats:
             return state
-        basis, image = stats["recycle_basis"], stats["recycle_image"]
-        # The Galerkin matrix WᴴAW, formed explicitly: the recycled vectors are only
-        # A-orthonormal up to rounding, and a diagonal formula would be wrong once they
-        # are not.
+        basis = stats["recycle_basis"]
+        mv = matvec(state)
+        image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
+        # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
         gram = jnp.conj(jnp.swapaxes(basis, -1, -2)) @ image
         recycled = Recycled(basis, image, _hermitian_pinv(gram))
         return KrylovState(
@@ -150,13 +143,50 @@ class CG(AbstractKrylovSolver):
             vector = -vector
         recycled = state.recycled
         batched = recycled is not None and recycled.basis.ndim == 3
+        m = self.recycle if collect else 0
 
         def single(b, x0, rec):
-            return _cg(state, b, x0, rec, self.recycle if collect else 0, self.verbose, label)
+            return _cg(state, b, x0, rec, m, self.verbose, label)
 
         return map_columns(single, vector, y0, recycled, extra_batched=batched)
 
 
+def _window_restart(window, tri, m):
+    """eigCG restart of a full window (rows `v_0 … v_{s−1}`, `tri = VᴴAV` padded to
+    `(s+1, s+1)`, its last row holding the coupling to the next Lanczos vector): keep the
+    span of the `m` smallest Ritz vectors of `tri[:s, :s]` and of `tri[:s−1, :s−1]`."""
+    s = window.shape[0]
+    coupling = tri[s, s - 1]
+    t = tri[:s, :s]
+    _, y = jnp.linalg.eigh(t)
+    _, y_lead = jnp.linalg.eigh(t[: s - 1, : s - 1])
+    y_lead = jnp.concatenate([y_lead[:, :m], jnp.zeros((1, m), t.dtype)], axis=0)
+    q, _ = jnp.linalg.qr(jnp.concatenate([y[:, :m], y_lead], axis=1))  # (s, 2m), orthonormal
+    keep = 2 * m
+    new_window = jnp.zeros_like(window).at[:keep].set((q.T @ window).astype(window.dtype))
+    new_tri = jnp.zeros_like(tri).at[:keep, :keep].set(q.T @ t @ q)
+    # Lanczos relation A V = V T + coupling · v_next e_lastᵀ: the kept vectors couple to
+    # the next Lanczos vector through the last row of q.
+    arrow = coupling * q[s - 1]
+    new_tri = new_tri.at[keep, :keep].set(arrow).at[:keep, keep].set(arrow)
+    return new_window, new_tri
+
+
+def _ritz_basis(window, tri, count, m):
+    """The `m` Ritz vectors of the smallest Ritz values from the first `count` rows of the
+    window, as rows; zero rows where fewer than `m` exist."""
+    s = window.shape[0]
+    valid = jnp.arange(s) < count
+    t = jnp.where(valid[:, None] & valid[None, :], tri[:s, :s], 0)
+    # Unused slots get a diagonal above every eigenvalue of the used block (Gershgorin).
+    big = 2 * jnp.max(jnp.sum(jnp.abs(t), axis=1)) + 1
+    t = t + jnp.diag(jnp.where(valid, 0, big))
+    _, y = jnp.linalg.eigh(t)
+    y = jnp.where(valid[:, None], y[:, :m], 0)
+    return (y.T @ window).astype(window.dtype)
+
+
+@eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
 def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: bool, label: str):
     """CG on one right-hand side; deflated against `recycled` if given; collecting `m`
     Ritz vectors if `m > 0`."""
@@ -184,59 +214,77 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     p = deflate(z)
     r_norm = norm(r).astype(rdt)
     code = jnp.where(rz < 0, result_code(RESULTS.breakdown), result_code(RESULTS.successful))
-    n = b.shape[0]
-    pool_size = 2 * m
-    pool = jnp.zeros((n, pool_size), b.dtype)
-    carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, r_norm, code, pool, pool, jnp.asarray(0, jnp.int32))
     report(verbose, label, 0, r_norm, goal)
 
-    def cond(carry):
-        k, _, _, _, _, r_norm, code, _, _, _ = carry
+    def running(k, r_norm, code):
         return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
 
-    def body(carry):
-        k, x, r, p, rz, _, code, pool, image, count = carry
+    def cg_step(k, x, r, p, rz, code):
+        """One CG iteration; also returns alpha and beta (the Lanczos coefficients)."""
         ap = mv(p)
         pap = jnp.real(inner(p, ap)).astype(rdt)
         bad = ~(pap > 0)  # not definite, or NaN
-        alpha = rz / jnp.where(bad, 1, pap)
-        x_new = x + alpha * p
-        r_new = r - alpha * ap
-        z = pre(r_new)
-        rz_new = jnp.real(inner(r_new, z)).astype(rdt)
-        bad_pre = rz_new < 0  # the preconditioner is not positive definite
+        # On failure alpha = 0 leaves x and r as they were (no extra pass over them).
+        alpha = jnp.where(bad, 0, rz / jnp.where(bad, 1, pap))
+        x = x + alpha * p
+        r = r - alpha * ap
+        z_new = pre(r)
+        rz_new = jnp.real(inner(r, z_new)).astype(rdt)
+        # Without a preconditioner rᴴz is ‖r‖²: no second reduction.
+        r_norm = jnp.sqrt(rz_new) if state.preconditioner is None else norm(r).astype(rdt)
         beta = rz_new / jnp.where(rz == 0, 1, rz)
-        p_new = deflate(z) + beta * p
+        p = deflate(z_new) + beta * p
+        bad_pre = rz_new < 0  # the preconditioner is not positive definite
         code = jnp.where(bad, failure_code(pap), jnp.where(bad_pre, result_code(RESULTS.breakdown), code))
-        x_new = jnp.where(bad, x, x_new)
-        r_new = jnp.where(bad, r, r_new)
-        r_norm = norm(r_new).astype(rdt)
-        if m > 0:
-            scale = jnp.where(bad, 0, 1 / jnp.sqrt(jnp.where(bad, 1, pap)))
-            pool = pool.at[:, count].set(scale * p)
-            image = image.at[:, count].set(scale * ap)
-            count = count + 1
-
-            def restart(args):
-                pool, image, _ = args
-                w, aw = _ritz(pool, image, jnp.asarray(pool_size), m)
-                zeros = jnp.zeros((n, pool_size - m), pool.dtype)
-                return (
-                    jnp.concatenate([w, zeros], axis=1),
-                    jnp.concatenate([aw, zeros], axis=1),
-                    jnp.asarray(m, jnp.int32),
-                )
-
-            pool, image, count = jax.lax.cond(
-                count == pool_size, restart, lambda args: args, (pool, image, count)
-            )
         report(verbose, label, k + 1, r_norm, goal)
-        return (k + 1, x_new, r_new, p_new, rz_new, r_norm, code, pool, image, count)
+        return x, r, z_new, p, rz_new, r_norm, code, alpha, beta
 
-    k, x, r, _, _, r_norm, code, pool, image, count = jax.lax.while_loop(cond, body, carry)
-    result = final_result(code, r_norm <= goal)
-    extra = {}
-    if m > 0:
-        w, aw = _ritz(pool, image, count, m)
-        extra = {"recycle_basis": w, "recycle_image": aw}
-    return x, result, stats(k, r_norm, **extra)
+    if m == 0:
+
+        def body(c):
+            k, x, r, p, rz, _, code = c
+            x, r, _, p, rz, r_norm, code, _, _ = cg_step(k, x, r, p, rz, code)
+            return k + 1, x, r, p, rz, r_norm, code
+
+        carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, r_norm, code)
+        k, x, _, _, _, r_norm, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+        return x, final_result(code, r_norm <= goal), stats(k, r_norm)
+
+    # Collecting: an inner loop fills the window, the outer loop restarts it. (A restart
+    # inside a single loop would sit in a `lax.cond`, which copies the window every step.)
+    s = 4 * m
+    n = b.shape[0]
+    window = jnp.zeros((s, n), b.dtype)  # one Lanczos vector per row: contiguous writes
+    tri = jnp.zeros((s + 1, s + 1), rdt)  # real: the Lanczos coefficients are
+
+    def inner_body(c):
+        k, x, r, z, p, rz, _, code, window, tri, count, ratio = c
+        v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1))
+        x, r, z_new, p, rz_new, r_norm, code, alpha, beta = cg_step(k, x, r, p, rz, code)
+        ok = alpha > 0
+        window = window.at[count].set(v)
+        diag = jnp.where(ok, 1 / jnp.where(ok, alpha, 1) + ratio, 0)
+        off = jnp.where(ok, -jnp.sqrt(beta) / jnp.where(ok, alpha, 1), 0)
+        tri = tri.at[count, count].set(diag).at[count + 1, count].set(off).at[count, count + 1].set(off)
+        ratio = jnp.where(ok, beta / jnp.where(ok, alpha, 1), 0)
+        return k + 1, x, r, z_new, p, rz_new, r_norm, code, window, tri, count + 1, ratio
+
+    def outer_body(c):
+        c = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & (c[10] < s), inner_body, c)
+        window, tri, count = c[8], c[9], c[10]
+        window, tri, count = jax.lax.cond(
+            count == s,
+            lambda w, t: (*_window_restart(w, t, m), jnp.asarray(2 * m, jnp.int32)),
+            lambda w, t: (w, t, count),
+            window,
+            tri,
+        )
+        return c[:8] + (window, tri, count, c[11])
+
+    carry = (jnp.asarray(0, jnp.int32), x, r, z, p, rz, r_norm, code, window, tri,
+             jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
+    carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
+    k, x, _, _, _, _, r_norm, code, window, tri, count, _ = carry
+    basis = _ritz_basis(window, tri, count, m).T
+    basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
+    return x, final_result(code, r_norm <= goal), stats(k, r_norm, recycle_basis=basis)

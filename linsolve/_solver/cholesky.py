@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
-from .._solution import RESULTS, first_failure
+from .._solution import RESULTS
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
-from .abstract import AbstractSolver, dense_input, tag_names
+from .abstract import AbstractSolver, dense_input, input_check, tag_names
 
 
 class _CholeskyState(eqx.Module):
@@ -35,14 +35,13 @@ class Cholesky(AbstractSolver):
             )
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"Cholesky needs a square operator; got shape {operator.shape}.")
-        matrix, finite = dense_input(operator)
+        matrix = dense_input(operator)
         if negative:
             matrix = -matrix
         factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
-        result = first_failure(
-            (~finite, RESULTS.nonfinite_input),
-            (~jnp.all(jnp.isfinite(factor)), RESULTS.not_positive_definite),
-        )
+        # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
+        failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
+        result = input_check(matrix, failed, RESULTS.not_positive_definite)
         return _CholeskyState(factor, negative, result)
 
     def _solve(self, state: _CholeskyState, vector):

@@ -72,6 +72,7 @@ def _rotate(c, s, x, y):
     return c * x + s * y, -jnp.conj(s) * x + c * y
 
 
+@eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
 def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
     mv = matvec(state)
     pre = precondition(state)

@@ -6,8 +6,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
-from .._solution import RESULTS, first_failure
-from .abstract import AbstractSolver, dense_input, numerically_singular
+from .._solution import RESULTS
+from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
 
 
 class _LUState(eqx.Module):
@@ -23,10 +23,9 @@ class LU(AbstractSolver):
     def init(self, operator) -> _LUState:
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
-        matrix, finite = dense_input(operator)
+        matrix = dense_input(operator)
         lu, pivots, _ = jax.lax.linalg.lu(matrix)
-        singular = numerically_singular(jnp.triu(lu))
-        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        result = input_check(matrix, numerically_singular(lu), RESULTS.singular)
         return _LUState(lu, pivots, result)
 
     def solve(self, state, vector, y0):

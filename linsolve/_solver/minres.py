@@ -1,5 +1,6 @@
 """MINRES (Paige & Saunders 1975) for symmetric / hermitian, possibly indefinite, operators."""
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
@@ -68,6 +69,7 @@ class MINRES(AbstractKrylovSolver):
         return map_columns(lambda b, x0, _: _minres(state, b, x0, self.verbose, label), vector, y0)
 
 
+@eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
 def _minres(state: KrylovState, b, y0, verbose: bool, label: str):
     """MINRES on one right-hand side. Lanczos on `M A` in the `M⁻¹` inner product (M the
     preconditioner) with a QR factorization of the tridiagonal matrix updated by one

@@ -8,8 +8,8 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
-from .._solution import RESULTS, first_failure
-from .abstract import AbstractSolver, dense_input, numerically_singular
+from .._solution import RESULTS
+from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
 
 
 class _QRState(eqx.Module):
@@ -28,13 +28,12 @@ class QR(AbstractSolver):
     supports_nonsquare: ClassVar[bool] = True
 
     def init(self, operator) -> _QRState:
-        matrix, finite = dense_input(operator)
+        matrix = dense_input(operator)
         m, n = operator.shape
         wide = m < n
         # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
         q, r = jnp.linalg.qr(jnp.conj(matrix.T) if wide else matrix, mode="reduced")
-        singular = numerically_singular(r)
-        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        result = input_check(matrix, numerically_singular(r), RESULTS.singular)
         return _QRState(q, r, wide, result)
 
     def solve(self, state, vector, y0):

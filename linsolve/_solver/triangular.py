@@ -9,7 +9,7 @@ from .._solution import RESULTS, first_failure
 from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
 from .._sparse.operator import SparseOperator
 from .._sparse.triangular import Schedule, schedule
-from .abstract import AbstractSolver, dense_input, tag_names
+from .abstract import AbstractSolver, dense_input, input_check, tag_names
 
 
 class _TriangularState(eqx.Module):
@@ -37,9 +37,11 @@ class Triangular(AbstractSolver):
         unit = unit_diagonal_tag in tags
         if isinstance(operator, SparseOperator):
             return _sparse_init(operator, unit)
-        matrix, finite = dense_input(operator)
-        singular = jnp.any(jnp.diagonal(matrix) == 0)
-        result = first_failure((~finite, RESULTS.nonfinite_input), (singular, RESULTS.singular))
+        matrix = dense_input(operator)
+        # NaN/Inf off the diagonal shows in the solution (checked by linear_solve).
+        diagonal = jnp.diagonal(matrix)
+        failed = jnp.any(diagonal == 0) | ~jnp.all(jnp.isfinite(diagonal))
+        result = input_check(matrix, failed, RESULTS.singular)
         return _TriangularState(matrix, lower, unit, result)
 
     def _solve(self, state, vector, trans):

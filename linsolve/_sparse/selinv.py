@@ -76,17 +76,40 @@ def _gather_zii(B: Bucket, pool: Array) -> Array:
     return pool.at[src].get(mode="fill", fill_value=0)
 
 
-def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
+def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False):
+    """One Takahashi pass: (values at the stored entries or None, diag(A^-1) or None)."""
     chunks: dict[int, Array] = {}
+    diags: dict[int, Array] = {}
 
     def emit(b, zf):
-        pos = sym.buckets[b].sel_pos
-        if pos.size:
-            chunks[b] = zf.reshape(-1).at[_const(pos)].get(mode="fill", fill_value=0)
+        B = sym.buckets[b]
+        if entries and B.sel_pos.size:
+            chunks[b] = zf.reshape(-1).at[_const(B.sel_pos)].get(mode="fill", fill_value=0)
+        if diag:
+            diags[b] = jnp.diagonal(zf[:, : B.K, : B.K], axis1=-2, axis2=-1)
 
     _fronts(sym, fac, emit)
-    cat = jnp.concatenate([chunks[b] for b in sorted(chunks)])
-    return cat[_const(sym.sel_order)]
+    out_e = out_d = None
+    if entries:
+        cat = jnp.concatenate([chunks[b] for b in sorted(chunks)])
+        out_e = cat[_const(sym.sel_order)]
+    if diag:
+        d = jnp.zeros(sym.n, fac.g[0].dtype)
+        for b, v in diags.items():
+            d = d.at[_const(sym.buckets[b].col_idx)].set(v, mode="drop")
+        out_d = d[sym.iperm]
+    return out_e, out_d
+
+
+def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
+    return _selinv(sym, fac, entries=True)[0]
+
+
+def selected_inverse_and_diag(
+    sym: Symbolic, fac: Factor
+) -> tuple[Float[Array, " nnz"], Float[Array, " n"]]:
+    """`(selected_inverse_from_factor, diag_inverse_from_factor)` in a single pass."""
+    return _selinv(sym, fac, entries=True, diag=True)
 
 
 def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnz"]:
@@ -109,17 +132,8 @@ def diag_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " 
 
 
 def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
-    out = {}
-
-    def emit(b, zf):
-        out[b] = jnp.diagonal(zf[:, : sym.buckets[b].K, : sym.buckets[b].K], axis1=-2, axis2=-1)
-
-    _fronts(sym, fac, emit)
-    dtype = fac.g[0].dtype
-    d = jnp.zeros(sym.n, dtype)
-    for b, v in out.items():
-        d = d.at[_const(sym.buckets[b].col_idx)].set(v, mode="drop")
-    return d[sym.iperm]
+    """As `diag_inverse`, reusing a factorization."""
+    return _selinv(sym, fac, entries=False, diag=True)[1]
 
 
 def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:

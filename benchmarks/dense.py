@@ -1,0 +1,340 @@
+"""Dense direct solves: linsolve vs lineax vs jax.scipy, forward and value_and_grad.
+
+For each size n (float64) and each factorization (Cholesky on a symmetric positive
+definite matrix, LU on the same matrix treated as general), this times
+
+- `forward`: `loss(A, b) = 0.5 * |x|²` with `x = solve(A, b)`, jitted;
+- `value_and_grad`: `jax.value_and_grad(loss, argnums=(0, 1))`, jitted;
+- compile time of each (trace + lower + XLA compile, cold caches),
+
+for linsolve, lineax and two jax.scipy variants, side by side in one run, and prints
+the ratios the core issue sets targets for:
+
+- value_and_grad time, linsolve / lineax <= 0.9
+- value_and_grad / forward time of linsolve <= 1.1
+- compile time, linsolve / lineax <= 1
+
+Usage:
+
+    python benchmarks/dense.py                         # n = 100, 500, 2000
+    python benchmarks/dense.py --sizes 50 100 --repeats 3 --compile-repeats 1
+    python benchmarks/dense.py --markdown              # tables for docs/benchmarks.md
+    python benchmarks/dense.py --threads all           # multithreaded BLAS (default: 1 thread)
+
+Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from _timing import limit_threads  # noqa: E402
+
+
+def _threads_from_argv(argv):
+    # Read before JAX is imported: thread counts are fixed when XLA and BLAS load.
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", default="1")
+    value = parser.parse_known_args(argv)[0].threads
+    return None if value == "all" else int(value)
+
+
+if __name__ == "__main__":
+    limit_threads(_threads_from_argv(sys.argv[1:]))
+
+import jax  # noqa: E402
+
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp  # noqa: E402
+import jax.scipy.linalg as jsl  # noqa: E402
+import lineax as lx  # noqa: E402
+import numpy as np  # noqa: E402
+from _timing import (  # noqa: E402
+    compile_fn,
+    compiled_op_counts,
+    environment,
+    format_seconds,
+    format_table,
+    time_interleaved,
+)
+
+import linsolve as ls  # noqa: E402
+
+
+# --- the solves being compared: (A, b) -> x ------------------------------------------
+
+
+def linsolve_cholesky(A, b):
+    return ls.linear_solve(ls.MatrixOperator(A, ls.positive_semidefinite_tag), b, ls.Cholesky()).value
+
+
+def lineax_cholesky(A, b):
+    op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
+    return lx.linear_solve(op, b, lx.Cholesky()).value
+
+
+def jsp_cho(A, b):
+    return jsl.cho_solve(jsl.cho_factor(A, lower=True), b)
+
+
+def jsp_solve_pos(A, b):
+    return jsl.solve(A, b, assume_a="pos")
+
+
+def linsolve_lu(A, b):
+    return ls.linear_solve(ls.MatrixOperator(A), b, ls.LU()).value
+
+
+def lineax_lu(A, b):
+    return lx.linear_solve(lx.MatrixLinearOperator(A), b, lx.LU()).value
+
+
+def jsp_lu(A, b):
+    return jsl.lu_solve(jsl.lu_factor(A), b)
+
+
+def jsp_solve_gen(A, b):
+    return jsl.solve(A, b)
+
+
+FAMILIES = {
+    "cholesky": {
+        "linsolve": linsolve_cholesky,
+        "lineax": lineax_cholesky,
+        "jax.scipy cho_factor+cho_solve": jsp_cho,
+        "jax.scipy solve(pos)": jsp_solve_pos,
+    },
+    "lu": {
+        "linsolve": linsolve_lu,
+        "lineax": lineax_lu,
+        "jax.scipy lu_factor+lu_solve": jsp_lu,
+        "jax.scipy solve": jsp_solve_gen,
+    },
+}
+JSP = ("jax.scipy cho_factor+cho_solve", "jax.scipy solve(pos)", "jax.scipy lu_factor+lu_solve", "jax.scipy solve")
+
+
+def make_loss(solve):
+    def loss(A, b):
+        x = solve(A, b)
+        return 0.5 * jnp.sum(x * x)
+
+    return loss
+
+
+def problem(n, seed=0):
+    """A well-conditioned symmetric positive definite A (so every method reads the same
+    matrix, whichever triangle it uses) and a right-hand side b."""
+    rng = np.random.default_rng(seed)
+    M = rng.standard_normal((n, n))
+    A = M @ M.T / n + np.eye(n)
+    b = rng.standard_normal(n)
+    return jnp.asarray(A), jnp.asarray(b)
+
+
+# --- measurement -----------------------------------------------------------------------
+
+
+def _folded(gA):
+    """The gradient a symmetric perturbation sees: entry (i, j), i > j, moves both
+    A[i, j] and A[j, i]. Methods differ in which triangle they put the gradient on."""
+    gA = np.asarray(gA)
+    return np.tril(gA + gA.T, -1) + np.diag(np.diag(gA))
+
+
+def check_agreement(family, A, b):
+    """All methods must compute the same value and (folded) gradient on this symmetric
+    input; warn otherwise, so that a table never compares different computations."""
+    ref = None
+    for name, solve in FAMILIES[family].items():
+        v, (gA, gb) = jax.jit(jax.value_and_grad(make_loss(solve), argnums=(0, 1)))(A, b)
+        out = (float(v), np.asarray(gb), _folded(gA))
+        if ref is None:
+            ref = out
+            continue
+        ok = (
+            np.isclose(out[0], ref[0], rtol=1e-8)
+            and np.allclose(out[1], ref[1], rtol=1e-6, atol=1e-10)
+            and np.allclose(out[2], ref[2], rtol=1e-6, atol=1e-10)
+        )
+        if not ok:
+            err = np.max(np.abs(out[2] - ref[2])) / np.max(np.abs(ref[2]))
+            print(
+                f"WARNING: {family}/{name} disagrees with linsolve on n={A.shape[0]} "
+                f"(relative gradient difference {err:.1e})",
+                file=sys.stderr,
+            )
+
+
+def measure(sizes, repeats, compile_repeats, families):
+    results = {}  # (family, n, method) -> dict
+    for n in sizes:
+        A, b = problem(n)
+        for family in families:
+            methods = FAMILIES[family]
+            if n <= 200:
+                check_agreement(family, A, b)
+            fns = {}
+            for name, solve in methods.items():
+                loss = make_loss(solve)
+                fns[(name, "forward")] = loss
+                fns[(name, "value_and_grad")] = jax.value_and_grad(loss, argnums=(0, 1))
+            # Compile: cold, interleaved across methods, median of `compile_repeats`.
+            compile_samples = {key: [] for key in fns}
+            compiled = {}
+            for _ in range(max(1, compile_repeats)):
+                for key, fn in fns.items():
+                    exe, seconds = compile_fn(fn, A, b)
+                    compile_samples[key].append(seconds)
+                    compiled[key] = exe
+            timings = time_interleaved({key: (exe, (A, b)) for key, exe in compiled.items()}, repeats=repeats)
+            for name in methods:
+                results[(family, n, name)] = {
+                    "forward": timings[(name, "forward")].median,
+                    "value_and_grad": timings[(name, "value_and_grad")].median,
+                    "compile_forward": float(np.median(compile_samples[(name, "forward")])),
+                    "compile_value_and_grad": float(np.median(compile_samples[(name, "value_and_grad")])),
+                }
+            print(f"  measured {family} n={n}", file=sys.stderr, flush=True)
+    return results
+
+
+def kernel_counts(families, n):
+    """What XLA runs for value_and_grad, per method: LAPACK kernels and data movement."""
+    A, b = problem(n)
+    header = ["family", "method", "potrf/getrf", "trsm", "host callbacks", "n×n ops", "copy", "transpose", "fusion"]
+    rows = []
+    for family in families:
+        for name, solve in FAMILIES[family].items():
+            fn = jax.value_and_grad(make_loss(solve), argnums=(0, 1))
+            c = compiled_op_counts(fn, A, b, full_shape=(n, n))
+            factor = c["lapack_dpotrf_ffi"] + c["lapack_dgetrf_ffi"]
+            rows.append(
+                [family, name, factor, c["lapack_dtrsm_ffi"], c["xla_ffi_python_cpu_callback"],
+                 c["full_size_ops"], c["copy"], c["transpose"], c["fusion"]]
+            )
+    return header, rows
+
+
+def ratio(x, y):
+    return f"{x / y:.2f}"
+
+
+def report(results, sizes, families, markdown):
+    out = []
+    header = [
+        "family",
+        "n",
+        "method",
+        "forward",
+        "value_and_grad",
+        "v&g / fwd",
+        "compile fwd",
+        "compile v&g",
+    ]
+    rows = []
+    for family in families:
+        for n in sizes:
+            for name in FAMILIES[family]:
+                r = results[(family, n, name)]
+                rows.append(
+                    [
+                        family,
+                        n,
+                        name,
+                        format_seconds(r["forward"]),
+                        format_seconds(r["value_and_grad"]),
+                        ratio(r["value_and_grad"], r["forward"]),
+                        format_seconds(r["compile_forward"]),
+                        format_seconds(r["compile_value_and_grad"]),
+                    ]
+                )
+    out.append("Times (median):")
+    out.append(format_table(header, rows, markdown))
+
+    header = [
+        "family",
+        "n",
+        "v&g: ls/lineax",
+        "v&g: ls/best jsp",
+        "fwd: ls/lineax",
+        "v&g/fwd: ls",
+        "v&g/fwd: lineax",
+        "compile v&g: ls/lineax",
+        "compile fwd: ls/lineax",
+    ]
+    rows = []
+    verdicts = []
+    for family in families:
+        for n in sizes:
+            r = {name: results[(family, n, name)] for name in FAMILIES[family]}
+            ls_, lx_ = r["linsolve"], r["lineax"]
+            best_jsp = min(v["value_and_grad"] for k, v in r.items() if k in JSP)
+            vg_ratio = ls_["value_and_grad"] / lx_["value_and_grad"]
+            gf_ratio = ls_["value_and_grad"] / ls_["forward"]
+            cvg_ratio = ls_["compile_value_and_grad"] / lx_["compile_value_and_grad"]
+            cf_ratio = ls_["compile_forward"] / lx_["compile_forward"]
+            rows.append(
+                [
+                    family,
+                    n,
+                    f"{vg_ratio:.2f}",
+                    f"{ls_['value_and_grad'] / best_jsp:.2f}",
+                    ratio(ls_["forward"], lx_["forward"]),
+                    f"{gf_ratio:.2f}",
+                    ratio(lx_["value_and_grad"], lx_["forward"]),
+                    f"{cvg_ratio:.2f}",
+                    f"{cf_ratio:.2f}",
+                ]
+            )
+            verdicts.append(
+                [
+                    family,
+                    n,
+                    "met" if vg_ratio <= 0.9 else "MISSED",
+                    "met" if gf_ratio <= 1.1 else "MISSED",
+                    "met" if max(cvg_ratio, cf_ratio) <= 1.0 else "MISSED",
+                ]
+            )
+    out.append("\nRatios (ls = linsolve; best jsp = the faster jax.scipy variant):")
+    out.append(format_table(header, rows, markdown))
+    out.append("\nTargets: v&g <= 0.9x lineax; v&g/fwd <= 1.1; compile (fwd and v&g) <= lineax:")
+    out.append(
+        format_table(["family", "n", "v&g <= 0.9 lineax", "v&g/fwd <= 1.1", "compile <= lineax"], verdicts, markdown)
+    )
+    return "\n".join(out)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
+    parser.add_argument("--repeats", type=int, default=7, help="timed samples per function")
+    parser.add_argument("--compile-repeats", type=int, default=3, help="cold compilations per function")
+    parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
+    parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
+    parser.add_argument(
+        "--threads",
+        default="1",
+        help="BLAS/XLA CPU threads: a number, or 'all' for the library defaults (default 1)",
+    )
+    args = parser.parse_args(argv)
+
+    print(environment())
+    print(f"float64; sizes {args.sizes}; {args.repeats} timed samples, {args.compile_repeats} cold compiles each\n")
+    header, rows = kernel_counts(args.families, min(args.sizes))
+    print(f"Kernels and ops in the optimised HLO of value_and_grad (n = {min(args.sizes)}):")
+    print(format_table(header, rows, args.markdown))
+    print()
+    results = measure(args.sizes, args.repeats, args.compile_repeats, args.families)
+    print(report(results, args.sizes, args.families, args.markdown))
+
+
+if __name__ == "__main__":
+    main()

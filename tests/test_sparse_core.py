@@ -1,0 +1,304 @@
+"""Array-level sparse Cholesky engine (`linsolve._sparse.{symbolic,numeric,selinv}`) against
+dense numpy on small matrices.
+
+Compiling the level-batched numeric phase costs seconds per pattern (XLA compiles every
+bucket's kernels), so each pattern is checked through ONE jitted function returning every
+quantity, and the transform tests use the smallest patterns that still exercise them.
+"""
+
+import jax
+
+jax.config.update("jax_enable_x64", True)
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.sparse as sp
+
+from linsolve._sparse import numeric, selinv, symbolic
+
+
+# ---------------------------------------------------------------------------------------
+# Test matrices (dense SPD arrays; their sparsity pattern is what gets stored)
+# ---------------------------------------------------------------------------------------
+
+
+def lap2d(m: int) -> np.ndarray:
+    t = 2 * np.eye(m) - np.eye(m, k=1) - np.eye(m, k=-1)
+    return np.kron(t, np.eye(m)) + np.kron(np.eye(m), t) + np.eye(m * m)
+
+
+def random_spd(n: int, density: float, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    b = sp.random(n, n, density=density, random_state=rng).toarray()
+    a = b + b.T
+    return a + np.diag(np.abs(a).sum(1) + 1.0)
+
+
+def arrow(n: int) -> np.ndarray:
+    a = np.eye(n) * (n + 1.0)
+    a[-1, :] = a[:, -1] = 1.0
+    a[-1, -1] = 2.0 * n
+    return a
+
+
+def banded(n: int, bw: int) -> np.ndarray:
+    a = np.zeros((n, n))
+    for k in range(1, bw + 1):
+        a += np.diag(np.full(n - k, -1.0 / k), k) + np.diag(np.full(n - k, -1.0 / k), -k)
+    return a + np.diag(np.abs(a).sum(1) + 0.5)
+
+
+def with_empty_column(n: int) -> np.ndarray:
+    # two chains plus isolated unknowns: those have no off-diagonal entry in L at all
+    a = banded(n, 1)
+    for i in (2, 7):
+        a[i, :] = a[:, i] = 0.0
+        a[i, i] = 3.0
+    return a
+
+
+PATTERNS = {
+    "lap10": (lap2d(10), "auto"),
+    "random": (random_spd(40, 0.08, 0), "auto"),
+    "arrow": (arrow(25), "natural"),
+    "banded": (banded(30, 3), "auto"),
+    "empty_col": (with_empty_column(12), "auto"),
+}
+
+
+def lower_csc(a: np.ndarray) -> sp.csc_matrix:
+    m = sp.csc_matrix(np.tril(a))
+    m.sort_indices()
+    return m
+
+
+def full_csc(a: np.ndarray) -> sp.csc_matrix:
+    m = sp.csc_matrix(a)
+    m.sort_indices()
+    return m
+
+
+def dense_from_stored(m: sp.csc_matrix, values: np.ndarray) -> np.ndarray:
+    """The symmetric matrix the structure convention defines: lower triangle read only."""
+    col = np.repeat(np.arange(m.shape[0]), np.diff(m.indptr))
+    row = m.indices
+    a = np.zeros(m.shape)
+    keep = row >= col
+    np.add.at(a, (row[keep], col[keep]), values[keep])
+    return a + np.tril(a, -1).T
+
+
+def analyse(m: sp.csc_matrix, ordering: str = "auto") -> symbolic.Symbolic:
+    return symbolic.analyse(m.indptr, m.indices, m.shape[0], ordering=ordering)
+
+
+def everything(sym):
+    """One jitted function per pattern: solve with several right-hand sides, logdet, ok,
+    selected inverse at the stored entries, diag of the inverse. (A single right-hand side
+    of shape (n,) is covered by the vmap test.)"""
+
+    @jax.jit
+    def f(values, b3):
+        fac = numeric.factor(sym, values)
+        z, d = selinv.selected_inverse_and_diag(sym, fac)
+        return numeric.solve(sym, fac, b3), numeric.logdet(sym, fac), fac.ok, z, d
+
+    return f
+
+
+_EVERYTHING = {}
+
+
+def everything_for(name):
+    if name not in _EVERYTHING:
+        a, ordering = PATTERNS[name]
+        m = lower_csc(a)
+        sym = analyse(m, ordering)
+        _EVERYTHING[name] = (m, sym, everything(sym))
+    return _EVERYTHING[name]
+
+
+# ---------------------------------------------------------------------------------------
+# Symbolic phase
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("ordering", ["auto", "natural", "rcm"])
+def test_symbolic_pattern_covers_cholesky(ordering):
+    a = random_spd(60, 0.05, 3)
+    sym = analyse(lower_csc(a), ordering)
+    l = np.linalg.cholesky(a[np.ix_(sym.perm, sym.perm)])
+    counts = (np.abs(l) > 0).sum(0)
+    assert sym.nnz_L == counts.sum()  # exact column counts (no cancellation here)
+    covered = np.zeros_like(l, dtype=bool)
+    for s in range(sym.num_supernodes):
+        f, e = sym.sn_start[s], sym.sn_start[s + 1]
+        rows = np.concatenate([np.arange(f, e), sym.sn_rows[s]])
+        for j in range(f, e):
+            covered[rows[rows >= j], j] = True
+    assert not np.any((np.abs(l) > 0) & ~covered)
+
+
+def test_symbolic_is_cached_and_accepts_full_pattern():
+    a = lap2d(6)
+    s1 = analyse(lower_csc(a))
+    assert analyse(lower_csc(a)) is s1
+    s2 = analyse(full_csc(a))
+    assert s2.nnz == full_csc(a).nnz and s2.nnz_L == s1.nnz_L
+    # strict upper entries are not read and get zero logdet weight
+    upper = s2.entry_row < s2.entry_col
+    assert not s2.entry_read[upper].any() and np.all(s2.logdet_weight[upper] == 0)
+
+
+def test_empty_column_pattern_is_exercised():
+    _, sym, _ = everything_for("empty_col")
+    m = np.array([r.shape[0] for r in sym.sn_rows])
+    k = np.diff(sym.sn_start)
+    assert np.any((m == 0) & (sym.sn_parent < 0)) and sym.num_supernodes >= 3
+    assert k.sum() == 12
+
+
+# ---------------------------------------------------------------------------------------
+# Numeric phase and selected inverse against dense
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", list(PATTERNS))
+def test_against_dense(name):
+    m, sym, f = everything_for(name)
+    a = PATTERNS[name][0]
+    n = a.shape[0]
+    b3 = np.random.default_rng(1).normal(size=(n, 3))
+    x3, ld, ok, z, d = f(jnp.asarray(m.data), b3)
+    ainv = np.linalg.inv(a)
+    scale = np.abs(ainv).max()
+    assert bool(ok)
+    np.testing.assert_allclose(x3, np.linalg.solve(a, b3), rtol=0, atol=1e-12 * scale * 10)
+    assert abs(float(ld) - np.linalg.slogdet(a)[1]) <= 1e-12 * max(1.0, abs(float(ld)))
+    col = np.repeat(np.arange(n), np.diff(m.indptr))
+    np.testing.assert_allclose(z, ainv[m.indices, col], rtol=0, atol=1e-12 * scale)
+    np.testing.assert_allclose(d, np.diag(ainv), rtol=0, atol=1e-12 * scale)
+
+
+def test_not_positive_definite_is_flagged():
+    m, sym, f = everything_for("lap10")
+    values = np.array(m.data)
+    values[sym.entry_row == sym.entry_col] *= -1.0  # negative definite
+    _, ld, ok, _, _ = f(jnp.asarray(values), np.ones((100, 3)))
+    assert not bool(ok) and not np.isfinite(float(ld))
+
+
+def test_selected_inverse_on_full_pattern_of_l():
+    a = random_spd(30, 0.1, 5)
+    m = lower_csc(a)
+    sym = analyse(m)
+    rows, cols = selinv.l_pattern(sym)
+    vals = jax.jit(lambda v: selinv.selected_inverse_on_l(sym, v))(jnp.asarray(m.data))
+    ainv = np.linalg.inv(a)
+    np.testing.assert_allclose(vals, ainv[rows, cols], rtol=0, atol=1e-12 * np.abs(ainv).max())
+    assert np.all(rows >= cols) and rows.shape[0] >= sym.nnz_L
+
+
+# ---------------------------------------------------------------------------------------
+# Transforms: grad / jvp / hvp of logdet, vmap, float32, autodiff through factor+solve
+# ---------------------------------------------------------------------------------------
+
+
+def _dense_logdet(m, values):
+    return np.linalg.slogdet(dense_from_stored(m, values))[1]
+
+
+def _fd_grad(m, values, eps=1e-6):
+    g = np.zeros_like(values)
+    for e in range(values.shape[0]):
+        vp, vm = values.copy(), values.copy()
+        vp[e] += eps
+        vm[e] -= eps
+        g[e] = (_dense_logdet(m, vp) - _dense_logdet(m, vm)) / (2 * eps)
+    return g
+
+
+@pytest.mark.parametrize("storage", ["lower", "full"])
+def test_logdet_grad_matches_finite_differences(storage):
+    a = lap2d(5) + 0.1 * random_spd(25, 0.0, 0)  # keep it small: FD is per entry
+    m = lower_csc(a) if storage == "lower" else full_csc(a)
+    sym = analyse(m)
+    values = np.array(m.data)
+    ld, g = jax.jit(jax.value_and_grad(lambda v: selinv.logdet(sym, v)))(jnp.asarray(values))
+    assert abs(float(ld) - _dense_logdet(m, values)) < 1e-12 * abs(float(ld))
+    np.testing.assert_allclose(g, _fd_grad(m, values), rtol=0, atol=1e-7)
+    if storage == "full":
+        upper = sym.entry_row < sym.entry_col
+        assert upper.any() and np.all(np.asarray(g)[upper] == 0.0)
+
+
+def test_logdet_jvp_and_hessian_vector_product():
+    a = banded(14, 2)
+    m = lower_csc(a)
+    sym = analyse(m, "natural")  # few supernodes: cheap to compile
+    values = np.array(m.data)
+    dv = np.random.default_rng(2).normal(size=values.shape)
+
+    @jax.jit
+    def f(v, t):
+        (ld, dld) = jax.jvp(lambda u: selinv.logdet(sym, u), (v,), (t,))
+        grad, hvp = jax.jvp(jax.grad(lambda u: selinv.logdet(sym, u)), (v,), (t,))
+        return ld, dld, grad, hvp
+
+    ld, dld, grad, hvp = f(jnp.asarray(values), jnp.asarray(dv))
+    assert abs(float(dld) - float(np.dot(grad, dv))) < 1e-12
+    # dense reference: grad_e = w_e Ainv[i, j];  hvp_e = -w_e (Ainv dA Ainv)[i, j]
+    ainv = np.linalg.inv(a)
+    da = dense_from_stored(m, dv)
+    col = np.repeat(np.arange(a.shape[0]), np.diff(m.indptr))
+    w = np.where(m.indices == col, 1.0, 2.0)
+    np.testing.assert_allclose(grad, w * ainv[m.indices, col], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(hvp, -w * (ainv @ da @ ainv)[m.indices, col], rtol=0, atol=1e-11)
+
+
+def test_vmap_over_values_and_float32():
+    a = lap2d(4)
+    m = lower_csc(a)
+    sym = analyse(m)
+    base = np.array(m.data)
+    shifts = np.array([0.0, 0.5, 2.0])
+    batch = np.stack([base + s * (sym.entry_row == sym.entry_col) for s in shifts])
+    b = np.arange(16.0)
+
+    def f(v):
+        fac = numeric.factor(sym, v)
+        return numeric.solve(sym, fac, b.astype(v.dtype)), fac.logdet, fac.ok
+
+    xs, lds, oks = jax.jit(jax.vmap(f))(jnp.asarray(batch))
+    for i, s in enumerate(shifts):
+        ai = a + s * np.eye(16)
+        np.testing.assert_allclose(xs[i], np.linalg.solve(ai, b), atol=1e-12)
+        assert abs(float(lds[i]) - np.linalg.slogdet(ai)[1]) < 1e-12
+    assert bool(np.all(oks))
+
+    x32, ld32, ok32 = jax.jit(f)(jnp.asarray(base, jnp.float32))
+    assert x32.dtype == jnp.float32 and bool(ok32)
+    np.testing.assert_allclose(x32, np.linalg.solve(a, b), rtol=1e-5, atol=1e-5)
+    assert abs(float(ld32) - np.linalg.slogdet(a)[1]) < 1e-4
+
+
+def test_autodiff_through_factor_and_solve():
+    a = banded(10, 2)
+    m = lower_csc(a)
+    sym = analyse(m, "natural")
+    values = np.array(m.data)
+    b = np.linspace(-1, 1, 10)
+    c = np.cos(np.arange(10.0))
+
+    def loss(v, rhs):
+        return jnp.dot(c, numeric.solve(sym, numeric.factor(sym, v), rhs))
+
+    gv, gb = jax.jit(jax.grad(loss, argnums=(0, 1)))(jnp.asarray(values), jnp.asarray(b))
+    ainv = np.linalg.inv(a)
+    x, y = ainv @ b, ainv @ c  # d(c^T A^-1 b) = -y^T dA x
+    col = np.repeat(np.arange(10), np.diff(m.indptr))
+    r = m.indices
+    expect = np.where(r == col, -y[r] * x[col], -(y[r] * x[col] + y[col] * x[r]))
+    np.testing.assert_allclose(gv, expect, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(gb, y, rtol=0, atol=1e-12)
