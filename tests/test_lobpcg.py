@@ -213,7 +213,7 @@ def test_reference_case_sum_abs_of_spectral_part():
         out = ls.lobpcg(ls.MatrixOperator(s, SYM), 3, largest=True, tol=TOL)
         return out.eigenvalues, out.eigenvectors
 
-    values, g = jax.jit(jax.grad(lambda a: loss(a, with_lobpcg), has_aux=True))(a)
+    g, values = jax.jit(jax.grad(lambda a: loss(a, with_lobpcg), has_aux=True))(a)
     ref = jax.jit(jax.grad(lambda a: loss(a, lambda s: _dense_reference(s, None, 3, True))[0]))(a)
     np.testing.assert_allclose(values, np.linalg.eigvalsh(a @ a.T)[::-1][:3], rtol=1e-12)
     np.testing.assert_allclose(g, ref, atol=1e-8, rtol=0)

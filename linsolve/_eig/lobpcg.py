@@ -191,7 +191,10 @@ def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
     def orthonormalise(carry):
         # Classical Gram–Schmidt against [X, P] with the coefficients `c` measured before,
         # then SVQB, then the coefficients left (for the test of another pass).
-        w, bw, c, _, passes = carry
+        w, _, c, _, _, passes = carry
+        # B W by a product in every pass: updated by linearity through an SVQB that
+        # amplified rounding, it would no longer match W.
+        bw = None if bmv is None else bmv(w)
         before = _row_norms(w)
         w = w - c @ xp
         # What survived of each row. A row that cancelled to rounding level lies in
@@ -205,26 +208,29 @@ def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
         w = jnp.where(dependent[:, None], 0, w)
         if bmv is not None:
             bw = jnp.where(dependent[:, None], 0, bw - c @ bxp)
-        t, keep, _ = _svqb(w @ (w if bmv is None else bw).T, cfg.drop)
+        # The first SVQB drops only what is dependent to rounding. Its result is
+        # orthonormal to about eps / (smallest kept eigenvalue); when that is poor, the
+        # second pass sees a Gram matrix far from the identity only in such amplified
+        # rounding directions, and drops them.
+        drop = jnp.where(passes == 0, 300 * m * eps, 1e-2)
+        t, keep, smallest = _svqb(w @ (w if bmv is None else bw).T, drop)
         w = t.T @ w
-        bw = bw if bmv is None else t.T @ bw
-        return w, bw, w @ bxp.T, keep, passes + 1
+        bw = jnp.zeros((), w.dtype) if bmv is None else t.T @ bw
+        return w, bw, w @ bxp.T, keep, smallest, passes + 1
 
     def again(carry):
-        _, _, c, _, passes = carry
-        return (passes == 0) | ((passes == 1) & (jnp.max(jnp.abs(c)) > 100 * eps))
+        _, _, c, _, smallest, passes = carry
+        poor = (jnp.max(jnp.abs(c)) > 100 * eps) | (smallest < 1e-2)
+        return (passes == 0) | ((passes == 1) & poor)
 
     # One pass, and a second one where the first left more than rounding of [X, P]
     # ("twice is enough"). Without it the loss of orthogonality accumulates from step
     # to step once the residuals are at rounding level. A loop rather than a `cond`
     # keeps one copy of the code.
-    if bmv is None:
-        bw = jnp.zeros((), w.dtype)  # unused placeholder
-    else:
-        # B W is formed once; the passes update it by linearity.
-        bw = bmv(w)
-    carry = (w, bw, w @ bxp.T, jnp.zeros((m,), bool), jnp.asarray(0))
-    w, bw, _, wvalid, _ = jax.lax.while_loop(again, orthonormalise, carry)
+    bw = jnp.zeros((), w.dtype) if bmv is None else w  # B W is formed in the loop
+    one = jnp.ones((), eps.dtype)
+    carry = (w, bw, w @ bxp.T, jnp.zeros((m,), bool), one, jnp.asarray(0))
+    w, bw, _, wvalid, _, _ = jax.lax.while_loop(again, orthonormalise, carry)
     if bmv is None:
         bw = w
     aw = amv(w)

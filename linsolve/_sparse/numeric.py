@@ -54,7 +54,11 @@ class Factor(eqx.Module):
 
 
 def _const(x: np.ndarray) -> Array:
-    """A small static index array that XLA must not constant-fold into large derived ones."""
+    """A static index array, kept out of XLA's constant folding.
+
+    Index arithmetic on it (broadcasts over tril indices etc.) then runs in the program
+    instead of being folded into large literals at compile time.
+    """
     return lax.optimization_barrier(jnp.asarray(x))
 
 
@@ -82,17 +86,13 @@ def _assemble(B: Bucket, vals_ext: Array, pool: Array | None) -> Array:
     total = B.size * N * N
     idx = [_const(B.a_dst)]
     upd = [vals_ext[_const(B.a_src)]]
-    if B.ea_base.size:
-        width = B.ea_rel.shape[1]
-        ti, tj = np.tril_indices(width)
+    for ea in B.ea:
+        ti, tj = np.tril_indices(ea.width)
         ti_, tj_ = _const(ti.astype(np.int32)), _const(tj.astype(np.int32))
-        base = _const(B.ea_base)[:, None]
-        mc = _const(B.ea_m)[:, None]
-        rel = _const(B.ea_rel)
-        # Child rows beyond its bucket's padded width: clamp the read (rel is N: dropped).
-        src = base + jnp.minimum(ti_[None, :], mc - 1) * mc + jnp.minimum(tj_[None, :], mc - 1)
+        src = _const(ea.base)[:, None] + _const((ti * ea.width + tj).astype(np.int32))[None, :]
+        rel = _const(ea.rel)
         ri, rj = rel[:, ti_], rel[:, tj_]
-        dst = (_const(B.ea_slot)[:, None] * N + ri) * N + rj
+        dst = (_const(ea.slot)[:, None] * N + ri) * N + rj
         dst = jnp.where((ri < N) & (rj < N), dst, total)
         idx.append(dst.reshape(-1))
         upd.append(pool.at[src.reshape(-1)].get(mode="clip"))

@@ -28,8 +28,7 @@ import functools
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax import lax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Float
 
 from . import numeric
 from .numeric import Factor, _HI, _const

@@ -44,6 +44,16 @@ import scipy.sparse.csgraph as csgraph
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
+class ExtendAdd:
+    """Children (all from one bucket of the level below) of a bucket's supernodes."""
+
+    base: np.ndarray  # (c,) int32 offset of each child's update matrix in the level pool
+    width: int  # padded size M of the child bucket
+    slot: np.ndarray  # (c,) int32 parent's batch index
+    rel: np.ndarray  # (c, width) int32 parent front row of each child row, N for padding
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
 class Bucket:
     """A batch of independent supernodes of one level, padded to a common size.
 
@@ -67,14 +77,11 @@ class Bucket:
     # (b * M * M entries at u_offset) and selected-inverse fronts (b * N * N at z_offset).
     u_offset: int
     z_offset: int
-    # Extend-add into this bucket from the level below, one row per child supernode t:
-    # its update matrix starts at ea_base[t] in the child level's pool and is ea_m[t] wide
-    # (padded size of its bucket); its row i goes to row ea_rel[t, i] of front ea_slot[t]
-    # (N for padding, dropped).
-    ea_base: np.ndarray  # (c,) int32
-    ea_m: np.ndarray  # (c,) int32
-    ea_slot: np.ndarray  # (c,) int32
-    ea_rel: np.ndarray  # (c, Mc_max) int32
+    # Extend-add into this bucket from the level below, one group per child bucket; in a
+    # group, row t is a child supernode whose update matrix (width = that bucket's M)
+    # starts at base[t] in the child level's pool; its row i goes to row rel[t, i] of front
+    # slot[t] of this bucket (N for padding, dropped).
+    ea: tuple[ExtendAdd, ...]
     # Each supernode's position in its parent's front (selected inverse gathers Z[I, I]
     # from there): the parent front starts at up_base[t] of the parent level's Z pool and is
     # up_n[t] wide; below row i sits at row/column up_rel[t, i] (-1 for padding).
@@ -701,7 +708,10 @@ def _schedule(
         in_cols = (row >= sn_start[s]) & (row < sn_start[s + 1])
         q = np.searchsorted(row_keys, s * n + row)
         qc = np.minimum(q, max(row_keys.size - 1, 0))
-        found_below = (row_keys.size > 0) & (row_keys[qc] == s * n + row) if row_keys.size else np.zeros(row.shape, bool)
+        if row_keys.size:
+            found_below = row_keys[qc] == s * n + row
+        else:
+            found_below = np.zeros(row.shape, bool)
         pos = np.where(in_cols, row - sn_start[s], bK[bucket_of[s]] + q - row_off[s])
         return pos, in_cols | found_below
 
@@ -739,7 +749,10 @@ def _schedule(
     # Position of every child's below rows in its parent's front.
     child = np.nonzero(sn_parent >= 0)[0]
     par = sn_parent[child]
-    cat_rows = np.concatenate([sn_rows[s] for s in child]) if child.size else np.zeros(0, np.int64)
+    if child.size:
+        cat_rows = np.concatenate([sn_rows[s] for s in child])
+    else:
+        cat_rows = np.zeros(0, np.int64)
     rel_all, rel_found = front_pos(np.repeat(par, m[child]), cat_rows)
     if not np.all(rel_found):
         raise AssertionError("internal error: a child row is outside its parent's front")
@@ -782,15 +795,20 @@ def _schedule(
         sel_chunks.append(mine)
 
         kids = kids_of_bucket[b]
-        if kids.size:
-            cb = bucket_of[kids]
-            ea_m = bM[cb]
-            ea_base = u_offset[cb] + sn_slot[kids] * ea_m * ea_m
-            ea_rel = rel_rows(kids, int(ea_m.max()), np.full(kids.shape[0], N))
-            ea_slot = sn_slot[sn_parent[kids]]
-        else:
-            ea_m = ea_base = ea_slot = np.zeros(0, np.int64)
-            ea_rel = np.zeros((0, 0), np.int64)
+        ea = []
+        for cb in np.unique(bucket_of[kids]):
+            grp = kids[bucket_of[kids] == cb]
+            width = int(bM[cb])
+            if width == 0:
+                continue
+            ea.append(
+                ExtendAdd(
+                    base=(u_offset[cb] + sn_slot[grp] * width * width).astype(np.int32),
+                    width=width,
+                    slot=sn_slot[sn_parent[grp]].astype(np.int32),
+                    rel=rel_rows(grp, width, np.full(grp.shape[0], N)).astype(np.int32),
+                )
+            )
         has_parent = sn_parent[sns] >= 0
         pb = np.where(has_parent, bucket_of[np.maximum(sn_parent[sns], 0)], 0)
         up_n = np.where(has_parent, bN[pb], 0)
@@ -813,10 +831,7 @@ def _schedule(
                 sel_pos=e_pos[mine].astype(np.int32),
                 u_offset=int(u_offset[b]),
                 z_offset=int(z_offset[b]),
-                ea_base=ea_base.astype(np.int32),
-                ea_m=ea_m.astype(np.int32),
-                ea_slot=ea_slot.astype(np.int32),
-                ea_rel=ea_rel.astype(np.int32),
+                ea=tuple(ea),
                 up_base=up_base.astype(np.int32),
                 up_n=up_n.astype(np.int32),
                 up_rel=up_rel.astype(np.int32),
