@@ -120,19 +120,24 @@ class MatvecCounter:
         return counted
 
 
-def inverse_problem(side: int, seed: int = 0):
-    """The true source (three Gaussian bumps), a noisy observation of its field, and the
-    gradient-descent step size 1/L for the Tikhonov-regularised least squares."""
-    n = side * side
+def inverse_problem_source(side: int):
+    """The true source: three Gaussian bumps."""
     grid = np.linspace(0, 1, side + 2)[1:-1]
     xx, yy = np.meshgrid(grid, grid)
     source = np.zeros((side, side))
     for cx, cy, w in ((0.3, 0.6, 1.0), (0.7, 0.3, -0.7), (0.55, 0.75, 0.5)):
         source += w * np.exp(-((xx - cx) ** 2 + (yy - cy) ** 2) / 0.005)
-    source = 1e3 * source.reshape(-1)
+    return jnp.asarray(1e3 * source.reshape(-1))
+
+
+def inverse_problem(side: int, seed: int = 0):
+    """A noisy observation of the true source's field, the regularisation weight, and the
+    gradient-descent step size 1/L for the Tikhonov-regularised least squares."""
+    n = side * side
+    source = inverse_problem_source(side)
     # The exact field, by a tightly converged solve.
     op = ls.FunctionOperator(laplacian(side), jnp.zeros(n), PSD)
-    u_true = ls.linear_solve(op, jnp.asarray(source), ls.CG(rtol=1e-13, max_steps=20 * n)).value
+    u_true = ls.linear_solve(op, source, ls.CG(rtol=1e-13, max_steps=20 * n)).value
     rng = np.random.default_rng(seed)
     u_obs = np.asarray(u_true) + 0.01 * float(jnp.max(jnp.abs(u_true))) * rng.standard_normal(n)
     alpha = 1e-6
@@ -202,6 +207,33 @@ def measure_descent(side, steps, rtol, recycle, repeats):
         rows[variant] = dict(
             forward=forward, backward=total - forward, time=statistics.median(times), final_loss=losses[-1]
         )
+    return rows
+
+
+def measure_inside_outside(side, rtol, ms):
+    """Iterations of the transposed solve after one forward solve `A x = f` (f the true
+    source of the inverse problem), for a right-hand side inside the forward Krylov space
+    (`x` itself, as for the loss ½‖x‖²) and outside it (a random vector), against the
+    number `m` of recycled vectors (0: no recycling). Uses the solver's own methods, the
+    ones `linear_solve`'s derivative calls."""
+    n = side * side
+    op = ls.FunctionOperator(laplacian(side), jnp.zeros(n), PSD)
+    f = inverse_problem_source(side)
+    outside = jnp.asarray(np.random.default_rng(2).standard_normal(n))
+    rows = []
+    for m in ms:
+        solver = ls.CG(rtol=rtol, recycle=m, max_steps=20 * n)
+
+        @eqx.filter_jit
+        def run(op, f, outside, solver=solver):
+            state = solver.init(op)
+            x, _, forward = solver.solve(state, f, None)
+            state = solver.adjoint_state(state, forward)
+            inside_steps = solver.transpose_solve(state, x, None)[2]["num_steps"]
+            outside_steps = solver.transpose_solve(state, outside, None)[2]["num_steps"]
+            return forward["num_steps"], inside_steps, outside_steps
+
+        rows.append((m,) + tuple(int(v) for v in run(op, f, outside)))
     return rows
 
 
@@ -347,6 +379,14 @@ def main(argv=None):
         print(format_table(header, table, markdown=args.markdown))
         best = min(rows[v]["backward"] for v in VARIANTS)
         print(f"best backward / cold = {best / cold['backward']:.2f} (target <= 0.50)")
+        print()
+        ms = sorted({0, 4, args.recycle, 2 * args.recycle})
+        table = [[m, fwd, inside, outside] for m, fwd, inside, outside in measure_inside_outside(args.side, args.rtol, ms)]
+        print(f"1b. Transposed-solve iterations after one forward solve (n = {n}, rtol = {args.rtol:g}): "
+              "adjoint right-hand side inside (x) and outside (random) the forward Krylov space")
+        print(format_table(["recycle m", "forward iterations", "inside: iterations", "outside: iterations"],
+                           table, markdown=args.markdown))
+        print("(with recycling, A·W adds m products, made once per derivative)")
         print()
     if not args.skip_per_solve:
         times = measure_per_solve(args.side, args.iters, args.repeats)

@@ -2,6 +2,7 @@
 
 from ._eig import Eigenpairs as Eigenpairs, eigh as eigh, lobpcg as lobpcg
 from ._factor import cholesky as cholesky, lu as lu
+from ._inverse import diag_inverse as diag_inverse, selected_inverse as selected_inverse
 from ._logdet import logdet as logdet, slogdet as slogdet
 from ._operator import (
     AbstractOperator as AbstractOperator,
@@ -27,6 +28,7 @@ from ._solver.gmres import GMRES as GMRES
 from ._solver.lu import LU as LU
 from ._solver.minres import MINRES as MINRES
 from ._solver.qr import QR as QR
+from ._solver.sparse_cholesky import SparseCholesky as SparseCholesky
 from ._solver.triangular import Triangular as Triangular
 from ._tags import (
     diagonal_tag as diagonal_tag,

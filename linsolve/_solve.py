@@ -14,9 +14,10 @@ How derivatives work here (and nowhere else):
 - `y0` and `adjoint_y0` are inputs whose tangents are ignored: their derivative is exactly
   zero, traced or not.
 - `throw` holds for the derivative's solves too: with `throw=True` a failed tangent or
-  transposed solve raises; with `throw=False` it returns what the solver reached (for a
-  truncated Krylov solve, an approximate derivative; the gradient w.r.t. `b` is the
-  transposed solution, so its residual can be checked).
+  transposed solve raises. With `throw=False` a failed transposed solve makes the
+  gradient NaN (reverse mode has no other way to report it), while the tangent solve
+  returns what the solver reached, like the primal it accompanies (so a truncated
+  Krylov solve still has a JVP linear in the tangent).
 - Non-square operators (QR least squares / minimum norm) get the pseudo-inverse
   derivative through the normal equations, solved with the solver's factorization of the
   Gram matrix (`gram_solve`).
@@ -102,6 +103,10 @@ def _solve_jvp(primals, tangents, *, throw):
             y, result, _ = solver.transpose_solve(state, r, adjoint_y0)
             if throw:
                 y = _raise_on_failure(y, result, "transposed solve of reverse mode")
+            else:
+                # A gradient has nowhere to carry a result code: mark the failure with NaN
+                # rather than return a silently wrong (e.g. truncated) adjoint.
+                y = jnp.where(result == RESULTS.successful, y, jnp.nan)
             return y
 
         def tangent_solve(r):

@@ -3,33 +3,37 @@
 The iteration (Knyazev 2001) in the robust form of Hetmaniuk & Lehoucq (2006) and
 Duersch, Shao, Yang & Gu (2018). Each step works in the basis `S = [X, P, W]`: the
 current Ritz vectors, the previous search directions and the preconditioned residuals,
-`m` columns each (`m` the block size). `S` is kept `B`-orthonormal, so Rayleigh–Ritz is
-an ordinary symmetric eigenproblem of size `3m`:
+`m` rows each (`m` the block size). `S` is kept `B`-orthonormal, so Rayleigh–Ritz is an
+ordinary symmetric eigenproblem of size `3m` and nothing is ever factorized with
+Cholesky: an ill-conditioned (even rank-deficient) block degrades a step instead of
+breaking it. Dropped directions keep their slot (shapes are static under `jit`) as zero
+rows that the Rayleigh–Ritz step never selects.
 
 - `X` and `P` come out of the previous step `B`-orthonormal and mutually `B`-orthogonal
-  *by construction* (orthonormal coefficient vectors in an orthonormal basis).
-- `W` is `B`-orthogonalised against `[X, P]` (classical Gram–Schmidt) and
-  orthonormalised by SVQB: scale the Gram matrix's diagonal to one, eigendecompose it,
-  drop the directions that are dependent to rounding. Nothing is factorized with
-  Cholesky, so an ill-conditioned (even rank-deficient) block degrades a step instead of
-  breaking it; dropped directions keep their slot (shapes are static under `jit`) as zero
-  columns that are never selected. When the first pass cancelled much of a column or
-  SVQB met an ill-conditioned block, a second pass restores orthogonality to working
-  precision ("twice is enough").
+  *by construction*: orthonormal coefficient vectors in an orthonormal basis.
+- `W` is `B`-orthogonalised against `[X, P]` (classical Gram–Schmidt), rows that
+  cancel to rounding are dropped, and the rest is orthonormalised by SVQB (scale the
+  Gram matrix's diagonal to one, eigendecompose, drop what is dependent to rounding).
+  When that leaves more than rounding of `[X, P]` in `W`, or SVQB met an
+  ill-conditioned block, a second pass follows ("twice is enough"). Without it the loss
+  of orthogonality compounds from step to step once residuals reach rounding level.
 - The new directions (Hetmaniuk–Lehoucq) satisfy `span[X_new, P_new] = span[X_new,
-  X_old]` and `P_new ⟂_B X_new`; they are computed from the Ritz coefficients in the
-  small space, as an orthonormal basis in the span of the non-selected Ritz vectors, so
-  they stay orthogonal to `X_new` however small the step.
-- The projected matrix needs only `[X, P, W]ᵀ A W` from the large space: `Xᵀ A X` and
-  `Pᵀ A P` are diagonal/small-space quantities of the previous Rayleigh–Ritz step, and
-  `Xᵀ A P = 0`.
-- Products: with a stored dense matrix (n² work per column) `AX`, `AP` (and `BX`, `BP`)
-  are updated from the Ritz coefficients; otherwise (sparse, stencils, matrix-free) they
-  are recomputed, which is cheaper and exact. Updated products drift with rounding, so
-  convergence is always confirmed on recomputed ones (an outer loop around the
-  iteration, which also re-orthonormalises `X`).
-- Soft locking: a wanted column whose residual has converged contributes no residual
-  direction but stays in the basis. The guard columns beyond `k` always contribute.
+  X_old]` and `P_new ⟂_B X_new`, computed in the small space as an orthonormal basis
+  in the span of the non-selected Ritz vectors.
+- The projected matrix needs `[X, P, W]ᵀ A W` and `Pᵀ A P` from the large space;
+  `Xᵀ A X = Θ` and `Xᵀ A P = 0` hold by construction.
+- Products: with a stored dense matrix (n² work per column) `AX`, `AP` (and `BX`,
+  `BP`) are updated from the Ritz coefficients; otherwise (sparse, stencils,
+  matrix-free) they are recomputed, which is cheaper and exact. Convergence is always
+  confirmed on recomputed products (an outer loop around the iteration).
+- Soft locking: a wanted row whose residual has converged contributes no residual
+  direction but stays in the basis. The guard rows beyond `k` always contribute.
+- The first step takes the initial block as its `W` with `X` and `P` empty, so the
+  same code orthonormalises it.
+
+Large blocks are stored as rows, `(m, n)`: XLA's CPU matrix products of the Gram shapes
+(`V Wᵀ`, contracting the long axis) are markedly faster in that layout. Operators see
+`(n, m)` blocks.
 
 The largest eigenvalues are the smallest of `-A`. Derivatives are in `adjoint.py`; the
 iteration itself is never differentiated.
@@ -75,9 +79,6 @@ class _Config(eqx.Module):
     k: int = eqx.field(static=True)
     block_size: int = eqx.field(static=True)
     largest: bool = eqx.field(static=True)
-    tol: float = eqx.field(static=True)
-    max_steps: int = eqx.field(static=True)
-    drop: float = eqx.field(static=True)
     explicit: bool = eqx.field(static=True)  # recompute AX, AP (and BX, BP) by products
 
 
@@ -123,21 +124,6 @@ def _ritz(proj: Array, valid: Array) -> tuple[Array, Array]:
     return jnp.linalg.eigh(proj + jnp.diag(jnp.where(valid, 0, sentinel)))
 
 
-def rayleigh_ritz(gram: Array, proj: Array, drop: float):
-    """Robust Rayleigh–Ritz for the pencil `(proj, gram)` (`c × c` symmetric, `gram`
-    positive semidefinite, possibly singular): SVQB of the basis, then the reduced
-    problem. Returns `(theta, coef)`: Ritz values ascending and `gram`-orthonormal
-    coefficient columns (dropped directions last, with zero coefficients)."""
-    z, keep, _ = _svqb(gram, drop)
-    theta, q = _ritz(z.T @ proj @ z, keep)
-    return theta, z @ q
-
-
-# Large blocks are stored as rows, `(columns, n)`: XLA's CPU matrix products of the
-# Gram shapes (`V Wᵀ`, a contraction over the long axis) are markedly faster in that
-# layout than as `Vᵀ W` on `(n, columns)` arrays. Operators see `(n, columns)` blocks.
-
-
 class _State(eqx.Module):
     xp: Array  # [X; P], (2m, n): Ritz vectors and search directions, B-orthonormal rows
     axp: Array  # (A [X, P])ᵀ (of the possibly negated operator)
@@ -156,34 +142,39 @@ def _backward_errors(x, ax, bx, theta, anorm, bnorm):
     return rnorm, rnorm / jnp.maximum(denom, jnp.finfo(x.dtype).tiny)
 
 
-def _refresh(amv, bmv, cfg: _Config, s: _State) -> _State:
-    """Recompute `AX`, `BX` from `X` (no drift), re-orthonormalise `X` and rotate it to
-    the Ritz vectors of its span. `P` is untouched: it stays orthogonal to span(X)."""
-    m = cfg.block_size
+def _refresh(amv, bmv, s: _State, m: int) -> _State:
+    """Recompute `AX`, `BX` from `X` (updated products drift), the Rayleigh quotients and
+    the backward errors. `X` itself is left as it is: it is B-orthonormal by
+    construction, and a Ritz basis up to that drift."""
     x = s.xp[:m]
     ax = amv(x)
     bx = x if bmv is None else bmv(x)
     anorm = _norm_ratio(ax, x, s.anorm)
     bnorm = s.bnorm if bmv is None else _norm_ratio(bx, x, s.bnorm)
-    theta, coef = rayleigh_ritz(x @ bx.T, x @ ax.T, cfg.drop)
-    x, ax = coef.T @ x, coef.T @ ax
-    bx = x if bmv is None else coef.T @ bx
+    xbx = jnp.sum(x * bx, axis=1)
+    theta = jnp.sum(x * ax, axis=1) / jnp.where(xbx > 0, xbx, 1)
     _, eta = _backward_errors(x, ax, bx, theta, anorm, bnorm)
-    xp = s.xp.at[:m].set(x)
     axp = s.axp.at[:m].set(ax)
     bxp = None if bmv is None else s.bxp.at[:m].set(bx)
-    return _State(xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps)
+    return _State(s.xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps)
 
 
-def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
+def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     m, k = cfg.block_size, cfg.k
     eps = jnp.finfo(s.xp.dtype).eps
-    xp, axp = s.xp, s.axp
-    bxp = xp if bmv is None else s.bxp
+    # The first step starts from the initial block in place of X: it enters as the
+    # residual directions W, and X and P are empty. So the first Rayleigh–Ritz step
+    # orthonormalises it (robustly, even if rank-deficient) and no other code is needed.
+    first = s.steps == 0
+    seed = s.xp[:m]
+    xp = jnp.where(first, 0, s.xp)
+    axp = jnp.where(first, 0, s.axp)
+    bxp = xp if bmv is None else jnp.where(first, 0, s.bxp)
     r = axp[:m] - s.theta[:, None] * bxp[:m]
     # Soft locking: converged wanted rows contribute no residual direction.
-    active = (s.eta > cfg.tol) | (jnp.arange(m) >= k)
+    active = (s.eta > tol) | (jnp.arange(m) >= k) | first
     w = r if pre is None else pre(r)
+    w = jnp.where(first, seed, w)
     w = jnp.where(active[:, None], w, 0)
     wn = _row_norms(w)
     w = w / jnp.where(wn > 0, wn, 1)[:, None]
@@ -249,7 +240,7 @@ def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
     pap = xp[m:] @ axp[m:].T
     gx, gp, gw = g[:m], g[m : 2 * m], g[2 * m :]
     proj = jnp.block([[xax, zero, gx], [zero, pap, gp], [gx.T, gp.T, gw]])
-    valid = jnp.concatenate([jnp.ones((m,), bool), s.pvalid, wvalid])
+    valid = jnp.concatenate([jnp.full((m,), ~first), s.pvalid, wvalid])
     theta, q = _ritz(proj, valid)
     # New directions (Hetmaniuk–Lehoucq): X_old has coordinates [I; 0; 0]; its
     # component orthogonal to the new X lies in the span of the other Ritz vectors q2,
@@ -279,9 +270,10 @@ def _step(amv, bmv, pre, cfg: _Config, s: _State) -> _State:
     return _State(xp, axp, bxp, pvalid, theta, eta, anorm, bnorm, s.steps + 1)
 
 
-def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
+def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Config):
     """The iteration. Returns `(eigenvalues (k,), eigenvectors (n, k), result, stats,
-    scale)`, `scale` an estimate of the spectral radius; not differentiated."""
+    scale)`, `scale` an estimate of the spectral radius; not differentiated. `tol` and
+    `max_steps` may be traced."""
     m, k = cfg.block_size, cfg.k
     dtype = x0.dtype
 
@@ -294,29 +286,26 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
     zero = jnp.zeros((), dtype)
     x0 = x0.T
     xp = jnp.concatenate([x0, jnp.zeros_like(x0)], axis=0)
-    # The state starts unrefreshed: the first outer step computes AX, BX from X0.
     state = _State(
         xp, jnp.zeros_like(xp), None if B is None else jnp.zeros_like(xp),
-        jnp.zeros((m,), bool), jnp.zeros((m,), dtype),
-        jnp.full((m,), jnp.inf, dtype), zero, zero + 1 if B is None else zero,
-        jnp.zeros((), jnp.int32),
+        jnp.zeros((m,), bool), jnp.zeros((m,), dtype), jnp.full((m,), jnp.inf, dtype),
+        zero, zero + 1 if B is None else zero, jnp.zeros((), jnp.int32),
     )
 
     def wanted_converged(s):
-        return jnp.all(s.eta[:k] <= cfg.tol)
+        # At least one step: the initial block is not orthonormalised before it.
+        return jnp.all(s.eta[:k] <= tol) & (s.steps > 0)
 
     def inner_cond(s):
-        return ~wanted_converged(s) & (s.steps < cfg.max_steps)
+        return ~wanted_converged(s) & (s.steps < max_steps)
 
     def outer_body(carry):
         s, _ = carry
-        # Products were updated (or, at the start, never computed): recompute them and
-        # test convergence on the true residuals.
-        s = _refresh(amv, bmv, cfg, s)
-        done = wanted_converged(s) | (s.steps >= cfg.max_steps)
-        # A no-op when done: its condition fails at once.
-        s = jax.lax.while_loop(inner_cond, lambda s: _step(amv, bmv, pmv, cfg, s), s)
-        return s, done
+        s = jax.lax.while_loop(inner_cond, lambda s: _step(amv, bmv, pmv, cfg, tol, s), s)
+        # Products were updated (explicit ones too, for the Rayleigh quotients): recompute
+        # them and test convergence on the true residuals.
+        s = _refresh(amv, bmv, s, m)
+        return s, wanted_converged(s) | (s.steps >= max_steps)
 
     state, _ = jax.lax.while_loop(lambda c: ~c[1], outer_body, (state, jnp.asarray(False)))
     converged = wanted_converged(state)
@@ -349,19 +338,21 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, cfg: _Config):
 
 
 @eqx.filter_custom_jvp
-def _lobpcg(op, B, pre, x0, adjoint_solver, *, cfg, threshold_rtol, throw):
+def _lobpcg(op, B, pre, x0, limits, adjoint_solver, *, cfg, threshold_rtol, throw):
     del adjoint_solver, threshold_rtol, throw
-    return run_lobpcg(op, B, pre, x0, cfg)
+    tol, max_steps = limits
+    return run_lobpcg(op, B, pre, x0, tol, max_steps, cfg)
 
 
 @_lobpcg.def_jvp
 def _lobpcg_jvp(primals, tangents, *, cfg, threshold_rtol, throw):
     from .adjoint import eigenpair_tangents
 
-    op, B, pre, x0, adjoint_solver = primals
-    t_op, t_B, _, _, _ = tangents  # preconditioner, X0 and solver: zero derivative
-    out = _lobpcg(op, B, pre, x0, adjoint_solver, cfg=cfg, threshold_rtol=threshold_rtol,
-                  throw=throw)
+    op, B, pre, x0, limits, adjoint_solver = primals
+    # The preconditioner, X0, the limits and the solver have zero derivative.
+    t_op, t_B = tangents[:2]
+    out = _lobpcg(op, B, pre, x0, limits, adjoint_solver, cfg=cfg,
+                  threshold_rtol=threshold_rtol, throw=throw)
     values, vectors, _, stats, scale = out
     t_values, t_vectors = eigenpair_tangents(
         op, B, t_op, t_B, values, vectors, largest=cfg.largest,
@@ -390,6 +381,19 @@ def _check_operator(op, name: str) -> AbstractOperator:
             "matrix is read by its lower triangle."
         )
     return op
+
+
+def _hashed_block(n: int, m: int, dtype) -> Array:
+    """A fixed pseudo-random `(n, m)` block with entries in (-1, 1): the "lowbias32"
+    integer hash of each entry's index (a few fused integer operations)."""
+    x = jax.lax.iota(jnp.uint32, n * m) + jnp.uint32(0x9E3779B9)
+    x = x ^ (x >> 16)
+    x = x * jnp.uint32(0x7FEB352D)
+    x = x ^ (x >> 15)
+    x = x * jnp.uint32(0x846CA68B)
+    x = x ^ (x >> 16)
+    u = x.astype(dtype) / dtype.type(2.0**32)
+    return (2 * u - 1).reshape(n, m)
 
 
 def _has_dense_matrix(op) -> bool:
@@ -447,7 +451,9 @@ def lobpcg(
       the wanted eigenvalues (for `largest=True`, `(σB − A)⁻¹` for `σ` above them),
       applied to the residuals. It is also used, projected, by the derivative's solves.
       No derivative flows into it.
-    - `key`: PRNG key of the random initial columns (default `PRNGKey(0)`).
+    - `key`: PRNG key of the random initial columns (`jax.random.normal`). Without
+      one they come from a fixed integer hash of the entry's position: as generic, and
+      much cheaper to compile than JAX's generator.
     - `block_size`: columns iterated, `>= k` (default `k + max(2, k // 4)`, at most `n`).
     - `adjoint_solver`: the Krylov solver of the derivative's projected solves (default
       `linsolve.CG()`: the projected operators are semidefinite; `linsolve.MINRES()`
@@ -499,19 +505,24 @@ def lobpcg(
         m = max(m, X0.shape[1])
     if not k <= m <= n:
         raise ValueError(f"lobpcg: need k <= block_size <= n, got block_size = {m}.")
+    if isinstance(max_steps, int) and max_steps < 1:
+        raise ValueError(f"lobpcg: `max_steps` must be >= 1, got {max_steps}.")
     if key is None:
-        key = jax.random.PRNGKey(0)
-    x0 = jax.random.normal(key, (n, m), dtype)
+        x0 = _hashed_block(n, m, dtype)
+    else:
+        x0 = jax.random.normal(key, (n, m), dtype)
     if X0 is not None:
         x0 = x0.at[:, : X0.shape[1]].set(X0)
     x0 = jax.lax.stop_gradient(x0)
+    # Traced limits: changing them does not recompile.
+    limits = (
+        jax.lax.stop_gradient(jnp.asarray(eps**0.75 if tol is None else tol, dtype)),
+        jax.lax.stop_gradient(jnp.asarray(1000 if max_steps is None else max_steps, jnp.int32)),
+    )
     cfg = _Config(
         k=k,
         block_size=m,
         largest=bool(largest),
-        tol=eps**0.75 if tol is None else float(tol),
-        max_steps=1000 if max_steps is None else int(max_steps),
-        drop=float(eps),
         explicit=not _has_dense_matrix(op) and (B is None or not _has_dense_matrix(B)),
     )
     if adjoint_solver is None:
@@ -524,7 +535,7 @@ def lobpcg(
     rtol = eps**0.5 if degeneracy_rtol is None else float(degeneracy_rtol)
     pre = preconditioner  # its tangent is ignored by the derivative rule
     values, vectors, result, stats, _ = _lobpcg(
-        op, B, pre, x0, adjoint_solver, cfg=cfg, threshold_rtol=rtol, throw=bool(throw)
+        op, B, pre, x0, limits, adjoint_solver, cfg=cfg, threshold_rtol=rtol, throw=bool(throw)
     )
     if throw:
         # On both outputs, so that the check survives when only one of them is used.

@@ -72,6 +72,16 @@ class AutoSolver(AbstractSolver):
         if tags & {lower_triangular_tag, upper_triangular_tag}:
             return Triangular()
         semidefinite = tags & {positive_semidefinite_tag, negative_semidefinite_tag}
+        from .._sparse.operator import SparseOperator
+
+        if (
+            isinstance(operator, SparseOperator)
+            and positive_semidefinite_tag in tags
+            and not jnp.issubdtype(operator.dtype, jnp.complexfloating)
+        ):
+            from .sparse_cholesky import SparseCholesky
+
+            return SparseCholesky()
         if operator.shape[0] >= self.materialize_below and is_matrix_free(operator):
             from .cg import CG
             from .gmres import GMRES
