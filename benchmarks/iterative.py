@@ -297,7 +297,7 @@ def residual_histories(side, rtol, recycle, at_step):
     u_obs, alpha, lr = inverse_problem(side)
     op = ls.FunctionOperator(laplacian(side), jnp.zeros(n), PSD)
     out = {}
-    for variant, m, warm in (("cold", 0, False), ("warm + recycle", recycle, True)):
+    for variant, m, warm in (("cold", 0, False), ("warm", 0, True), ("warm + recycle", recycle, True)):
         quiet = make_step(ls.CG(rtol=rtol, recycle=m, max_steps=20 * n), warm, u_obs, alpha, lr)
         loud = make_step(ls.CG(rtol=rtol, recycle=m, max_steps=20 * n, verbose=True), warm, u_obs, alpha, lr)
         f, u, lam = jnp.zeros(n), jnp.zeros(n), jnp.zeros(n)
@@ -323,16 +323,17 @@ def plot(histories, path, side, at_step):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    styles = {"cold": "tab:gray", "warm + recycle": "tab:blue"}
+    fig, ax = plt.subplots(figsize=(7.0, 4.4))
+    styles = {"cold": "tab:gray", "warm": "tab:orange", "warm + recycle": "tab:blue"}
     for variant, hist in histories.items():
         for kind, dash in (("forward", "-"), ("adjoint", "--")):
             steps, res = zip(*sorted(hist[kind])) if hist[kind] else ((), ())
             ax.semilogy(steps, res, dash, color=styles[variant], label=f"{kind}, {variant}")
     ax.set_xlabel("CG iteration")
     ax.set_ylabel("residual norm ‖b − A x‖₂")
-    ax.set_title(f"2-D Poisson, n = {side * side}, gradient-descent step {at_step}")
-    ax.legend()
+    ax.set_title(f"2-D Poisson inverse problem, n = {side * side}: the solves of gradient-descent step {at_step}",
+                 fontsize="medium")
+    ax.legend(fontsize="small", ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
@@ -349,7 +350,7 @@ def main(argv=None):
     parser.add_argument("--rtol", type=float, default=1e-8)
     parser.add_argument("--recycle", type=int, default=8, help="recycled Ritz vectors m (default 8)")
     parser.add_argument("--iters", type=int, default=200, help="iterations per solve in part 2")
-    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--descent-repeats", type=int, default=3)
     parser.add_argument("--plot", default=None, help="write the residual plot (PNG) here")
     parser.add_argument("--plot-step", type=int, default=10)

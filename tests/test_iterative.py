@@ -123,6 +123,13 @@ def test_max_steps_reached_and_error():
         assert int(sol.stats["num_steps"]) == 3
     with pytest.raises(Exception, match="did not converge within `max_steps`"):
         eqx.filter_jit(lambda op: ls.linear_solve(op, b, ls.CG(max_steps=3)).value)(op).block_until_ready()
+    # rtol = atol = 0 asks for exactly max_steps iterations: a truncated solve that succeeds,
+    # with a finite gradient (from a transposed solve truncated likewise) under throw=True.
+    fixed = ls.CG(rtol=0.0, atol=0.0, max_steps=3)
+    sol = ls.linear_solve(op, b, fixed)
+    assert int(sol.result) == 0 and int(sol.stats["num_steps"]) == 3
+    g = jax.grad(lambda b: ls.linear_solve(op, b, fixed).value.sum())(b)
+    assert np.all(np.isfinite(g))
 
 
 def test_breakdown_and_bad_input():

@@ -115,16 +115,18 @@ def projected_solves(
 
         def solve(_, b):
             x, result, _ = this_solver.solve(state, b, None)
-            if throw:
-                x = eqx.error_if(
-                    x,
-                    result != RESULTS.successful,
-                    "linsolve.lobpcg: a projected solve of the eigenvector derivative did "
-                    "not succeed (increase the adjoint solver's `max_steps`, or check that "
-                    "the eigenvalues are the wanted extreme ones and that there is a gap "
-                    "between the k-th and the (k+1)-th).",
-                )
-            return x
+            if not throw:
+                # As linear_solve's reverse pass: a failure shows as NaN, never as a
+                # silently inaccurate derivative.
+                return jnp.where(result == RESULTS.successful, x, jnp.nan)
+            return eqx.error_if(
+                x,
+                result != RESULTS.successful,
+                "linsolve.lobpcg: a projected solve of the eigenvector derivative did not "
+                "succeed (increase the adjoint solver's `max_steps`, or check that the "
+                "eigenvalues are the wanted extreme ones and that there is a gap between "
+                "the k-th and the (k+1)-th).",
+            )
 
         return jax.lax.custom_linear_solve(proj.mv, sign * r, solve, symmetric=True)
 

@@ -138,8 +138,11 @@ class _State(eqx.Module):
 
 def _backward_errors(x, ax, bx, theta, anorm, bnorm):
     rnorm = _row_norms(ax - theta[:, None] * bx)
-    denom = (anorm + jnp.abs(theta) * bnorm) * _row_norms(x)
-    return rnorm, rnorm / jnp.maximum(denom, jnp.finfo(x.dtype).tiny)
+    xnorm = _row_norms(x)
+    denom = (anorm + jnp.abs(theta) * bnorm) * xnorm
+    # A zero row (a rank-deficient initial block left nothing for it) never converges.
+    eta = jnp.where(xnorm > 0, rnorm / jnp.maximum(denom, jnp.finfo(x.dtype).tiny), jnp.inf)
+    return rnorm, eta
 
 
 def _refresh(amv, bmv, s: _State, m: int) -> _State:
@@ -165,17 +168,17 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # The first step starts from the initial block in place of X: it enters as the
     # residual directions W, and X and P are empty. So the first Rayleigh–Ritz step
     # orthonormalises it (robustly, even if rank-deficient) and no other code is needed.
+    # (The products of the initial state are zero, P is zero, and X is kept out of the
+    # Gram–Schmidt step and the Rayleigh–Ritz basis by `later` and `valid`.)
     first = s.steps == 0
-    seed = s.xp[:m]
-    xp = jnp.where(first, 0, s.xp)
-    axp = jnp.where(first, 0, s.axp)
-    bxp = xp if bmv is None else jnp.where(first, 0, s.bxp)
+    later = (~first).astype(s.xp.dtype)
+    xp, axp = s.xp, s.axp
+    bxp = xp if bmv is None else s.bxp
     r = axp[:m] - s.theta[:, None] * bxp[:m]
     # Soft locking: converged wanted rows contribute no residual direction.
     active = (s.eta > tol) | (jnp.arange(m) >= k) | first
     w = r if pre is None else pre(r)
-    w = jnp.where(first, seed, w)
-    w = jnp.where(active[:, None], w, 0)
+    w = jnp.where(first, xp[:m], jnp.where(active[:, None], w, 0))
     wn = _row_norms(w)
     w = w / jnp.where(wn > 0, wn, 1)[:, None]
 
@@ -204,14 +207,19 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # second pass sees a Gram matrix far from the identity only in such amplified
         # rounding directions, and drops them.
         drop = jnp.where(passes == 0, 300 * m * eps, 1e-2)
-        t, keep, smallest = _svqb(w @ (w if bmv is None else bw).T, drop)
+        # One product for W's Gram matrix and what is left of [X, P] in W (for the test
+        # of another pass): both are transformed by SVQB's `t` in the small space.
+        gram = w @ jnp.concatenate([bxp, w if bmv is None else bw], axis=0).T
+        t, keep, smallest = _svqb(gram[:, 2 * m :], drop)
         w = t.T @ w
         bw = jnp.zeros((), w.dtype) if bmv is None else t.T @ bw
-        return w, bw, w @ bxp.T, keep, smallest, passes + 1
+        return w, bw, later * (t.T @ gram[:, : 2 * m]), keep, smallest, passes + 1
 
     def again(carry):
         _, _, c, _, smallest, passes = carry
-        poor = (jnp.max(jnp.abs(c)) > 100 * eps) | (smallest < 1e-2)
+        # W B-orthogonal to [X, P] to max|c|, orthonormal to about eps / smallest (for
+        # which the SVQB-only clean-up below suffices).
+        poor = (jnp.max(jnp.abs(c)) > 100 * eps) | (smallest < 1e-8)
         return (passes == 0) | ((passes == 1) & poor)
 
     # One pass, and a second one where the first left more than rounding of [X, P]
@@ -220,10 +228,22 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # keeps one copy of the code.
     bw = jnp.zeros((), w.dtype) if bmv is None else w  # B W is formed in the loop
     one = jnp.ones((), eps.dtype)
-    carry = (w, bw, w @ bxp.T, jnp.zeros((m,), bool), one, jnp.asarray(0))
-    w, bw, _, wvalid, _, _ = jax.lax.while_loop(again, orthonormalise, carry)
+    carry = (w, bw, later * (w @ bxp.T), jnp.zeros((m,), bool), one, jnp.asarray(0))
+    w, bw, _, wvalid, smallest, _ = jax.lax.while_loop(again, orthonormalise, carry)
     if bmv is None:
         bw = w
+
+    def svqb_again(w, bw):
+        # W is B-orthogonal to [X, P] but its own SVQB was ill-conditioned: once more,
+        # now from a nearly orthonormal block. (Cheap, and needed for the last digits:
+        # the Rayleigh–Ritz step assumes an orthonormal basis.)
+        t, keep, _ = _svqb(w @ bw.T, 1e-2)
+        w = t.T @ w
+        return w, w if bmv is None else t.T @ bw, keep
+
+    w, bw, wvalid = jax.lax.cond(
+        smallest < 1e-2, svqb_again, lambda w, bw: (w, bw, wvalid), w, bw
+    )
     aw = amv(w)
     anorm = _norm_ratio(aw, w, s.anorm)
     bnorm = s.bnorm if bmv is None else _norm_ratio(bw, w, s.bnorm)
@@ -232,8 +252,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # Rayleigh–Ritz step, so Xᵀ A X = Θ and Xᵀ A P = 0. Pᵀ A P is computed: its
     # small-space value from that step (Θ₂ in P's coordinates) drifts from the true one
     # step after step at convergence, and the iteration would lose the accuracy it had.
-    basis = jnp.concatenate([xp, w], axis=0)
-    g = basis @ aw.T
+    g = jnp.concatenate([xp @ aw.T, w @ aw.T], axis=0)
     c = 3 * m
     zero = jnp.zeros((m, m), w.dtype)
     xax = jnp.diag(s.theta)
@@ -255,15 +274,16 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     v, sv, _ = jnp.linalg.svd(jnp.where(genuine[:, None], q2[:m, :].T, 0), full_matrices=False)
     pvalid = sv > 10 * c * eps
     v = jnp.where(genuine[:, None] & pvalid[None, :], v, 0)
-    coef = jnp.concatenate([q[:, :m], q2 @ v], axis=1)
-    xp = coef.T @ basis
+    coef = jnp.concatenate([q[:, :m], q2 @ v], axis=1).T
+    # (Products of the two blocks rather than of their concatenation: no copy of it.)
+    xp = coef[:, : 2 * m] @ xp + coef[:, 2 * m :] @ w
     if cfg.explicit:
         # Cheap products (sparse, stencils): recompute them, exactly.
         axp = amv(xp)
         bxp = None if bmv is None else bmv(xp)
     else:
-        axp = coef.T @ jnp.concatenate([axp, aw], axis=0)
-        bxp = None if bmv is None else coef.T @ jnp.concatenate([bxp, bw], axis=0)
+        axp = coef[:, : 2 * m] @ axp + coef[:, 2 * m :] @ aw
+        bxp = None if bmv is None else coef[:, : 2 * m] @ bxp + coef[:, 2 * m :] @ bw
     theta = theta[:m]
     bx = xp[:m] if bmv is None else bxp[:m]
     _, eta = _backward_errors(xp[:m], axp[:m], bx, theta, anorm, bnorm)
@@ -439,8 +459,9 @@ def lobpcg(
       operator (dense, sparse, matrix-free) or a lineax operator. Real dtypes.
     - `k`: how many eigenpairs.
     - `B`: symmetric positive definite operator of the same kinds, or `None` (identity).
-    - `X0`: `(n, c)` initial block, `k <= c`; its derivative is zero. Padded with random
-      columns up to the block size (a larger `c` sets the block size).
+    - `X0`: `(n, c)` initial block, `k <= c`, linearly independent columns; its
+      derivative is zero. Padded with pseudo-random columns up to the block size (a
+      larger `c` sets the block size).
     - `largest`: the largest eigenvalues instead of the smallest.
     - `tol`: stop when every wanted pair has backward error
       `‖A v − λ B v‖₂ / ((‖A‖₂ + |λ| ‖B‖₂) ‖v‖₂) <= tol` (norms estimated during the
@@ -456,8 +477,9 @@ def lobpcg(
       much cheaper to compile than JAX's generator.
     - `block_size`: columns iterated, `>= k` (default `k + max(2, k // 4)`, at most `n`).
     - `adjoint_solver`: the Krylov solver of the derivative's projected solves (default
-      `linsolve.CG()`: the projected operators are semidefinite; `linsolve.MINRES()`
-      also works). If it has no preconditioner, the projected `preconditioner` is used.
+      `linsolve.CG(rtol=tol)`, `tol` if given as a number, else CG's default `eps**0.75`:
+      the projected operators are semidefinite; `linsolve.MINRES()` also works). If it
+      has no preconditioner, the projected `preconditioner` is used.
     - `degeneracy_rtol`: eigenvalues closer than `degeneracy_rtol` times the spectral
       scale are treated as one eigenspace by the derivative (default `sqrt(eps)`).
     - `throw`: if `True`, non-convergence raises (also under `jit`), and so does a failed
@@ -526,7 +548,10 @@ def lobpcg(
         explicit=not _has_dense_matrix(op) and (B is None or not _has_dense_matrix(B)),
     )
     if adjoint_solver is None:
-        adjoint_solver = CG()
+        # The projected solves to the accuracy the eigenpairs were computed to: the
+        # derivative's error is then of the same order from both sources.
+        static_tol = tol if isinstance(tol, (int, float)) else None
+        adjoint_solver = CG(rtol=None if static_tol is None else max(float(static_tol), eps**0.75))
     elif not isinstance(adjoint_solver, AbstractKrylovSolver):
         raise TypeError(
             "lobpcg: `adjoint_solver` must be a Krylov solver (linsolve.CG, MINRES, ...): "

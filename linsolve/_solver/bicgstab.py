@@ -105,4 +105,4 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
         )
 
     k, x, _, _, _, _, _, _, r_norm, code = jax.lax.while_loop(cond, body, carry)
-    return x, final_result(code, r_norm <= goal), stats(k, r_norm)
+    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm)

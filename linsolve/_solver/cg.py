@@ -45,7 +45,6 @@ from .krylov import (
     inner,
     map_columns,
     matvec,
-    norm,
     precondition,
     real_dtype,
     report,
@@ -212,12 +211,14 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     z = pre(r)
     rz = jnp.real(inner(r, z)).astype(rdt)
     p = deflate(z)
-    r_norm = norm(r).astype(rdt)
+    # The loops carry the squared residual norm: no square root per iteration.
+    res2 = jnp.real(inner(r, r)).astype(rdt)
+    goal2 = goal * goal
     code = jnp.where(rz < 0, result_code(RESULTS.breakdown), result_code(RESULTS.successful))
-    report(verbose, label, 0, r_norm, goal)
+    report(verbose, label, 0, jnp.sqrt(res2), goal)
 
-    def running(k, r_norm, code):
-        return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
+    def running(k, res2, code):
+        return (res2 > goal2) & (k < state.max_steps) & (code == RESULTS.successful)
 
     def cg_step(k, x, r, p, rz, code):
         """One CG iteration; also returns alpha and beta (the Lanczos coefficients)."""
@@ -230,25 +231,28 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         r = r - alpha * ap
         z_new = pre(r)
         rz_new = jnp.real(inner(r, z_new)).astype(rdt)
-        # Without a preconditioner rᴴz is ‖r‖²: no second reduction.
-        r_norm = jnp.sqrt(rz_new) if state.preconditioner is None else norm(r).astype(rdt)
         beta = rz_new / jnp.where(rz == 0, 1, rz)
         p = deflate(z_new) + beta * p
-        bad_pre = rz_new < 0  # the preconditioner is not positive definite
-        code = jnp.where(bad, failure_code(pap), jnp.where(bad_pre, result_code(RESULTS.breakdown), code))
-        report(verbose, label, k + 1, r_norm, goal)
-        return x, r, z_new, p, rz_new, r_norm, code, alpha, beta
+        code = jnp.where(bad, failure_code(pap), code)
+        if state.preconditioner is None:
+            res2 = rz_new  # rᴴz is ‖r‖²: no second reduction
+        else:
+            res2 = jnp.real(inner(r, r)).astype(rdt)
+            bad_pre = rz_new < 0  # the preconditioner is not positive definite
+            code = jnp.where(bad_pre & ~bad, result_code(RESULTS.breakdown), code)
+        report(verbose, label, k + 1, jnp.sqrt(res2), goal)
+        return x, r, z_new, p, rz_new, res2, code, alpha, beta
 
     if m == 0:
 
         def body(c):
             k, x, r, p, rz, _, code = c
-            x, r, _, p, rz, r_norm, code, _, _ = cg_step(k, x, r, p, rz, code)
-            return k + 1, x, r, p, rz, r_norm, code
+            x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
+            return k + 1, x, r, p, rz, res2, code
 
-        carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, r_norm, code)
-        k, x, _, _, _, r_norm, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
-        return x, final_result(code, r_norm <= goal), stats(k, r_norm)
+        carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, res2, code)
+        k, x, _, _, _, res2, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+        return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2))
 
     # Collecting: an inner loop fills the window, the outer loop restarts it. (A restart
     # inside a single loop would sit in a `lax.cond`, which copies the window every step.)
@@ -260,14 +264,14 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     def inner_body(c):
         k, x, r, z, p, rz, _, code, window, tri, count, ratio = c
         v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1))
-        x, r, z_new, p, rz_new, r_norm, code, alpha, beta = cg_step(k, x, r, p, rz, code)
+        x, r, z_new, p, rz_new, res2, code, alpha, beta = cg_step(k, x, r, p, rz, code)
         ok = alpha > 0
-        window = window.at[count].set(v)
+        window = jax.lax.dynamic_update_index_in_dim(window, v, count, 0)
         diag = jnp.where(ok, 1 / jnp.where(ok, alpha, 1) + ratio, 0)
         off = jnp.where(ok, -jnp.sqrt(beta) / jnp.where(ok, alpha, 1), 0)
         tri = tri.at[count, count].set(diag).at[count + 1, count].set(off).at[count, count + 1].set(off)
         ratio = jnp.where(ok, beta / jnp.where(ok, alpha, 1), 0)
-        return k + 1, x, r, z_new, p, rz_new, r_norm, code, window, tri, count + 1, ratio
+        return k + 1, x, r, z_new, p, rz_new, res2, code, window, tri, count + 1, ratio
 
     def outer_body(c):
         c = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & (c[10] < s), inner_body, c)
@@ -281,10 +285,10 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         )
         return c[:8] + (window, tri, count, c[11])
 
-    carry = (jnp.asarray(0, jnp.int32), x, r, z, p, rz, r_norm, code, window, tri,
+    carry = (jnp.asarray(0, jnp.int32), x, r, z, p, rz, res2, code, window, tri,
              jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
-    k, x, _, _, _, _, r_norm, code, window, tri, count, _ = carry
+    k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
     basis = _ritz_basis(window, tri, count, m).T
     basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
-    return x, final_result(code, r_norm <= goal), stats(k, r_norm, recycle_basis=basis)
+    return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), recycle_basis=basis)

@@ -1,9 +1,9 @@
 """Restarted GMRES (Saad & Schultz 1986) with right preconditioning, for any square operator."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
+from jax import lax
 
 from .._solution import RESULTS, result_code
 from .krylov import (
@@ -57,19 +57,14 @@ class GMRES(AbstractKrylovSolver):
 
 
 def _givens(a, b):
-    """`(c, s)` with c real, such that `[[c, s], [−s̄, c]] @ [a, b] = [ρ, 0]`."""
-    rdt = real_dtype(jnp.result_type(a))
+    """The 2×2 unitary `[[c, s], [−s̄, c]]`, c real, that maps `[a, b]` to `[ρ, 0]`."""
     abs_a = jnp.abs(a)
     rho = jnp.hypot(abs_a, jnp.abs(b))
+    phase = jnp.where(abs_a == 0, 1, a / jnp.where(abs_a == 0, 1, abs_a))
     safe_rho = jnp.where(rho == 0, 1, rho)
-    phase = jnp.where(abs_a == 0, jnp.ones_like(a), a / jnp.where(abs_a == 0, 1, abs_a))
-    c = jnp.where(rho == 0, 1, abs_a / safe_rho).astype(rdt)
-    s = jnp.where(rho == 0, 0, phase * jnp.conj(b) / safe_rho)
-    return c, s
-
-
-def _rotate(c, s, x, y):
-    return c * x + s * y, -jnp.conj(s) * x + c * y
+    c = jnp.where(rho == 0, 1, abs_a / safe_rho)
+    s = phase * jnp.conj(b) / safe_rho
+    return jnp.stack([jnp.stack([c, s]), jnp.stack([-jnp.conj(s), c])]).astype(jnp.result_type(a))
 
 
 @eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
@@ -87,7 +82,9 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
 
     def cycle(carry):
         k, cycles, x, r, r_norm, code = carry
-        basis = jnp.zeros((n, restart + 1), dtype).at[:, 0].set(r / jnp.where(r_norm == 0, 1, r_norm))
+        # One basis vector per row (contiguous writes); rows beyond j stay zero, so the
+        # products with the whole basis below need no masking.
+        basis = jnp.zeros((restart + 1, n), dtype).at[0].set(r / jnp.where(r_norm == 0, 1, r_norm))
         hess = jnp.zeros((restart + 1, restart), dtype)
         g = jnp.zeros(restart + 1, dtype).at[0].set(r_norm)
         rot = jnp.eye(restart + 1, dtype=dtype)
@@ -98,47 +95,43 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
 
         def inner_body(c):
             j, kk, basis, hess, g, rot, _ = c
-            w = mv(pre(basis[:, j]))
-            # Classical Gram–Schmidt twice: as stable as modified Gram–Schmidt and two
-            # matrix-vector products with the basis instead of j dot products. Columns
-            # beyond j are zero, so they do not contribute.
-            h = jnp.conj(basis.T) @ w
-            w = w - basis @ h
-            h2 = jnp.conj(basis.T) @ w
-            w = w - basis @ h2
+            w = mv(pre(lax.dynamic_index_in_dim(basis, j, keepdims=False)))
+            # Classical Gram–Schmidt twice: as stable as modified Gram–Schmidt, and two
+            # products with the basis instead of j dot products.
+            h = jnp.conj(basis) @ w
+            w = w - h @ basis
+            h2 = jnp.conj(basis) @ w
+            w = w - h2 @ basis
             h = h + h2
             h_next = norm(w).astype(rdt)
             # A (numerically) zero h_next is the lucky breakdown: the Krylov space is
             # invariant and the least-squares solution below is exact.
-            basis = basis.at[:, j + 1].set(w / jnp.where(h_next == 0, 1, h_next))
-            h = h.at[j + 1].set(h_next)
+            basis = lax.dynamic_update_index_in_dim(basis, w / jnp.where(h_next == 0, 1, h_next), j + 1, 0)
+            h = lax.dynamic_update_index_in_dim(h, h_next.astype(dtype), j + 1, 0)
             # `rot` is the product of the Givens rotations so far, kept as a small dense
             # unitary matrix: one (restart+1)² product brings the new column to
             # triangular form without a sequential loop over the previous rotations.
             h = rot @ h
-            c_j, s_j = _givens(h[j], h[j + 1])
-            hj, _ = _rotate(c_j, s_j, h[j], h[j + 1])
-            h = h.at[j].set(hj).at[j + 1].set(0)
-            row_j, row_j1 = _rotate(c_j, s_j, rot[j], rot[j + 1])
-            rot = rot.at[j].set(row_j).at[j + 1].set(row_j1)
-            gj, gj1 = _rotate(c_j, s_j, g[j], g[j + 1])
-            g = g.at[j].set(gj).at[j + 1].set(gj1)
-            est = jnp.abs(gj1).astype(rdt)
+            pair = lax.dynamic_slice_in_dim(h, j, 2)
+            givens = _givens(pair[0], pair[1])
+            h = lax.dynamic_update_slice_in_dim(h, jnp.stack([(givens @ pair)[0], jnp.zeros((), dtype)]), j, 0)
+            rot = lax.dynamic_update_slice_in_dim(rot, givens @ lax.dynamic_slice_in_dim(rot, j, 2), j, 0)
+            g_pair = givens @ lax.dynamic_slice_in_dim(g, j, 2)
+            g = lax.dynamic_update_slice_in_dim(g, g_pair, j, 0)
+            est = jnp.abs(g_pair[1]).astype(rdt)
             report(verbose, label, kk + 1, est, goal)
-            return (j + 1, kk + 1, basis, hess.at[:, j].set(h), g, rot, est)
+            return j + 1, kk + 1, basis, lax.dynamic_update_index_in_dim(hess, h, j, 1), g, rot, est
 
         init = (jnp.asarray(0, jnp.int32), k, basis, hess, g, rot, r_norm)
-        j, k, basis, hess, g, _, _ = jax.lax.while_loop(inner_cond, inner_body, init)
+        j, k, basis, hess, g, _, _ = lax.while_loop(inner_cond, inner_body, init)
         # Least squares in the Krylov space: the rotated Hessenberg matrix is upper
         # triangular on its first j columns; pad the rest with the identity.
         used = jnp.arange(restart) < j
         tri = jnp.where(used[:, None] & used[None, :], hess[:restart], 0)
-        diag = jnp.diagonal(tri)
-        bad_diag = used & (diag == 0)
+        bad_diag = used & (jnp.diagonal(tri) == 0)
         tri = tri + jnp.diag(jnp.where(used & ~bad_diag, 0, 1).astype(dtype))
-        rhs = jnp.where(used, g[:restart], 0)
-        coef = jsl.solve_triangular(tri, rhs, lower=False)
-        x = x + pre(basis[:, :restart] @ coef)
+        coef = jsl.solve_triangular(tri, jnp.where(used, g[:restart], 0), lower=False)
+        x = x + pre(coef @ basis[:restart])
         r = b - mv(x)
         r_norm = norm(r).astype(rdt)
         code = jnp.where(jnp.isfinite(r_norm), code, result_code(RESULTS.nonfinite_input))
@@ -152,5 +145,5 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
         return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
 
     carry = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x, r, r_norm, code)
-    k, cycles, x, _, r_norm, code = jax.lax.while_loop(outer_cond, cycle, carry)
-    return x, final_result(code, r_norm <= goal), stats(k, r_norm, num_restarts=cycles)
+    k, cycles, x, _, r_norm, code = lax.while_loop(outer_cond, cycle, carry)
+    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm, num_restarts=cycles)

@@ -15,7 +15,6 @@ from .krylov import (
     inner,
     map_columns,
     matvec,
-    norm,
     precondition,
     real_dtype,
     report,
@@ -146,4 +145,4 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str):
         )
 
     out = jax.lax.while_loop(cond, body, carry)
-    return out["x"], final_result(out["code"], out["phibar"] <= goal), stats(out["k"], out["phibar"])
+    return out["x"], final_result(state, out["code"], out["phibar"] <= goal), stats(out["k"], out["phibar"])
