@@ -54,6 +54,17 @@ def limit_threads(threads: int | None) -> None:
         flags += " --xla_cpu_multi_thread_eigen=false"
     os.environ["XLA_FLAGS"] = (flags + f" intra_op_parallelism_threads={threads}").strip()
 
+def threads_from_argv(argv: Sequence[str]) -> int | None:
+    """The `--threads N|all` option of a benchmark script (default 1), read before JAX
+    is imported: thread counts are fixed when XLA and BLAS load."""
+    import argparse
+
+    parser = argparse.ArgumentParser(add_help=False)
+    parser.add_argument("--threads", default="1")
+    value = parser.parse_known_args(list(argv))[0].threads
+    return None if value == "all" else int(value)
+
+
 @dataclasses.dataclass
 class Timing:
     """Median seconds per call, with the spread of the samples."""

@@ -50,19 +50,11 @@ import warnings
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from _timing import limit_threads  # noqa: E402
-
-
-def _threads_from_argv(argv):
-    # Read before JAX is imported: thread counts are fixed when XLA and BLAS load.
-    parser = argparse.ArgumentParser(add_help=False)
-    parser.add_argument("--threads", default="1")
-    value = parser.parse_known_args(argv)[0].threads
-    return None if value == "all" else int(value)
+from _timing import limit_threads, threads_from_argv  # noqa: E402
 
 
 if __name__ == "__main__":
-    limit_threads(_threads_from_argv(sys.argv[1:]))
+    limit_threads(threads_from_argv(sys.argv[1:]))
 
 import jax  # noqa: E402
 
