@@ -95,7 +95,7 @@ def slogdet(
     operator = as_operator(operator)
     _check_square(operator, "slogdet")
     if isinstance(solver, AutoSolver):
-        solver = solver.select(operator)
+        solver = solver.select(operator, direct=True)
     if isinstance(solver, SparseCholesky):
         # d logdet from the selected inverse (Takahashi), never a dense inverse.
         sym = symbolic_of(operator)
@@ -138,7 +138,7 @@ def logdet(operator: Any, solver: AbstractSolver = AutoSolver()) -> Inexact[Arra
     """
     operator = as_operator(operator)
     if isinstance(solver, AutoSolver):
-        solver = solver.select(operator)
+        solver = solver.select(operator, direct=True)
     sign, logabsdet = slogdet(operator, solver)
     if isinstance(solver, (Cholesky, SparseCholesky)) and negative_semidefinite_tag not in operator.tags:
         return logabsdet  # positive definite: real, even for complex hermitian input

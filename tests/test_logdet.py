@@ -76,6 +76,11 @@ def test_logdet_other_kinds():
     assert ls.slogdet(ls.MatrixOperator(-a, NSD))[0] == 1
     fn = ls.FunctionOperator(lambda v: jnp.asarray(a) @ v, jnp.zeros(4), PSD)
     np.testing.assert_allclose(ls.logdet(fn), np.linalg.slogdet(a)[1], rtol=1e-12)
+    # A matrix-free operator big enough for AutoSolver to pick a Krylov solver for solves:
+    # logdet still gets a factorization.
+    big = _spd(70, np.float64)
+    fn = ls.FunctionOperator(lambda v: jnp.asarray(big) @ v, jnp.zeros(70), PSD)
+    np.testing.assert_allclose(ls.logdet(fn), np.linalg.slogdet(big)[1], rtol=1e-12)
     np.testing.assert_allclose(ls.logdet(ls.MatrixOperator(-a)), np.linalg.slogdet(a)[1], rtol=1e-12)  # n even
     assert np.isnan(ls.logdet(ls.MatrixOperator(np.diag([1.0, -1.0, 1.0, 1.0]))))
     singular = np.ones((3, 3))

@@ -51,15 +51,18 @@ def dense_input(operator: AbstractOperator) -> Array:
     return operator.as_matrix()
 
 
-def input_check(matrix: Array, failed: Array, code) -> Array:
+def input_check(operator: AbstractOperator, failed: Array, code) -> Array:
     """The result code of a factorization that `failed`: `nonfinite_input` if the matrix
-    holds NaN/Inf, else `code`. The O(n²) scan of the input runs only on failure."""
+    the operator defines holds NaN/Inf, else `code`. The matrix is read again only on
+    failure (inside the `cond`), so on success the factorization is its only reader and
+    XLA can factorize in the buffer the matrix is formed in."""
     from .._solution import RESULTS, result_code
 
-    def diagnose(m):
-        return jnp.where(jnp.all(jnp.isfinite(m)), result_code(code), result_code(RESULTS.nonfinite_input))
+    def diagnose():
+        finite = jnp.all(jnp.isfinite(dense_input(operator)))
+        return jnp.where(finite, result_code(code), result_code(RESULTS.nonfinite_input))
 
-    return jax.lax.cond(failed, diagnose, lambda m: result_code(RESULTS.successful), matrix)
+    return jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful))
 
 
 def tag_names(tags) -> str:

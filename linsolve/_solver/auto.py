@@ -56,8 +56,9 @@ class AutoSolver(AbstractSolver):
 
     materialize_below: int = eqx.field(static=True, default=64)
 
-    def select(self, operator) -> AbstractSolver:
-        """The solver this `AutoSolver` uses for `operator`."""
+    def select(self, operator, *, direct: bool = False) -> AbstractSolver:
+        """The solver this `AutoSolver` uses for `operator`; with `direct=True` never a
+        Krylov one (what `logdet` needs: a factorization)."""
         from .cholesky import Cholesky
         from .diagonal import Diagonal
         from .lu import LU
@@ -82,7 +83,7 @@ class AutoSolver(AbstractSolver):
             from .sparse_cholesky import SparseCholesky
 
             return SparseCholesky()
-        if operator.shape[0] >= self.materialize_below and is_matrix_free(operator):
+        if not direct and operator.shape[0] >= self.materialize_below and is_matrix_free(operator):
             from .cg import CG
             from .gmres import GMRES
             from .minres import MINRES

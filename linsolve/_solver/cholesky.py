@@ -41,7 +41,7 @@ class Cholesky(AbstractSolver):
         factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
         # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
         failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
-        result = input_check(matrix, failed, RESULTS.not_positive_definite)
+        result = input_check(operator, failed, RESULTS.not_positive_definite)
         return _CholeskyState(factor, negative, result)
 
     def _solve(self, state: _CholeskyState, vector):

@@ -25,7 +25,7 @@ class LU(AbstractSolver):
             raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
         matrix = dense_input(operator)
         lu, pivots, _ = jax.lax.linalg.lu(matrix)
-        result = input_check(matrix, numerically_singular(lu), RESULTS.singular)
+        result = input_check(operator, numerically_singular(lu), RESULTS.singular)
         return _LUState(lu, pivots, result)
 
     def solve(self, state, vector, y0):

@@ -33,7 +33,7 @@ class QR(AbstractSolver):
         wide = m < n
         # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
         q, r = jnp.linalg.qr(jnp.conj(matrix.T) if wide else matrix, mode="reduced")
-        result = input_check(matrix, numerically_singular(r), RESULTS.singular)
+        result = input_check(operator, numerically_singular(r), RESULTS.singular)
         return _QRState(q, r, wide, result)
 
     def solve(self, state, vector, y0):

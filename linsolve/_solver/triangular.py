@@ -41,7 +41,7 @@ class Triangular(AbstractSolver):
         # NaN/Inf off the diagonal shows in the solution (checked by linear_solve).
         diagonal = jnp.diagonal(matrix)
         failed = jnp.any(diagonal == 0) | ~jnp.all(jnp.isfinite(diagonal))
-        result = input_check(matrix, failed, RESULTS.singular)
+        result = input_check(operator, failed, RESULTS.singular)
         return _TriangularState(matrix, lower, unit, result)
 
     def _solve(self, state, vector, trans):
