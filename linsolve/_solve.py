@@ -49,7 +49,11 @@ def _error_messages():
 
 def _raise_on_failure(x, result, where: str):
     msgs = [f"linsolve.linear_solve ({where}): {m}" for m in _error_messages()]
-    return eqx.branched_error_if(x, result != RESULTS.successful, result, msgs)
+    # The check runs on a scalar that is then added to x, not on x: its error branch is a
+    # host callback, and passing x through it would gather a sharded solution onto one
+    # device (and replicate the output).
+    flag = eqx.branched_error_if(jnp.zeros((), x.dtype), result != RESULTS.successful, result, msgs)
+    return x + flag
 
 
 def _is_zero_tangent(t) -> bool:

@@ -35,7 +35,8 @@ class GMRES(AbstractKrylovSolver):
       `max_steps` counts inner iterations over all restarts.
     - `restart`: the Krylov dimension before a restart (memory: `restart + 1` vectors).
 
-    `sol.stats` has `num_steps` (inner iterations), `num_restarts` and `residual_norm`.
+    `sol.stats` has `num_steps` (inner iterations), `num_restarts` (cycles after the
+    first) and `residual_norm`.
     """
 
     restart: int = eqx.field(static=True, default=20)
@@ -146,4 +147,4 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
 
     carry = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x, r, r_norm, code)
     k, cycles, x, _, r_norm, code = lax.while_loop(outer_cond, cycle, carry)
-    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm, num_restarts=cycles)
+    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))
