@@ -3,6 +3,13 @@
 from ._eig import Eigenpairs as Eigenpairs, eigh as eigh, lobpcg as lobpcg
 from ._factor import cholesky as cholesky, lu as lu
 from ._inverse import diag_inverse as diag_inverse, selected_inverse as selected_inverse
+from ._lineax import (
+    LineaxOperator as LineaxOperator,
+    LinsolveLinearOperator as LinsolveLinearOperator,
+    from_lineax as from_lineax,
+    to_lineax as to_lineax,
+)
+from ._lineax_solver import LineaxSolver as LineaxSolver, as_lineax_solver as as_lineax_solver
 from ._logdet import logdet as logdet, slogdet as slogdet
 from ._operator import (
     AbstractOperator as AbstractOperator,
