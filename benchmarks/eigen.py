@@ -11,7 +11,8 @@ Problems (float64, k = 8 smallest):
 
 Each with no preconditioner and with an (exact) fast-Poisson preconditioner K⁻¹ applied
 by sine transforms (the stand-in for a multigrid cycle). linsolve gets matrix-free
-stencil operators; scipy gets CSR matrices (and a `LinearOperator` preconditioner via
+stencil operators (and, for `laplace`, also a `SparseOperator` holding scipy's matrix:
+the stored-matrix path, forward only); scipy gets CSR matrices (and a `LinearOperator` preconditioner via
 `scipy.fft.dstn`); jax's `lobpcg_standard` finds largest eigenvalues only, without
 preconditioner or B, so it runs on `σI − A` (σ = 8 ≥ λ_max; LOBPCG is shift-invariant)
 for the standard problem only.
@@ -172,9 +173,21 @@ class Problem:
             ls.positive_semidefinite_tag,
         )
 
-    def linsolve_eig(self, c):
+    def sparse_operator(self, c):
+        """The same `A + diag(c)` as a `SparseOperator` holding scipy's lower triangle
+        (symmetric tag), `c` added to the stored diagonal."""
+        low = sp.csc_matrix(sp.tril(self.A))
+        low.sort_indices()
+        rows = low.indices
+        cols = np.repeat(np.arange(self.n), np.diff(low.indptr))
+        diag = np.flatnonzero(rows == cols)
+        values = jnp.asarray(low.data).at[diag].add(c[cols[diag]])
+        return ls.SparseOperator(values, low.indices, low.indptr, (self.n, self.n), tags=ls.symmetric_tag)
+
+    def linsolve_eig(self, c, sparse=False):
+        op = self.sparse_operator(c) if sparse else self.operator(c)
         return ls.lobpcg(
-            self.operator(c), K, B=self.mass(), X0=self.x0, tol=TOL, max_steps=20000,
+            op, K, B=self.mass(), X0=self.x0, tol=TOL, max_steps=20000,
             preconditioner=self.preconditioner(), throw=False, block_size=BLOCK,
         )
 
@@ -248,6 +261,15 @@ def measure(problem: Problem, repeats: int, grad: bool):
     if int(result) != 0:
         print(f"WARNING: linsolve did not converge on {problem.name}", file=sys.stderr)
     calls = {"fwd": (fwd, (c,))}
+    sparse_fn = None
+    if problem.kind == "laplace":
+        # The stored-matrix path, on the very CSR data scipy gets.
+        def sparse_forward(c):
+            out = problem.linsolve_eig(c, sparse=True)
+            return out.eigenvalues, out.eigenvectors, out.stats["num_steps"], out.result
+
+        sparse_fn, sparse_compile = compile_fn(sparse_forward, c)
+        calls["sparse"] = (sparse_fn, (c,))
     vg_compile = None
     if grad:
         vg, vg_compile = compile_fn(jax.value_and_grad(problem.loss), c)
@@ -289,6 +311,13 @@ def measure(problem: Problem, repeats: int, grad: bool):
              error=float(ours.max()), compile=fwd_compile,
              vg=timings["vg"] if grad else None, vg_compile=vg_compile, values=np.asarray(values))
     )
+    if sparse_fn is not None:
+        s_values, s_vectors, s_steps, _ = sparse_fn(c)
+        rows.append(
+            dict(method="linsolve.lobpcg (SparseOperator)", forward=timings["sparse"], iters=int(s_steps),
+                 error=float(problem.backward_errors(s_values, s_vectors).max()), compile=sparse_compile,
+                 values=np.asarray(s_values))
+        )
     order = np.argsort(w_s)
     rows.append(
         dict(method="scipy lobpcg", forward=t_scipy, iters=len(hist) - 1,
@@ -355,7 +384,7 @@ def main(argv=None):
                 problem = Problem(kind, n_side, pre == "dst")
                 rows = measure(problem, args.repeats, grad=not args.no_grad)
                 scipy_time = next(r["forward"] for r in rows if r["method"] == "scipy lobpcg")
-                ref = rows[1]["values"]
+                ref = next(r["values"] for r in rows if r["method"] == "scipy lobpcg")
                 for r in rows:
                     if np.max(np.abs(r["values"] - ref) / np.abs(ref)) > 1e-6:
                         print(f"WARNING: {r['method']} eigenvalues differ on {problem.name}", file=sys.stderr)

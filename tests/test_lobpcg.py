@@ -397,6 +397,31 @@ def test_degenerate_generalized_projector():
     np.testing.assert_allclose(gb, fd_grad(lambda b: vg(a, b)[0], b, 1e-5), atol=1e-6)
 
 
+def test_float32_smoke():
+    """float32 in, float32 out: eigenpairs to float32 accuracy (default tol) and a
+    gradient close to the float64 dense one."""
+    a64 = _sym(12)
+    a = a64.astype(np.float32)
+
+    def loss(a):
+        out = ls.lobpcg(ls.MatrixOperator(a, SYM), 2, largest=True)
+        return jnp.sum(out.eigenvalues) + jnp.sum((G[:12].astype(a.dtype) @ out.eigenvectors) ** 2), out
+
+    (_, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(a)
+    assert out.eigenvalues.dtype == out.eigenvectors.dtype == g.dtype == jnp.float32
+    assert out.result == ls.RESULTS.successful
+    w, v = np.linalg.eigh(a64)
+    np.testing.assert_allclose(out.eigenvalues, w[::-1][:2], rtol=1e-5)
+    _assert_same_vectors(out.eigenvectors, v[:, ::-1][:, :2], atol=1e-3)
+    ref = jax.grad(lambda a: _float32_reference_loss(a))(a64)
+    np.testing.assert_allclose(g, ref, atol=1e-4 * np.max(np.abs(ref)))
+
+
+def _float32_reference_loss(a):
+    w, v = _dense_reference(_as_sym(a), None, 2, True)
+    return jnp.sum(w) + jnp.sum((G[:12] @ v) ** 2)
+
+
 # --- Dense eigh -------------------------------------------------------------------
 
 

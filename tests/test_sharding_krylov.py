@@ -12,40 +12,17 @@ subprocess started with `XLA_FLAGS=--xla_force_host_platform_device_count=4`: th
 is its own worker (`python tests/test_sharding_krylov.py SOLVER... [--throw] [--recycle]`).
 """
 
-import os
-import re
-import subprocess
 import sys
 
-import pytest
-
-
-SKIP = 77  # the worker's exit code for "cannot run here"
-DEVICES = 4
+from sharding_hlo import DEVICES, SKIP, check_hlo, run_worker
 
 
 # -- the parent (pytest) -------------------------------------------------------------------
 
 
-def _run_worker(*args):
-    env = dict(os.environ)
-    env["XLA_FLAGS"] = (
-        env.get("XLA_FLAGS", "") + f" --xla_force_host_platform_device_count={DEVICES}"
-    ).strip()
-    env["JAX_PLATFORMS"] = "cpu"  # the forced host devices are CPU devices
-    proc = subprocess.run(
-        [sys.executable, os.path.abspath(__file__), *args],
-        env=env, capture_output=True, text=True, timeout=600,
-    )
-    if proc.returncode == SKIP:
-        pytest.skip(proc.stdout.strip() or "the worker cannot run here")
-    assert proc.returncode == 0, f"worker failed:\n{proc.stdout}\n{proc.stderr[-6000:]}"
-    return proc.stdout
-
-
 def test_sharded_solves_and_gradients():
     # One subprocess for the three solvers: starting JAX costs more than a case.
-    out = _run_worker("cg", "minres", "gmres")
+    out = run_worker(__file__, "cg", "minres", "gmres")
     for solver in ("cg", "minres", "gmres"):
         assert f"{solver}: ok" in out, out
 
@@ -54,67 +31,11 @@ def test_sharded_with_throw_and_recycling():
     """The default `throw=True`: the error check of the solve (a host callback behind a
     `lax.cond`) must not pull the solution onto one device. With `CG(recycle=4)`: the
     window of Lanczos vectors, the recycled basis `W` and `AW` are sharded like vectors."""
-    out = _run_worker("cg", "--throw", "--recycle")
+    out = run_worker(__file__, "cg", "--throw", "--recycle")
     assert "cg: ok" in out, out
 
 
 # -- the worker (subprocess) ---------------------------------------------------------------
-
-
-def _loop_computations(hlo: str) -> dict:
-    """The computations of compiled HLO text that run inside a `while` loop (its bodies,
-    conditions, and everything they call, transitively): name -> instruction lines."""
-    comps, current = {}, None
-    for line in hlo.splitlines():
-        header = re.match(r"^(?:ENTRY )?%?([\w.\-]+) .*\{$", line)
-        if header and not line.startswith(" "):
-            current = header.group(1)
-            comps[current] = []
-        elif line.startswith("}"):
-            current = None
-        elif current is not None:
-            comps[current].append(line.strip())
-    callee = re.compile(
-        r"(?:body|condition|calls|to_apply|branch_computations|true_computation|"
-        r"false_computation)=\{?([%\w.\-, ]+)\}?"
-    )
-    todo = [name for lines in comps.values() for line in lines if " while(" in line
-            for name in re.findall(r"(?:body|condition)=%?([\w.\-]+)", line)]
-    seen = {}
-    while todo:
-        name = todo.pop()
-        if name in seen or name not in comps:
-            continue
-        seen[name] = comps[name]
-        for line in comps[name]:
-            for group in callee.findall(line):
-                todo.extend(part.strip().lstrip("%") for part in group.split(","))
-    return seen
-
-
-def _check_hlo(hlo: str, n: int, label: str) -> None:
-    """Inside every loop: no all-gather / all-to-all producing an array with a dimension of
-    the full length `n`, and no loop carry holding a full-length vector."""
-    shape = re.compile(r"[a-z]\d*\[([\d,]*)\]")
-
-    def has_full(text):
-        return any(str(n) in dims.split(",") for dims in shape.findall(text))
-
-    whiles = [line for line in hlo.splitlines() if " while(" in line]
-    assert whiles, f"{label}: no while loop in the compiled program"
-    for line in whiles:
-        carry = line.split(" while(")[0]
-        assert not has_full(carry), f"{label}: a loop carries a full vector: {line[:400]}"
-    loops = _loop_computations(hlo)
-    assert loops, label
-    for name, lines in loops.items():
-        for line in lines:
-            op = re.search(r"=\s*\S+\s+(all-gather|all-to-all)\(", line) or re.search(
-                r"\b(all-gather|all-to-all)(-start)?\(", line
-            )
-            if op:
-                result = line.split("=", 1)[1].split(op.group(1))[0]
-                assert not has_full(result), f"{label}: full gather in loop {name}: {line[:300]}"
 
 
 def _worker(which: str, throw: bool, recycle: int) -> None:
@@ -209,8 +130,8 @@ def _worker(which: str, throw: bool, recycle: int) -> None:
         if where == "sharded":
             for name, out in (("x", x), ("grad param", g_param), ("grad b", g_b)):
                 assert out.sharding.is_equivalent_to(sharded, 1), (which, name, out.sharding)
-            _check_hlo(compiled_forward.as_text(), n, f"{which} forward")
-            _check_hlo(compiled_grad.as_text(), n, f"{which} grad")
+            check_hlo(compiled_forward.as_text(), n, f"{which} forward")
+            check_hlo(compiled_grad.as_text(), n, f"{which} grad")
 
     for name, got, expected in zip(("x", "loss", "grad param", "grad b"), outs["sharded"], outs["single"]):
         np.testing.assert_allclose(

@@ -14,18 +14,19 @@ rows that the Rayleigh–Ritz step never selects.
 - `W` is `B`-orthogonalised against `[X, P]` (classical Gram–Schmidt), rows that
   cancel to rounding are dropped, and the rest is orthonormalised by SVQB (scale the
   Gram matrix's diagonal to one, eigendecompose, drop what is dependent to rounding).
-  When that leaves more than rounding of `[X, P]` in `W`, or SVQB met an
-  ill-conditioned block, a second pass follows ("twice is enough"). Without it the loss
-  of orthogonality compounds from step to step once residuals reach rounding level.
+  When a row lost most of its norm to `[X, P]` (so that rounding of `[X, P]` is left in
+  it), or SVQB met an ill-conditioned block, a second pass follows ("twice is
+  enough"). Without it the loss of orthogonality compounds from step to step once
+  residuals reach rounding level.
 - The new directions (Hetmaniuk–Lehoucq) satisfy `span[X_new, P_new] = span[X_new,
   X_old]` and `P_new ⟂_B X_new`, computed in the small space as an orthonormal basis
   in the span of the non-selected Ritz vectors.
 - The projected matrix needs `[X, P, W]ᵀ A W` and `Pᵀ A P` from the large space;
   `Xᵀ A X = Θ` and `Xᵀ A P = 0` hold by construction.
-- Products: with a stored dense matrix (n² work per column) `AX`, `AP` (and `BX`,
-  `BP`) are updated from the Ritz coefficients; otherwise (sparse, stencils,
-  matrix-free) they are recomputed, which is cheaper and exact. Convergence is always
-  confirmed on recomputed products (an outer loop around the iteration).
+- Products: the operators are applied to `W` only (`A W`, and `B W`); `A [X, P]` (and
+  `B [X, P]`) are updated from the Rayleigh–Ritz coefficients, which is cheaper than
+  applying all but the cheapest operators again. Convergence is always confirmed on
+  recomputed products (an outer loop around the iteration).
 - Soft locking: a wanted row whose residual has converged contributes no residual
   direction but stays in the basis. The guard rows beyond `k` always contribute.
 - The first step takes the initial block as its `W` with `X` and `P` empty, so the
@@ -79,7 +80,6 @@ class _Config(eqx.Module):
     k: int = eqx.field(static=True)
     block_size: int = eqx.field(static=True)
     largest: bool = eqx.field(static=True)
-    explicit: bool = eqx.field(static=True)  # recompute AX, AP (and BX, BP) by products
 
 
 def _sym(m):
@@ -146,19 +146,18 @@ def _backward_errors(x, ax, bx, theta, anorm, bnorm):
 
 
 def _refresh(amv, bmv, s: _State, m: int) -> _State:
-    """Recompute `AX`, `BX` from `X` (updated products drift), the Rayleigh quotients and
-    the backward errors. `X` itself is left as it is: it is B-orthonormal by
+    """Recompute `A [X, P]`, `B [X, P]` (updated products drift), the Rayleigh quotients
+    and the backward errors. `X` itself is left as it is: it is B-orthonormal by
     construction, and a Ritz basis up to that drift."""
-    x = s.xp[:m]
-    ax = amv(x)
-    bx = x if bmv is None else bmv(x)
+    axp = amv(s.xp)
+    bxp = None if bmv is None else bmv(s.xp)
+    x, ax = s.xp[:m], axp[:m]
+    bx = x if bmv is None else bxp[:m]
     anorm = _norm_ratio(ax, x, s.anorm)
     bnorm = s.bnorm if bmv is None else _norm_ratio(bx, x, s.bnorm)
     xbx = jnp.sum(x * bx, axis=1)
     theta = jnp.sum(x * ax, axis=1) / jnp.where(xbx > 0, xbx, 1)
     _, eta = _backward_errors(x, ax, bx, theta, anorm, bnorm)
-    axp = s.axp.at[:m].set(ax)
-    bxp = None if bmv is None else s.bxp.at[:m].set(bx)
     return _State(s.xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps)
 
 
@@ -177,19 +176,21 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     r = axp[:m] - s.theta[:, None] * bxp[:m]
     # Soft locking: converged wanted rows contribute no residual direction.
     active = (s.eta > tol) | (jnp.arange(m) >= k) | first
-    w = r if pre is None else pre(r)
-    w = jnp.where(first, xp[:m], jnp.where(active[:, None], w, 0))
+    r = jnp.where(active[:, None], r, 0)
+    # (A `cond`, not a `where`: the preconditioner may be the most expensive product.)
+    w = jax.lax.cond(first, lambda: xp[:m], lambda: r if pre is None else pre(r))
     wn = _row_norms(w)
     w = w / jnp.where(wn > 0, wn, 1)[:, None]
 
     def orthonormalise(carry):
-        # Classical Gram–Schmidt against [X, P] with the coefficients `c` measured before,
-        # then SVQB, then the coefficients left (for the test of another pass).
-        w, _, c, _, _, passes = carry
+        # Classical Gram–Schmidt against [X, P], then SVQB. Returns whether another pass
+        # is needed.
+        w, _, _, _, _, passes = carry
         # B W by a product in every pass: updated by linearity through an SVQB that
         # amplified rounding, it would no longer match W.
         bw = None if bmv is None else bmv(w)
         before = _row_norms(w)
+        c = later * (w @ bxp.T)
         w = w - c @ xp
         # What survived of each row. A row that cancelled to rounding level lies in
         # span[X, P]: what is left is noise, which SVQB's scaling would blow up into a
@@ -207,28 +208,27 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # second pass sees a Gram matrix far from the identity only in such amplified
         # rounding directions, and drops them.
         drop = jnp.where(passes == 0, 300 * m * eps, 1e-2)
-        # One product for W's Gram matrix and what is left of [X, P] in W (for the test
-        # of another pass): both are transformed by SVQB's `t` in the small space.
-        gram = w @ jnp.concatenate([bxp, w if bmv is None else bw], axis=0).T
-        t, keep, smallest = _svqb(gram[:, 2 * m :], drop)
+        t, keep, smallest = _svqb(w @ (w if bmv is None else bw).T, drop)
         w = t.T @ w
         bw = jnp.zeros((), w.dtype) if bmv is None else t.T @ bw
-        return w, bw, later * (t.T @ gram[:, : 2 * m]), keep, smallest, passes + 1
+        # Gram–Schmidt leaves components along [X, P] of the order of the rounding of
+        # the subtracted part, i.e. eps / left relative to what is left: a row that lost
+        # more than a factor 100 of its norm gets a second pass ("twice is enough"), as
+        # does a block that SVQB found ill-conditioned. (Measuring what is left instead
+        # costs a product as large as the Gram–Schmidt step itself, every step.)
+        poor = jnp.any(~dependent & (left < 1e-2)) | (smallest < 1e-8)
+        return w, bw, poor, keep, smallest, passes + 1
 
     def again(carry):
-        _, _, c, _, smallest, passes = carry
-        # W B-orthogonal to [X, P] to max|c|, orthonormal to about eps / smallest (for
-        # which the SVQB-only clean-up below suffices).
-        poor = (jnp.max(jnp.abs(c)) > 100 * eps) | (smallest < 1e-8)
+        *_, poor, _, _, passes = carry
         return (passes == 0) | ((passes == 1) & poor)
 
-    # One pass, and a second one where the first left more than rounding of [X, P]
-    # ("twice is enough"). Without it the loss of orthogonality accumulates from step
-    # to step once the residuals are at rounding level. A loop rather than a `cond`
-    # keeps one copy of the code.
+    # One pass, and a second one where the first one's result is poor. Without it the
+    # loss of orthogonality accumulates from step to step once the residuals are at
+    # rounding level. A loop rather than a `cond` keeps one copy of the code.
     bw = jnp.zeros((), w.dtype) if bmv is None else w  # B W is formed in the loop
     one = jnp.ones((), eps.dtype)
-    carry = (w, bw, later * (w @ bxp.T), jnp.zeros((m,), bool), one, jnp.asarray(0))
+    carry = (w, bw, jnp.asarray(False), jnp.zeros((m,), bool), one, jnp.asarray(0))
     w, bw, _, wvalid, smallest, _ = jax.lax.while_loop(again, orthonormalise, carry)
     if bmv is None:
         bw = w
@@ -277,13 +277,12 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     coef = jnp.concatenate([q[:, :m], q2 @ v], axis=1).T
     # (Products of the two blocks rather than of their concatenation: no copy of it.)
     xp = coef[:, : 2 * m] @ xp + coef[:, 2 * m :] @ w
-    if cfg.explicit:
-        # Cheap products (sparse, stencils): recompute them, exactly.
-        axp = amv(xp)
-        bxp = None if bmv is None else bmv(xp)
-    else:
-        axp = coef[:, : 2 * m] @ axp + coef[:, 2 * m :] @ aw
-        bxp = None if bmv is None else coef[:, : 2 * m] @ bxp + coef[:, 2 * m :] @ bw
+    # The products are updated, not recomputed: 3m·n multiply-adds per row in one dense
+    # product, cheaper than all but the cheapest operators (even a 5-point stencil is
+    # hardly faster to apply on CPU, and a sparse or graph operator's gather and scatter
+    # is much slower). They drift from the true ones; `_refresh` recomputes them.
+    axp = coef[:, : 2 * m] @ axp + coef[:, 2 * m :] @ aw
+    bxp = None if bmv is None else coef[:, : 2 * m] @ bxp + coef[:, 2 * m :] @ bw
     theta = theta[:m]
     bx = xp[:m] if bmv is None else bxp[:m]
     _, eta = _backward_errors(xp[:m], axp[:m], bx, theta, anorm, bnorm)
@@ -322,8 +321,8 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
     def outer_body(carry):
         s, _ = carry
         s = jax.lax.while_loop(inner_cond, lambda s: _step(amv, bmv, pmv, cfg, tol, s), s)
-        # Products were updated (explicit ones too, for the Rayleigh quotients): recompute
-        # them and test convergence on the true residuals.
+        # The products were updated: recompute them and test convergence on the true
+        # residuals.
         s = _refresh(amv, bmv, s, m)
         return s, wanted_converged(s) | (s.steps >= max_steps)
 
@@ -414,16 +413,6 @@ def _hashed_block(n: int, m: int, dtype) -> Array:
     x = x ^ (x >> 16)
     u = x.astype(dtype) / dtype.type(2.0**32)
     return (2 * u - 1).reshape(n, m)
-
-
-def _has_dense_matrix(op) -> bool:
-    """Whether applying `op` multiplies by a stored dense matrix (n² work per column);
-    then LOBPCG updates `AX`, `AP` from the Rayleigh–Ritz coefficients (3m·n work per
-    column) instead of applying the operator again."""
-    from .._operator import MatrixOperator
-
-    leaves = jax.tree_util.tree_leaves(op, is_leaf=lambda x: isinstance(x, MatrixOperator))
-    return any(isinstance(leaf, MatrixOperator) for leaf in leaves)
 
 
 def default_block_size(k: int, n: int) -> int:
@@ -545,7 +534,6 @@ def lobpcg(
         k=k,
         block_size=m,
         largest=bool(largest),
-        explicit=not _has_dense_matrix(op) and (B is None or not _has_dense_matrix(B)),
     )
     if adjoint_solver is None:
         # The projected solves to the accuracy the eigenpairs were computed to: the
