@@ -7,6 +7,7 @@ quantity, and the transform tests use the smallest patterns that still exercise 
 """
 
 import jax
+import jax.extend.core
 
 jax.config.update("jax_enable_x64", True)
 
@@ -302,3 +303,33 @@ def test_autodiff_through_factor_and_solve():
     expect = np.where(r == col, -y[r] * x[col], -(y[r] * x[col] + y[col] * x[r]))
     np.testing.assert_allclose(gv, expect, rtol=0, atol=1e-12)
     np.testing.assert_allclose(gb, y, rtol=0, atol=1e-12)
+
+
+def _cholesky_input_shapes(jaxpr):
+    shapes = []
+    for eqn in jaxpr.eqns:
+        if eqn.primitive.name == "cholesky":
+            shapes.append(eqn.invars[0].aval.shape)
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            shapes.extend(_cholesky_input_shapes(sub))
+    return shapes
+
+
+def test_no_batched_lapack_calls():
+    # jaxlib 0.10 runs a batched CPU LAPACK call in parallel on its thread pool, and two at
+    # once can deadlock (two sparse factorizations in one program hung on 2 cores): the
+    # dense kernels use plain XLA ops for small pivot blocks and unbatched LAPACK calls,
+    # one block at a time, for large ones.
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=(12, 12))
+    dense_block = g @ g.T + 12 * np.eye(12)  # one 12-column supernode: LAPACK path
+    for a in (lap2d(6), dense_block):
+        m = lower_csc(a)
+        sym = analyse(m)
+        values = jnp.asarray(m.data)
+        jaxpr = jax.make_jaxpr(lambda v: numeric.factor(sym, v).logdet)(values).jaxpr
+        assert all(len(s) == 2 for s in _cholesky_input_shapes(jaxpr))
+        two = jax.jit(lambda v: numeric.factor(sym, v).logdet + numeric.factor(sym, 2 * v).logdet)
+        expected = 2 * np.linalg.slogdet(a)[1] + a.shape[0] * np.log(2)
+        np.testing.assert_allclose(two(values), expected, rtol=1e-12)
+    assert _cholesky_input_shapes(jaxpr), "the large-block path was not exercised"

@@ -64,7 +64,8 @@ def _const(x: np.ndarray) -> Array:
 
 def _after(x: Array, token: Array) -> Array:
     """`x`, but computed only once `token` is (a zero-valued data dependency, no gradient)."""
-    dep = lax.stop_gradient(token[..., :1, :1].sum()) * 0
+    # One element of the token (a slice XLA fuses into the consumer, not a reduction).
+    dep = lax.stop_gradient(token.reshape(-1)[0]) * 0
     return x + dep.astype(x.dtype)
 
 
@@ -74,31 +75,48 @@ def _tril_sym(x: Array) -> Array:
     return lower + jnp.swapaxes(jnp.tril(x, -1), -1, -2)
 
 
-def _assemble(B: Bucket, vals_ext: Array, pool: Array | None) -> Array:
-    """The lower triangles of a bucket's fronts, shape (size, N, N).
+_GATHER_1D = lax.GatherDimensionNumbers(
+    offset_dims=(), collapsed_slice_dims=(0,), start_index_map=(0,)
+)
+_SCATTER_1D = lax.ScatterDimensionNumbers(
+    update_window_dims=(), inserted_window_dims=(0,), scatter_dims_to_operand_dims=(0,)
+)
 
-    One flat scatter-add of the stored values of A and of the lower triangles of the
-    children's update matrices (read from the level pool). The children's flat indices are
-    computed in-graph from O(rows) arrays; padding rows (rel == N) are sent out of bounds
-    and dropped. A flat scatter is markedly faster on XLA:CPU than a 3-index one.
-    """
-    N = B.N
-    total = B.size * N * N
-    idx = [_const(B.a_dst)]
-    upd = [vals_ext[_const(B.a_src)]]
-    for ea in B.ea:
-        ti, tj = np.tril_indices(ea.width)
-        ti_, tj_ = _const(ti.astype(np.int32)), _const(tj.astype(np.int32))
-        src = _const(ea.base)[:, None] + _const((ti * ea.width + tj).astype(np.int32))[None, :]
-        rel = _const(ea.rel)
-        ri, rj = rel[:, ti_], rel[:, tj_]
-        dst = (_const(ea.slot)[:, None] * N + ri) * N + rj
-        dst = jnp.where((ri < N) & (rj < N), dst, total)
-        idx.append(dst.reshape(-1))
-        upd.append(pool.at[src.reshape(-1)].get(mode="clip"))
-    flat = jnp.zeros(total, vals_ext.dtype)
-    flat = flat.at[jnp.concatenate(idx)].add(jnp.concatenate(upd), mode="drop")
-    return flat.reshape(B.size, N, N)
+
+def _gather(x: Array, idx: np.ndarray) -> Array:
+    """`x[idx]` for a static, in-bounds, non-negative index map (no index normalisation or
+    clamping at run time)."""
+    return lax.gather(
+        x,
+        _const(idx)[:, None],
+        _GATHER_1D,
+        (1,),
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+        indices_are_sorted=False,
+        unique_indices=False,
+    )
+
+
+def _scatter_add_sorted(x: Array, idx: np.ndarray, upd: Array) -> Array:
+    """`x.at[idx].add(upd)` for a static, sorted, in-bounds index map."""
+    return lax.scatter_add(
+        x,
+        _const(idx)[:, None],
+        upd,
+        _SCATTER_1D,
+        indices_are_sorted=True,
+        unique_indices=False,
+        mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
+    )
+
+
+def _assemble(out: Array, dst: np.ndarray, source: Array, src: np.ndarray) -> Array:
+    """`out[dst] += source[src]`: one gather and one scatter-add through host-built index
+    maps (destinations sorted: XLA:CPU scatters sorted, in-bounds indices markedly faster;
+    the maps are constants of the program, nothing about them is computed at run time)."""
+    if not dst.size:
+        return out
+    return _scatter_add_sorted(out, dst, _gather(source, src))
 
 
 @jax.custom_jvp
@@ -108,11 +126,57 @@ def _partial_cholesky(f11: Array, f21: Array) -> Array:
     `f11` must be symmetric. Non-positive-definite blocks give NaN (LAPACK info != 0).
     """
     K = f11.shape[-1]
-    L = lax.linalg.cholesky(f11, symmetrize_input=False)
-    eye = jnp.broadcast_to(jnp.eye(K, dtype=f11.dtype), f11.shape)
-    rhs = jnp.concatenate([eye, f21], axis=-2)
-    # X L^T = [I; F21]
-    return lax.linalg.triangular_solve(L, rhs, left_side=False, lower=True, transpose_a=True)
+    if K <= _SMALL_PIVOT_BLOCK:
+        return _small_partial_cholesky(f11, f21)
+
+    def one(blocks):
+        a11, a21 = blocks
+        L = lax.linalg.cholesky(a11, symmetrize_input=False)
+        rhs = jnp.concatenate([jnp.eye(K, dtype=a11.dtype), a21], axis=-2)
+        # X L^T = [I; F21]
+        return lax.linalg.triangular_solve(L, rhs, left_side=False, lower=True, transpose_a=True)
+
+    # Never a batched LAPACK call: jaxlib 0.10 runs the matrices of a batched CPU LAPACK
+    # call in parallel on XLA's thread pool, and two such calls at once deadlock on
+    # machines with few cores. Chaining the calls of one factorization (see `factor`)
+    # cannot order them against another factorization (or any batched LAPACK call) in the
+    # same program. So large blocks go one at a time through unbatched LAPACK calls (they
+    # are few, and their O(K³) work hides the loop), small ones through plain XLA ops.
+    return lax.map(one, (f11, f21))
+
+
+# Pivot blocks up to this size are factorized by `_small_partial_cholesky`.
+_SMALL_PIVOT_BLOCK = 8
+
+
+def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
+    """`_partial_cholesky` for small pivot blocks, in vectorised XLA ops over the batch:
+    right-looking Cholesky, then `L^-1` by forward substitution, each a `fori_loop` over
+    the `K` columns (a loop, not unrolled: compile time stays that of one step). A
+    non-positive pivot gives NaN, like LAPACK's failure path."""
+    B, K = f11.shape[0], f11.shape[-1]
+    idx = jnp.arange(K)
+
+    def chol_step(j, carry):
+        a, low = carry
+        d = jnp.sqrt(a[:, j, j])
+        col = jnp.where(idx >= j, a[:, :, j], 0) / d[:, None]  # column j of L
+        below = jnp.where(idx > j, col, 0)
+        a = a - below[:, :, None] * below[:, None, :]
+        return a, low.at[:, :, j].set(col)
+
+    _, low = lax.fori_loop(0, K, chol_step, (f11, jnp.zeros_like(f11)))
+
+    def inv_step(i, inv):
+        # inv[i] = (e_i - L[i, :i] inv[:i]) / L[i, i]  (rows >= i of inv are still zero)
+        l_i = jnp.where(idx < i, low[:, i, :], 0)
+        r = (idx == i).astype(f11.dtype) - jnp.einsum("bk,bkj->bj", l_i, inv, precision=_HI)
+        return inv.at[:, i, :].set(r / low[:, i, i][:, None])
+
+    inv = lax.fori_loop(0, K, inv_step, jnp.zeros_like(f11))
+    xt = jnp.swapaxes(inv, -1, -2)  # L^-T
+    x21 = jnp.matmul(f21, xt, precision=_HI)
+    return jnp.concatenate([xt, x21], axis=-2)
 
 
 @_partial_cholesky.defjvp
@@ -141,11 +205,9 @@ def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
     `values` is aligned with the CSC pattern given to `symbolic.analyse`; only the entries
     with row >= col are read (duplicates are summed).
 
-    The dense LAPACK calls of successive buckets are chained by a data dependency so they
-    never run concurrently: jaxlib 0.10's batched CPU LAPACK kernels split a batch over the
-    intra-op thread pool and block on it, which deadlocks when as many of them as the pool
-    has threads run at once (two on a 2-core machine). XLA:CPU does not order independent
-    work across an optimization barrier, hence a real (zero-valued) dependency.
+    No batched LAPACK call is made (see `_partial_cholesky`: they can deadlock on CPU
+    with jaxlib 0.10). The dense kernels of successive buckets are also chained by a
+    (zero-valued) data dependency, so one factorization runs them one after another.
     """
     values = jnp.asarray(values)
     if values.shape != (sym.nnz,):
@@ -159,32 +221,43 @@ def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
     vals_ext = jnp.concatenate([values, jnp.ones((1,), dtype)])
     g: list = [None] * len(sym.buckets)
     pivots = []
-    pool = None  # update matrices of the level below
-    token = None  # last dense kernel output, to serialise LAPACK calls
-    for level in sym.levels:
-        parts = []
-        for b in level:
+    source = vals_ext  # [update matrices of the level below, values, 1]
+    token = None  # last LAPACK output, to serialise LAPACK calls
+    for lev in sym.level_maps:
+        # One assembly of the pivot columns of every front of the level (see `Level`).
+        p_all = _assemble(jnp.zeros(lev.p_size, dtype), lev.p_dst, source, lev.p_src)
+        neg_s = []
+        for b in lev.buckets:
             B = sym.buckets[b]
             K, M, N = B.K, B.M, B.N
-            F = _assemble(B, vals_ext, pool)
-            f11 = _tril_sym(F[:, :K, :K])
-            f21 = F[:, K:, :K]
-            if token is not None:
-                f11 = _after(f11, token)
-            X = _partial_cholesky(f11, f21)  # [L11^-T; L21]
-            token = X
-            xt = X[:, :K]
-            pivots.append(jnp.diagonal(xt, axis1=-2, axis2=-1).reshape(-1))  # 1 / diag(L11)
-            linv = jnp.swapaxes(xt, -1, -2)
-            if M:
-                L21 = X[:, K:]
-                # L21 @ [L11^-1, L21^T] = [W, L21 L21^T]
-                Y = jnp.matmul(L21, jnp.swapaxes(X, -1, -2), precision=_HI)
-                parts.append((F[:, K:, K:] - Y[:, :, K:]).reshape(-1))
-                g[b] = jnp.concatenate([linv, -Y[:, :, :K]], axis=1)
+            P = p_all[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
+            f21 = P[:, K:]
+            if K == 1:
+                # Scalar pivots (most leaves of a nested-dissection tree): elementwise, no
+                # LAPACK call per supernode.
+                xt = lax.rsqrt(P[:, :1])  # 1 / L11 = L11^-T
+                L21 = f21 * xt
+                W = L21 * xt
+                S = L21 * L21.mT if M else None
             else:
-                g[b] = linv
-        pool = jnp.concatenate(parts) if parts else None
+                f11 = _tril_sym(P[:, :K])
+                if token is not None:
+                    f11 = _after(f11, token)
+                X = _partial_cholesky(f11, f21)  # [L11^-T; L21]
+                token = X
+                xt, L21 = X[:, :K], X[:, K:]
+                if M:
+                    W = jnp.matmul(L21, xt.mT, precision=_HI)  # L21 L11^-1
+                    S = jnp.matmul(L21, L21.mT, precision=_HI)
+            pivots.append(jnp.diagonal(xt, axis1=-2, axis2=-1).reshape(-1))  # 1 / diag(L11)
+            if M:
+                neg_s.append(-S.reshape(-1))
+                g[b] = jnp.concatenate([xt.mT, -W], axis=1)
+            else:
+                g[b] = xt.mT
+        # Update matrices start as -L21 L21^T and receive the children's in place.
+        u_all = jnp.concatenate(neg_s + [vals_ext])
+        source = _assemble(u_all, lev.u_dst, source, lev.u_src)
     d = jnp.concatenate(pivots)
     ok = jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
     logdet = -2 * jnp.sum(jnp.log(d))

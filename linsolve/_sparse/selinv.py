@@ -36,8 +36,10 @@ from .symbolic import Bucket, Symbolic
 
 
 def _fronts(sym: Symbolic, fac: Factor, emit):
-    """Run the Takahashi recurrence; call `emit(b, Zf)` with each bucket's (b, N, N) front."""
-    pool = None  # selected-inverse fronts of the level above
+    """Run the Takahashi recurrence; call `emit(b, z11, z21, z22)` with each bucket's blocks
+    Z[J, J] (b, K, K), Z[I, J] (b, M, K) and Z[I, I] (b, M, M) (the last two None if M = 0).
+    """
+    pool = None  # blocks of the level above, flat (see `Bucket.z_offset`)
     for level in reversed(sym.levels):  # roots first
         parts = []
         for b in level:
@@ -48,30 +50,40 @@ def _fronts(sym: Symbolic, fac: Factor, emit):
             if M:
                 z22 = _gather_zii(B, pool)
                 z21 = jnp.matmul(z22, G[:, K:], precision=_HI)  # -Z[I,I] W
-                z11 = jnp.matmul(
-                    jnp.swapaxes(G, -1, -2),
-                    jnp.concatenate([linv, z21], axis=1),
-                    precision=_HI,
+                # Z[J,J] = L11^-T L11^-1 - W^T Z[I,J]
+                z11 = jnp.matmul(linv.mT, linv, precision=_HI) + jnp.matmul(
+                    G[:, K:].mT, z21, precision=_HI
                 )
-                top = jnp.concatenate([z11, jnp.swapaxes(z21, -1, -2)], axis=2)
-                bottom = jnp.concatenate([z21, z22], axis=2)
-                zf = jnp.concatenate([top, bottom], axis=1)
+                parts += [z11.reshape(-1), z21.reshape(-1), z22.reshape(-1)]
             else:
-                zf = jnp.matmul(jnp.swapaxes(linv, -1, -2), linv, precision=_HI)
-            emit(b, zf)
-            parts.append(zf.reshape(-1))
+                z11 = jnp.matmul(linv.mT, linv, precision=_HI)
+                z21 = z22 = None
+                parts.append(z11.reshape(-1))
+            emit(b, z11, z21, z22)
         pool = jnp.concatenate(parts)
 
 
 def _gather_zii(B: Bucket, pool: Array) -> Array:
-    """Z[I, I] of every supernode of the bucket, read from its parent's front."""
-    base = _const(B.up_base)[:, None, None]
-    width = _const(B.up_n)[:, None, None]
+    """Z[I, I] of every supernode of the bucket, read from its parent's blocks.
+
+    The flat index of parent-front entry (r, c) is computed in-graph from O(b M) arrays
+    (XLA fuses it into the gather), reading the lower triangle and mirroring the upper.
+    """
     rel = _const(B.up_rel)
-    ri, rj = rel[:, :, None], rel[:, None, :]
-    src = base + ri * width + rj
+    r, c = rel[:, :, None], rel[:, None, :]
+    hi, lo = jnp.maximum(r, c), jnp.minimum(r, c)
+    K = _const(B.up_K)[:, None, None]
+    M = _const(B.up_M)[:, None, None]
+    b11 = _const(B.up_b11)[:, None, None]
+    b21 = _const(B.up_b21)[:, None, None]
+    b22 = _const(B.up_b22)[:, None, None]
+    src = jnp.where(
+        lo < K,
+        jnp.where(hi < K, b11 + hi * K + lo, b21 + (hi - K) * K + lo),
+        b22 + (hi - K) * M + lo - K,
+    )
     # Padding rows/columns (rel == -1) read zero: send them past the end of the pool.
-    src = jnp.where((ri >= 0) & (rj >= 0), src, pool.shape[0])
+    src = jnp.where(lo >= 0, src, pool.shape[0])
     return pool.at[src].get(mode="fill", fill_value=0)
 
 
@@ -80,12 +92,13 @@ def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False
     chunks: dict[int, Array] = {}
     diags: dict[int, Array] = {}
 
-    def emit(b, zf):
+    def emit(b, z11, z21, z22):
         B = sym.buckets[b]
         if entries and B.sel_pos.size:
-            chunks[b] = zf.reshape(-1).at[_const(B.sel_pos)].get(mode="fill", fill_value=0)
+            flat = _flat_blocks(z11, z21)
+            chunks[b] = flat.at[_const(B.sel_pos)].get(mode="fill", fill_value=0)
         if diag:
-            diags[b] = jnp.diagonal(zf[:, : B.K, : B.K], axis1=-2, axis2=-1)
+            diags[b] = jnp.diagonal(z11, axis1=-2, axis2=-1)
 
     _fronts(sym, fac, emit)
     out_e = out_d = None
@@ -98,6 +111,15 @@ def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False
             d = d.at[_const(sym.buckets[b].col_idx)].set(v, mode="drop")
         out_d = d[sym.iperm]
     return out_e, out_d
+
+
+def _flat_blocks(z11, z21):
+    """The pivot-column blocks of a bucket, flat, as `Bucket.block_pos` numbers them (the
+    Z[I, I] block, which comes last there, is never read back: its entries belong to
+    ancestors)."""
+    if z21 is None:
+        return z11.reshape(-1)
+    return jnp.concatenate([z11.reshape(-1), z21.reshape(-1)])
 
 
 def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
@@ -149,17 +171,24 @@ def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
 def _l_pattern_maps(sym: Symbolic):
     rows, cols, pos = [], [], []
     for b, B in enumerate(sym.buckets):
-        N = B.N
-        for t in range(B.size):
-            kk, mm = int(B.ncols[t]), int(B.nrows[t])
-            c = B.col_idx[t, :kk].astype(np.int64)
-            r_all = np.concatenate([c, B.row_idx[t, :mm].astype(np.int64)])
-            lr = np.concatenate([np.arange(kk), B.K + np.arange(mm)])
-            for j in range(kk):
-                sel = slice(j, None)
-                rows.append(r_all[sel])
-                cols.append(np.full(r_all[sel].shape[0], c[j]))
-                pos.append(np.stack([np.full(lr[sel].shape[0], b), (t * N + lr[sel]) * N + j], 1))
+        # every (supernode t, front row r, pivot column j < ncols[t]) with r >= j real
+        kk = B.ncols.astype(np.int64)
+        mm = B.nrows.astype(np.int64)
+        t, r, j = np.nonzero(
+            (np.arange(B.N)[None, :, None] >= np.arange(B.K)[None, None, :])
+            & (np.arange(B.K)[None, None, :] < kk[:, None, None])
+            & (
+                (np.arange(B.N)[None, :, None] < kk[:, None, None])
+                | (
+                    (np.arange(B.N)[None, :, None] >= B.K)
+                    & (np.arange(B.N)[None, :, None] < B.K + mm[:, None, None])
+                )
+            )
+        )
+        full = np.concatenate([B.col_idx, B.row_idx], axis=1).astype(np.int64)
+        rows.append(full[t, r])
+        cols.append(B.col_idx[t, j].astype(np.int64))
+        pos.append(np.stack([np.full(t.shape[0], b), B.block_pos(t, r, j)], 1))
     rows = sym.perm[np.concatenate(rows)]
     cols = sym.perm[np.concatenate(cols)]
     pos = np.concatenate(pos)
@@ -174,8 +203,8 @@ def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[
     _, _, pos = _l_pattern_maps(sym)
     chunks = {}
 
-    def emit(b, zf):
-        chunks[b] = zf.reshape(-1)
+    def emit(b, z11, z21, z22):
+        chunks[b] = _flat_blocks(z11, z21)
 
     _fronts(sym, fac, emit)
     out = []

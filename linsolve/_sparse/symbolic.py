@@ -44,16 +44,6 @@ import scipy.sparse.csgraph as csgraph
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
-class ExtendAdd:
-    """Children (all from one bucket of the level below) of a bucket's supernodes."""
-
-    base: np.ndarray  # (c,) int32 offset of each child's update matrix in the level pool
-    width: int  # padded size M of the child bucket
-    slot: np.ndarray  # (c,) int32 parent's batch index
-    rel: np.ndarray  # (c, width) int32 parent front row of each child row, N for padding
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
 class Bucket:
     """A batch of independent supernodes of one level, padded to a common size.
 
@@ -70,23 +60,24 @@ class Bucket:
     nrows: np.ndarray  # (b,) real below rows
     col_idx: np.ndarray  # (b, K) int32 permuted column of each pivot, n for padding
     row_idx: np.ndarray  # (b, M) int32 permuted row of each below row, n for padding
-    a_src: np.ndarray  # (q,) int32 index into [values, 1.0] (nnz means "the constant 1")
-    a_dst: np.ndarray  # (q,) int32 flat index into the (b, N, N) fronts, lower triangle
-    sel_pos: np.ndarray  # (r,) int32 flat front index of the stored entries read back here
-    # Where this bucket's fronts sit in the flat pools of its level: update matrices
-    # (b * M * M entries at u_offset) and selected-inverse fronts (b * N * N at z_offset).
+    # Where this bucket's pivot columns and update matrices sit in its level's flat P and
+    # U buffers (see `Level`).
+    p_offset: int
     u_offset: int
+    sel_pos: np.ndarray  # (r,) int32 flat block index (see block_pos) of the stored entries read back here
+    # The selected inverse keeps a bucket's fronts as three flat blocks, Z[J, J] (b, K, K),
+    # Z[I, J] (b, M, K) and Z[I, I] (b, M, M), one after the other at z_offset of its
+    # level's pool.
     z_offset: int
-    # Extend-add into this bucket from the level below, one group per child bucket; in a
-    # group, row t is a child supernode whose update matrix (width = that bucket's M)
-    # starts at base[t] in the child level's pool; its row i goes to row rel[t, i] of front
-    # slot[t] of this bucket (N for padding, dropped).
-    ea: tuple[ExtendAdd, ...]
     # Each supernode's position in its parent's front (selected inverse gathers Z[I, I]
-    # from there): the parent front starts at up_base[t] of the parent level's Z pool and is
-    # up_n[t] wide; below row i sits at row/column up_rel[t, i] (-1 for padding).
-    up_base: np.ndarray  # (b,) int32
-    up_n: np.ndarray  # (b,) int32
+    # from there): the parent's three blocks start at up_b11/up_b21/up_b22[t] of the parent
+    # level's pool, the parent bucket has up_K/up_M pivots/rows; below row i of the child
+    # sits at row/column up_rel[t, i] of the parent's front (-1 for padding).
+    up_b11: np.ndarray  # (b,) int32
+    up_b21: np.ndarray  # (b,) int32
+    up_b22: np.ndarray  # (b,) int32
+    up_K: np.ndarray  # (b,) int32
+    up_M: np.ndarray  # (b,) int32
     up_rel: np.ndarray  # (b, M) int32
 
     @property
@@ -94,8 +85,46 @@ class Bucket:
         return self.K + self.M
 
     @property
+    def z_size(self) -> int:
+        return self.size * (self.K * self.K + self.M * self.K + self.M * self.M)
+
+    def block_pos(self, t: np.ndarray, r: np.ndarray, c: np.ndarray) -> np.ndarray:
+        """Flat index in this bucket's selected-inverse blocks of front entry (t, r, c),
+        r >= c (lower triangle)."""
+        K, M, b = self.K, self.M, self.size
+        return np.where(
+            c < K,
+            np.where(r < K, (t * K + r) * K + c, b * K * K + (t * M + r - K) * K + c),
+            b * (K * K + M * K) + (t * M + r - K) * M + c - K,
+        )
+
+    @property
     def size(self) -> int:
         return int(self.supernodes.shape[0])
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Level:
+    """Assembly maps of one level of the supernodal tree (all its buckets at once).
+
+    The front of a supernode is kept as two arrays: its pivot columns `P = [F11; F21]`
+    `(b, N, K)` and its update matrix `U` `(b, M, M)`, which starts as `-L21 L21^T` and
+    receives the children's contributions in place. A level's P's and U's are concatenated
+    into flat buffers (bucket offsets in `Bucket.p_offset / u_offset`); the U buffer is
+    followed by `[values, 1.0]` (index nnz of that is the constant 1 put on padding
+    pivots), and that whole buffer is the *source* of the next level up (the deepest level's
+    source is `[values, 1.0]` alone). Assembly is one gather and one scatter-add per region:
+    `P[p_dst] += source[p_src]`, `U[u_dst] += source[u_src]`, destinations sorted. Only
+    lower triangles are assembled and read.
+    """
+
+    buckets: tuple[int, ...]
+    p_size: int
+    u_size: int
+    p_src: np.ndarray  # int32
+    p_dst: np.ndarray  # int32, sorted
+    u_src: np.ndarray  # int32
+    u_dst: np.ndarray  # int32, sorted
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -123,7 +152,7 @@ class Symbolic:
     sn_slot: np.ndarray  # (ns,) batch index inside the bucket
     buckets: tuple[Bucket, ...]
     levels: tuple[tuple[int, ...], ...]  # bucket ids per level, deepest level first
-    u_pool: tuple[int, ...]  # per level: entries of its update-matrix pool
+    level_maps: tuple[Level, ...]  # assembly maps, same order
     z_pool: tuple[int, ...]  # per level: entries of its selected-inverse front pool
     sel_order: np.ndarray  # (nnz,) entry e is element sel_order[e] of concat(sel per bucket)
     # statistics
@@ -325,6 +354,16 @@ def _order_amd(graph: sp.csr_matrix, n: int) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 
 
+def _unique(x: np.ndarray) -> np.ndarray:
+    """Sorted distinct values of an integer array (`np.unique` is hash-based since NumPy 2.3
+    and much slower than a plain sort on the millions of keys handled here)."""
+    x = np.sort(x)
+    keep = np.empty(x.shape[0], dtype=bool)
+    keep[:1] = True
+    np.not_equal(x[1:], x[:-1], out=keep[1:])
+    return x[keep]
+
+
 def _lower_pattern(r: np.ndarray, c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
     """Sorted, duplicate-free CSC pattern of the strict lower triangle of the permuted matrix.
 
@@ -332,7 +371,7 @@ def _lower_pattern(r: np.ndarray, c: np.ndarray, n: int) -> tuple[np.ndarray, np
     """
     lo, hi = np.minimum(r, c), np.maximum(r, c)
     keep = hi != lo
-    key = np.unique(lo[keep] * n + hi[keep])
+    key = _unique(lo[keep] * n + hi[keep])
     col, row = key // n, key % n
     lp = np.zeros(n + 1, dtype=np.int64)
     np.cumsum(np.bincount(col, minlength=n), out=lp[1:])
@@ -555,7 +594,7 @@ def _supernode_rows(sn_start, sn_parent, lp, li) -> tuple[np.ndarray, ...]:
     s, i = s[keep], i[keep]
     found = []
     while s.size:
-        key = np.unique(s * n + i)
+        key = _unique(s * n + i)
         s, i = key // n, key % n
         found.append(key)
         p = sn_parent[s]
@@ -563,7 +602,7 @@ def _supernode_rows(sn_start, sn_parent, lp, li) -> tuple[np.ndarray, ...]:
         s, i, p = s[up], i[up], p[up]
         beyond = i >= sn_end[p]
         s, i = p[beyond], i[beyond]
-    key = np.unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
+    key = _unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
     owner, rows = key // n, key % n
     bounds = np.searchsorted(owner, np.arange(ns + 1))
     return tuple(rows[bounds[t] : bounds[t + 1]] for t in range(ns))
@@ -725,25 +764,29 @@ def _schedule(
     e_col = lo - sn_start[e_sn]
     e_bucket = bucket_of[e_sn]
     e_N = bN[e_bucket]
-    e_pos = (sn_slot[e_sn] * e_N + e_row) * e_N + e_col
-    # An unread (upper) entry whose mirror is not in the pattern of L reads back as zero:
-    # point it one past the end of its bucket's fronts.
     bsize = np.array([s.shape[0] for s in bucket_members], dtype=np.int64)
-    e_pos = np.where(e_found, e_pos, bsize[e_bucket] * e_N * e_N)
+    e_K = bK[e_bucket]
+    e_M = e_N - e_K
+    e_t = sn_slot[e_sn]
+    e_pos = np.where(
+        e_row < e_K,
+        (e_t * e_K + e_row) * e_K + e_col,
+        bsize[e_bucket] * e_K * e_K + (e_t * e_M + e_row - e_K) * e_K + e_col,
+    )
+    # An unread (upper) entry whose mirror is not in the pattern of L reads back as zero:
+    # point it one past the end of its bucket's blocks.
+    e_pos = np.where(e_found, e_pos, bsize[e_bucket] * (e_N * e_N - e_M * e_K))
 
     weight = np.where(entry_read, np.where(entry_row == entry_col, 1.0, 2.0), 0.0)
 
     # Pool layout of every level (buckets of a level in order).
-    u_offset = np.zeros(nb, dtype=np.int64)
     z_offset = np.zeros(nb, dtype=np.int64)
-    u_pool, z_pool = [], []
+    z_pool = []
     for ids in levels:
-        uo = zo = 0
+        zo = 0
         for b in ids:
-            u_offset[b], z_offset[b] = uo, zo
-            uo += int(bsize[b] * bM[b] * bM[b])
-            zo += int(bsize[b] * bN[b] * bN[b])
-        u_pool.append(uo)
+            z_offset[b] = zo
+            zo += int(bsize[b] * (bK[b] * bK[b] + bM[b] * bK[b] + bM[b] * bM[b]))
         z_pool.append(zo)
 
     # Position of every child's below rows in its parent's front.
@@ -772,6 +815,65 @@ def _schedule(
     kid_bounds = np.concatenate([[0], np.cumsum(kid_counts)])
     kids_of_bucket = [kids_order[kid_bounds[b] : kid_bounds[b + 1]] for b in range(nb)]
 
+    # Row-major lower triangle of the largest update matrix: its first m (m + 1) / 2 entries
+    # are the lower triangle of an m x m one.
+    tri_i, tri_j = np.tril_indices(int(m.max()) if ns else 0)
+
+    def extend_add(kids: np.ndarray):
+        """Child bucket, flat source index in its update matrices, and parent-front
+        (row, col) of every real lower-triangle entry of the update matrices of `kids`."""
+        tc = m[kids] * (m[kids] + 1) // 2
+        start = np.concatenate([[0], np.cumsum(tc)])
+        kid = np.repeat(kids, tc)
+        local = np.arange(start[-1]) - np.repeat(start[:-1], tc)
+        ti, tj = tri_i[local], tri_j[local]
+        cb = bucket_of[kid]
+        w = bM[cb]
+        src = (sn_slot[kid] * w + ti) * w + tj
+        ri, rj = rel_all[rel_off[kid] + ti], rel_all[rel_off[kid] + tj]
+        return cb, src, sn_slot[sn_parent[kid]], ri, rj
+
+    # Flat level buffers: P's, then U's followed by [values, 1.0].
+    p_offset = np.zeros(nb, dtype=np.int64)
+    u_offset = np.zeros(nb, dtype=np.int64)
+    p_size, u_size = [], []
+    for ids in levels:
+        po = uo = 0
+        for b in ids:
+            p_offset[b], u_offset[b] = po, uo
+            po += int(bsize[b] * bN[b] * bK[b])
+            uo += int(bsize[b] * bM[b] * bM[b])
+        p_size.append(po)
+        u_size.append(uo)
+
+    def assembly_maps(b, sel, pad_t, pad_j, kids, values_at):
+        """(P src, P dst, U src, U dst) of bucket b in level-buffer coordinates; the stored
+        values sit at `values_at` in the source buffer."""
+        K, M, N = int(bK[b]), int(bM[b]), int(bN[b])
+        a_slot = sn_slot[e_sn[sel]]
+        p_src = [values_at + sel, np.full(pad_t.shape[0], values_at + nnz, np.int64)]
+        p_dst = [(a_slot * N + e_row[sel]) * K + e_col[sel], (pad_t * N + pad_j) * K + pad_j]
+        u_src, u_dst = [], []
+        if kids.size:
+            cb, src, slot, ri, rj = extend_add(kids)
+            src = src + u_offset[cb]
+            piv = rj < K
+            p_src.append(src[piv])
+            p_dst.append((slot[piv] * N + ri[piv]) * K + rj[piv])
+            u_src.append(src[~piv])
+            u_dst.append((slot[~piv] * M + ri[~piv] - K) * M + rj[~piv] - K)
+        cat = lambda x: np.concatenate(x) if x else np.zeros(0, np.int64)  # noqa: E731
+        return (
+            cat(p_src),
+            cat(p_dst) + p_offset[b],
+            cat(u_src),
+            cat(u_dst) + u_offset[b],
+        )
+
+    level_index = np.zeros(nb, dtype=np.int64)
+    for i, ids in enumerate(levels):
+        level_index[list(ids)] = i
+    raw_maps: list = [None] * nb
     buckets = []
     read_idx = np.nonzero(entry_read)[0]
     read_bucket = e_bucket[read_idx]
@@ -789,32 +891,22 @@ def _schedule(
 
         sel = read_idx[read_bucket == b]
         pad_t, pad_j = np.nonzero(~col_valid)
-        a_src = np.concatenate([sel, np.full(pad_t.shape[0], nnz, np.int64)])
-        a_dst = np.concatenate([e_pos[sel], (pad_t * N + pad_j) * N + pad_j])
+        lev_i = level_index[b]
+        values_at = u_size[lev_i - 1] if lev_i else 0
+        raw_maps[b] = assembly_maps(b, sel, pad_t, pad_j, kids_of_bucket[b], values_at)
         mine = np.nonzero(e_bucket == b)[0]
         sel_chunks.append(mine)
 
-        kids = kids_of_bucket[b]
-        ea = []
-        for cb in np.unique(bucket_of[kids]):
-            grp = kids[bucket_of[kids] == cb]
-            width = int(bM[cb])
-            if width == 0:
-                continue
-            ea.append(
-                ExtendAdd(
-                    base=(u_offset[cb] + sn_slot[grp] * width * width).astype(np.int32),
-                    width=width,
-                    slot=sn_slot[sn_parent[grp]].astype(np.int32),
-                    rel=rel_rows(grp, width, np.full(grp.shape[0], N)).astype(np.int32),
-                )
-            )
         has_parent = sn_parent[sns] >= 0
         pb = np.where(has_parent, bucket_of[np.maximum(sn_parent[sns], 0)], 0)
-        up_n = np.where(has_parent, bN[pb], 0)
-        up_base = np.where(
-            has_parent, z_offset[pb] + sn_slot[np.maximum(sn_parent[sns], 0)] * up_n * up_n, 0
-        )
+        ps = sn_slot[np.maximum(sn_parent[sns], 0)]
+        pK, pM, pz = bK[pb], bM[pb], z_offset[pb]
+        pn = bsize[pb]
+        up_K = np.where(has_parent, pK, 0)
+        up_M = np.where(has_parent, pM, 0)
+        up_b11 = np.where(has_parent, pz + ps * pK * pK, 0)
+        up_b21 = np.where(has_parent, pz + pn * pK * pK + ps * pM * pK, 0)
+        up_b22 = np.where(has_parent, pz + pn * (pK * pK + pM * pK) + ps * pM * pM, 0)
         up_rel = rel_rows(sns, M, np.full(bs, -1)) if M else np.zeros((bs, 0), np.int64)
         buckets.append(
             Bucket(
@@ -826,15 +918,31 @@ def _schedule(
                 nrows=m[sns],
                 col_idx=col_idx.astype(np.int32),
                 row_idx=row_idx.astype(np.int32),
-                a_src=a_src.astype(np.int32),
-                a_dst=a_dst.astype(np.int32),
-                sel_pos=e_pos[mine].astype(np.int32),
+                p_offset=int(p_offset[b]),
                 u_offset=int(u_offset[b]),
+                sel_pos=e_pos[mine].astype(np.int32),
                 z_offset=int(z_offset[b]),
-                ea=tuple(ea),
-                up_base=up_base.astype(np.int32),
-                up_n=up_n.astype(np.int32),
+                up_b11=up_b11.astype(np.int32),
+                up_b21=up_b21.astype(np.int32),
+                up_b22=up_b22.astype(np.int32),
+                up_K=up_K.astype(np.int32),
+                up_M=up_M.astype(np.int32),
                 up_rel=up_rel.astype(np.int32),
+            )
+        )
+    level_maps = []
+    for i, ids in enumerate(levels):
+        parts = [np.concatenate([raw_maps[b][j] for b in ids]) for j in range(4)]
+        po, uo = np.argsort(parts[1], kind="stable"), np.argsort(parts[3], kind="stable")
+        level_maps.append(
+            Level(
+                buckets=tuple(ids),
+                p_size=p_size[i],
+                u_size=u_size[i],
+                p_src=parts[0][po].astype(np.int32),
+                p_dst=parts[1][po].astype(np.int32),
+                u_src=parts[2][uo].astype(np.int32),
+                u_dst=parts[3][uo].astype(np.int32),
             )
         )
     order = np.concatenate(sel_chunks) if sel_chunks else np.zeros(0, np.int64)
@@ -842,7 +950,7 @@ def _schedule(
     sel_order[order] = np.arange(order.shape[0])
 
     nnz_L_padded = int(np.sum(bsize * (bK * (bK + 1) // 2 + bK * bM)))
-    if max(max(z_pool), nnz + 1, n + 1) >= 2**31:
+    if max(max(z_pool), max(u_size) + nnz + 1, max(p_size), n + 1) >= 2**31:
         raise ValueError("sparse factor too large for 32-bit index maps")
 
     return Symbolic(
@@ -862,7 +970,7 @@ def _schedule(
         sn_slot=sn_slot,
         buckets=tuple(buckets),
         levels=tuple(tuple(x) for x in levels),
-        u_pool=tuple(u_pool),
+        level_maps=tuple(level_maps),
         z_pool=tuple(z_pool),
         sel_order=sel_order,
         nnz_L=nnz_L,
