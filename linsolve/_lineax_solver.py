@@ -18,6 +18,7 @@ its own JVP and transpose rules); a solver only says how to factorize (`init`), 
   differentiating, and lineax passes the same options to the derivative's tangent solves.
 """
 
+import dataclasses
 from typing import Any
 
 import equinox as eqx
@@ -125,12 +126,12 @@ class LineaxSolver(lx.AbstractLinearSolver):
 
     def transpose(self, state: _State, options: dict[str, Any]) -> tuple[_State, dict[str, Any]]:
         self._check_options(options)
-        flipped = _State(
-            state.inner,
-            state.vector_structure,
-            state.solution_structure,
-            not state.transposed,
-            state.conjugated,
+        # Aᵀ maps the other way: the two structures swap.
+        flipped = dataclasses.replace(
+            state,
+            solution_structure=state.vector_structure,
+            vector_structure=state.solution_structure,
+            transposed=not state.transposed,
         )
         # The transposed system's initial guess is the adjoint one, and back.
         swapped = {"y0": options.get("adjoint_y0"), "adjoint_y0": options.get("y0")}
@@ -138,13 +139,7 @@ class LineaxSolver(lx.AbstractLinearSolver):
 
     def conj(self, state: _State, options: dict[str, Any]) -> tuple[_State, dict[str, Any]]:
         self._check_options(options)
-        flipped = _State(
-            state.inner,
-            state.solution_structure,
-            state.vector_structure,
-            state.transposed,
-            not state.conjugated,
-        )
+        flipped = dataclasses.replace(state, conjugated=not state.conjugated)
         conj_options = {k: jax.tree_util.tree_map(jnp.conj, v) for k, v in options.items()}
         return flipped, conj_options
 
