@@ -14,7 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
-from ._structure import effective_matrix, read_diagonal
+from ._structure import effective_matrix, lower_read, read_diagonal, structured_matvec
 from ._tags import (
     add_tags,
     as_tags,
@@ -57,6 +57,12 @@ class AbstractOperator(eqx.Module):
     @abc.abstractmethod
     def transpose(self) -> "AbstractOperator":
         """The operator `A.T` (plain transpose; no conjugation)."""
+
+    def _lower_matrix(self) -> Array:
+        """A matrix whose lower triangle (diagonal included) is that of `as_matrix()`; the
+        strict upper triangle is unspecified. For factorizations that read one triangle
+        (Cholesky), so a stored matrix needs no mirrored copy."""
+        return self.as_matrix()
 
     @property
     @abc.abstractmethod
@@ -202,16 +208,19 @@ class MatrixOperator(AbstractOperator):
         return effective_matrix(self.matrix, self._tags)
 
     def _mv(self, x):
-        return self._effective() @ x
+        return structured_matvec(self.matrix, x, self._tags)
 
     def _mm(self, x):
-        return self._effective() @ x
+        return structured_matvec(self.matrix, x, self._tags)
 
     def rmv(self, y):
         return self._effective().T @ y
 
     def as_matrix(self):
         return self._effective()
+
+    def _lower_matrix(self):
+        return lower_read(self.matrix, self._tags)
 
     def transpose(self):
         if is_self_adjoint(self._tags) or diagonal_tag in self._tags:

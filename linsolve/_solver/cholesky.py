@@ -10,7 +10,7 @@ from jaxtyping import Array
 
 from .._solution import RESULTS
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
-from .abstract import AbstractSolver, dense_input, input_check, tag_names
+from .abstract import AbstractSolver, input_check, tag_names
 
 
 class _CholeskyState(eqx.Module):
@@ -35,7 +35,9 @@ class Cholesky(AbstractSolver):
             )
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"Cholesky needs a square operator; got shape {operator.shape}.")
-        matrix = dense_input(operator)
+        # LAPACK/cuSOLVER potrf reads only the lower triangle (so does lax.linalg.cholesky
+        # with symmetrize_input=False): no need to form the mirrored upper one.
+        matrix = operator._lower_matrix()
         if negative:
             matrix = -matrix
         factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
