@@ -21,6 +21,7 @@ Usage:
     python benchmarks/dense.py --sizes 50 100 --repeats 3 --compile-repeats 1
     python benchmarks/dense.py --markdown              # tables for docs/benchmarks.md
     python benchmarks/dense.py --threads all           # multithreaded BLAS (default: 1 thread)
+    python benchmarks/dense.py --kernels               # LAPACK kernels alone vs lineax's v&g
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 """
@@ -255,6 +256,37 @@ def kernel_counts(families, n):
     return header, rows
 
 
+def kernel_share(sizes, repeats):
+    """The LAPACK kernels alone — potrf, getrf and the four triangular solves, each jitted
+    on its own — against lineax's whole value_and_grad, sampled together: how much of
+    that time any method could still save."""
+    header = ["n", "potrf", "4 × trsm", "getrf", "lineax v&g chol", "lineax v&g lu",
+              "(potrf + 4 trsm) / lineax chol", "getrf / lineax lu", "ls/lineax chol", "ls/lineax lu"]
+    rows = []
+    for n in sizes:
+        A, b = problem(n)
+        potrf = jax.jit(_chol_factor).lower(A).compile()
+        L = potrf(A)
+        trsm4 = jax.jit(lambda L, b: _chol_solve(L, _chol_solve(L, b))).lower(L, b).compile()
+        calls = {
+            "potrf": (potrf, (A,)),
+            "trsm": (trsm4, (L, b)),
+            "getrf": (jax.jit(jsl.lu_factor).lower(A).compile(), (A,)),
+        }
+        for family in ("cholesky", "lu"):
+            for name in ("linsolve", "lineax"):
+                fn = jax.value_and_grad(make_loss(FAMILIES[family][name]), argnums=(0, 1))
+                calls[(family, name)] = (jax.jit(fn).lower(A, b).compile(), (A, b))
+        t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+        lx_c, lx_l = t[("cholesky", "lineax")], t[("lu", "lineax")]
+        rows.append([
+            n, format_seconds(t["potrf"]), format_seconds(t["trsm"]), format_seconds(t["getrf"]),
+            format_seconds(lx_c), format_seconds(lx_l), ratio(t["potrf"] + t["trsm"], lx_c),
+            ratio(t["getrf"], lx_l), ratio(t[("cholesky", "linsolve")], lx_c), ratio(t[("lu", "linsolve")], lx_l),
+        ])
+    return header, rows
+
+
 def ratio(x, y):
     return f"{x / y:.2f}"
 
@@ -356,6 +388,10 @@ def main(argv=None):
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument(
+        "--kernels", action="store_true",
+        help="only time the bare LAPACK kernels against lineax's value_and_grad (21 samples)",
+    )
+    parser.add_argument(
         "--threads",
         default="1",
         help="BLAS/XLA CPU threads: a number, or 'all' for the library defaults (default 1)",
@@ -363,6 +399,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(environment())
+    if args.kernels:
+        header, rows = kernel_share(args.sizes, max(args.repeats, 21))
+        print("LAPACK kernels alone vs value_and_grad (median, sampled together):")
+        print(format_table(header, rows, args.markdown))
+        return
     print(f"float64; sizes {args.sizes}; {args.repeats} timed samples, {args.compile_repeats} cold compiles each\n")
     header, rows = kernel_counts(args.families, min(args.sizes))
     print(f"Kernels and ops in the optimised HLO of value_and_grad (n = {min(args.sizes)}):")

@@ -10,6 +10,7 @@ def fd_grad(f, x, eps=1e-6):
     (real and imaginary parts separately for complex `x`), returned in JAX's convention
     for complex inputs: ∂f/∂Re − i ∂f/∂Im."""
     x = np.asarray(x)
+    f = jax.jit(f)  # one compilation for the 2·size evaluations (jit of a jit is free)
     out = np.zeros(x.shape, dtype=x.dtype)
     directions = [1.0] + ([1j] if np.iscomplexobj(x) else [])
     for idx in np.ndindex(x.shape):
