@@ -23,7 +23,7 @@ def fd_grad(f, x, eps=1e-6):
 
 
 def assert_grad_matches_fd(f, x, *, rtol=1e-6, atol=1e-7, eps=1e-6):
-    g = np.asarray(jax.grad(f)(jnp.asarray(x)))
+    g = np.asarray(jax.jit(jax.grad(f))(jnp.asarray(x)))
     fd = fd_grad(f, x, eps)
     np.testing.assert_allclose(g, fd, rtol=rtol, atol=atol)
     return g

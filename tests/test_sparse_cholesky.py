@@ -32,11 +32,15 @@ def test_solve_logdet_inverse_match_dense():
         op = ls.SparseOperator.from_scipy(stored, PSD)
         assert isinstance(ls.AutoSolver().select(op), ls.SparseCholesky)
         b = np.arange(25.0).reshape(25, 1) * np.ones((1, 2))
-        np.testing.assert_allclose(ls.linear_solve(op, b).value, np.linalg.solve(DENSE, b), atol=1e-12)
-        np.testing.assert_allclose(ls.logdet(op), np.linalg.slogdet(DENSE)[1], rtol=1e-12)
+        # (jitted: eager sparse code dispatches one op at a time, seconds per call)
+        solve, logdet, diag_inverse, selected_inverse = map(
+            eqx.filter_jit, (ls.linear_solve, ls.logdet, ls.diag_inverse, ls.selected_inverse)
+        )
+        np.testing.assert_allclose(solve(op, b).value, np.linalg.solve(DENSE, b), atol=1e-12)
+        np.testing.assert_allclose(logdet(op), np.linalg.slogdet(DENSE)[1], rtol=1e-12)
         inv = np.linalg.inv(DENSE)
-        np.testing.assert_allclose(ls.diag_inverse(op), np.diag(inv), atol=1e-12)
-        sel = ls.selected_inverse(op)
+        np.testing.assert_allclose(diag_inverse(op), np.diag(inv), atol=1e-12)
+        sel = selected_inverse(op)
         r, c = sel.pattern.rows, sel.pattern.cols
         np.testing.assert_allclose(sel.values, inv[r, c], atol=1e-12)
         assert np.all(r >= c)
@@ -63,13 +67,14 @@ def test_gradients_wrt_stored_values():
 def test_vmap_over_values_and_non_pd():
     op = ls.SparseOperator.from_scipy(sp.tril(A), PSD)
     batch = jnp.stack([op.values, 2 * op.values])
-    out = jax.vmap(lambda v: ls.logdet(_op(v, op)))(batch)
+    out = jax.jit(jax.vmap(lambda v: ls.logdet(_op(v, op))))(batch)
     np.testing.assert_allclose(out, [np.linalg.slogdet(s * DENSE)[1] for s in (1, 2)], rtol=1e-12)
     xs = eqx.filter_jit(jax.vmap(lambda v: ls.linear_solve(_op(v, op), jnp.ones(25)).value))(batch)
     np.testing.assert_allclose(xs[1], np.linalg.solve(2 * DENSE, np.ones(25)), atol=1e-12)
     bad = ls.SparseOperator.from_scipy(sp.tril(A) - 10 * sp.eye(25), PSD)
-    assert ls.linear_solve(bad, jnp.ones(25), throw=False).result == ls.RESULTS.not_positive_definite
+    solve = eqx.filter_jit(ls.linear_solve)
+    assert solve(bad, jnp.ones(25), throw=False).result == ls.RESULTS.not_positive_definite
     f32 = ls.SparseOperator.from_scipy(sp.tril(A).astype(np.float32), PSD)
-    x32 = ls.linear_solve(f32, jnp.ones(25, jnp.float32)).value
+    x32 = solve(f32, jnp.ones(25, jnp.float32)).value
     assert x32.dtype == jnp.float32
     np.testing.assert_allclose(x32, np.linalg.solve(DENSE, np.ones(25)), rtol=1e-4)
