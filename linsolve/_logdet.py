@@ -1,7 +1,8 @@
 """Log-determinants of dense operators, with their own derivative rules.
 
-`d log det A = tr(A⁻¹ dA)`: the tangent reuses the one factorization of the primal (a
-triangular solve per tangent, linear in `dA`, so JAX transposes it for reverse mode), and
+`d log det A = tr(A⁻¹ dA)`: the tangent reuses the one factorization of the primal (through
+`A⁻¹`, formed from it once; the tangent is an elementwise product with `dA`, so JAX
+transposes it for reverse mode), and
 since `A` is the effective matrix of the structure convention, the gradient is folded into
 the read triangle.
 """
@@ -10,9 +11,9 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array, Inexact, Real
 
+from . import _lapack
 from ._operator import as_operator
 from ._solver.abstract import AbstractSolver, dense_input
 from ._solver.auto import AutoSolver
@@ -26,22 +27,36 @@ from ._structure import read_diagonal
 from ._tags import negative_semidefinite_tag
 
 
-def _trace(x):
-    return jnp.trace(x, axis1=-2, axis2=-1)
+def _trace_product(inverse, t_matrix):
+    """`tr(A⁻¹ Ȧ)`, elementwise: linear in `Ȧ` with no solve to transpose."""
+    return jnp.sum(jnp.swapaxes(inverse, -1, -2) * t_matrix)
+
+
+def _inverse_jvp(inverse, t_matrix):
+    """`d(A⁻¹) = −A⁻¹ Ȧ A⁻¹`."""
+    return -inverse @ t_matrix @ inverse
 
 
 @jax.custom_jvp
-def _logdet_cholesky(matrix):
-    factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
-    return 2 * jnp.sum(jnp.log(jnp.real(jnp.diagonal(factor))))
+def _logdet_and_inverse_cholesky(matrix):
+    """`(log det A, A⁻¹)` from one Cholesky factorization. The derivative rules below use
+    only `A⁻¹` and products with it, so every order of derivative reuses that one
+    factorization, and the LAPACK calls are never differentiated themselves (see
+    `_lapack`). Without a derivative XLA drops the unused inverse."""
+    factor = _lapack.cholesky(matrix)
+    logdet = 2 * jnp.sum(jnp.log(jnp.real(jnp.diagonal(factor))))
+    return logdet, _lapack.cho_solve(factor, jnp.eye(matrix.shape[-1], dtype=matrix.dtype))
 
 
-@_logdet_cholesky.defjvp
-def _logdet_cholesky_jvp(primals, tangents):
+@_logdet_and_inverse_cholesky.defjvp
+def _logdet_and_inverse_cholesky_jvp(primals, tangents):
     (matrix,), (t_matrix,) = primals, tangents
-    factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
-    out = 2 * jnp.sum(jnp.log(jnp.real(jnp.diagonal(factor))))
-    return out, jnp.real(_trace(jsl.cho_solve((factor, True), t_matrix)))
+    logdet, inverse = _logdet_and_inverse_cholesky(matrix)
+    return (logdet, inverse), (jnp.real(_trace_product(inverse, t_matrix)), _inverse_jvp(inverse, t_matrix))
+
+
+def _logdet_cholesky(matrix):
+    return _logdet_and_inverse_cholesky(matrix)[0]
 
 
 def _lu_slogdet(lu, pivots):
@@ -55,19 +70,24 @@ def _lu_slogdet(lu, pivots):
 
 
 @jax.custom_jvp
-def _slogdet_lu(matrix):
-    lu, pivots, _ = jax.lax.linalg.lu(matrix)
-    return _lu_slogdet(lu, pivots)
-
-
-@_slogdet_lu.defjvp
-def _slogdet_lu_jvp(primals, tangents):
-    (matrix,), (t_matrix,) = primals, tangents
-    lu, pivots, _ = jax.lax.linalg.lu(matrix)
+def _slogdet_and_inverse_lu(matrix):
+    """`(sign, log|det A|, A⁻¹)` from one LU factorization (as for Cholesky above)."""
+    lu, pivots = _lapack.lu(matrix)
     sign, logabsdet = _lu_slogdet(lu, pivots)
-    t = _trace(jsl.lu_solve((lu, pivots), t_matrix))
+    return sign, logabsdet, _lapack.lu_solve(lu, pivots, jnp.eye(matrix.shape[-1], dtype=matrix.dtype))
+
+
+@_slogdet_and_inverse_lu.defjvp
+def _slogdet_and_inverse_lu_jvp(primals, tangents):
+    (matrix,), (t_matrix,) = primals, tangents
+    sign, logabsdet, inverse = _slogdet_and_inverse_lu(matrix)
+    t = _trace_product(inverse, t_matrix)
     t_sign = sign * 1j * jnp.imag(t) if jnp.iscomplexobj(t) else jnp.zeros_like(sign)
-    return (sign, logabsdet), (t_sign.astype(sign.dtype), jnp.real(t))
+    return (sign, logabsdet, inverse), (t_sign.astype(sign.dtype), jnp.real(t), _inverse_jvp(inverse, t_matrix))
+
+
+def _slogdet_lu(matrix):
+    return _slogdet_and_inverse_lu(matrix)[:2]
 
 
 def _check_square(operator, name):

@@ -32,3 +32,28 @@ def assert_grad_matches_fd(f, x, *, rtol=1e-6, atol=1e-7, eps=1e-6):
 def real_loss(x):
     """A real scalar loss that depends on every entry (and on both parts if complex)."""
     return jnp.sum(jnp.sin(jnp.real(x))) + jnp.sum(jnp.cos(jnp.imag(x)) * jnp.imag(x))
+
+
+def count_primitive(closed_jaxpr, name):
+    """Count equations of a primitive in a jaxpr, recursing into sub-jaxprs."""
+
+    def walk(jaxpr):
+        total = 0
+        for eqn in jaxpr.eqns:
+            if eqn.primitive.name == name:
+                total += 1
+            for sub in _subjaxprs(eqn.params):
+                total += walk(sub)
+        return total
+
+    return walk(closed_jaxpr.jaxpr)
+
+
+def _subjaxprs(params):
+    for v in params.values():
+        vals = v if isinstance(v, (tuple, list)) else (v,)
+        for item in vals:
+            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
+                yield item.jaxpr
+            elif hasattr(item, "eqns"):
+                yield item

@@ -9,7 +9,7 @@ import pytest
 from jax.test_util import check_grads
 
 from cases import ALL_DTYPES, CASES, GRAD_DTYPES, reference_solution, rhs, skip_reason
-from helpers import assert_grad_matches_fd, real_loss
+from helpers import assert_grad_matches_fd, count_primitive, real_loss
 
 
 def _params(dtypes):
@@ -134,31 +134,6 @@ def test_y0_and_adjoint_y0_have_zero_derivative(case, dtype):
     np.testing.assert_allclose(g_traced, g_plain, rtol=1e-12, atol=1e-12)
 
 
-def _count_primitive(closed_jaxpr, name):
-    """Count equations of a primitive in a jaxpr, recursing into sub-jaxprs."""
-
-    def walk(jaxpr):
-        total = 0
-        for eqn in jaxpr.eqns:
-            if eqn.primitive.name == name:
-                total += 1
-            for sub in _subjaxprs(eqn.params):
-                total += walk(sub)
-        return total
-
-    return walk(closed_jaxpr.jaxpr)
-
-
-def _subjaxprs(params):
-    for v in params.values():
-        vals = v if isinstance(v, (tuple, list)) else (v,)
-        for item in vals:
-            if hasattr(item, "jaxpr") and hasattr(item.jaxpr, "eqns"):
-                yield item.jaxpr
-            elif hasattr(item, "eqns"):
-                yield item
-
-
 @pytest.mark.parametrize(
     "tags,solver,primitive",
     [((), "LU", "lu"), ((__import__("linsolve").positive_semidefinite_tag,), "Cholesky", "cholesky")],
@@ -175,8 +150,8 @@ def test_reverse_mode_does_not_factorize_again(tags, solver, primitive):
         return ls.linear_solve(ls.MatrixOperator(a, tags), b, getattr(ls, solver)()).value.sum()
 
     jaxpr = jax.make_jaxpr(jax.grad(f, argnums=(0, 1)))(jnp.asarray(a), b)
-    assert _count_primitive(jaxpr, primitive) == 1
+    assert count_primitive(jaxpr, primitive) == 1
     jaxpr_fwd = jax.make_jaxpr(lambda a, b, ta: jax.jvp(lambda a: f(a, b), (a,), (ta,)))(
         jnp.asarray(a), b, jnp.asarray(a)
     )
-    assert _count_primitive(jaxpr_fwd, primitive) == 1
+    assert count_primitive(jaxpr_fwd, primitive) == 1

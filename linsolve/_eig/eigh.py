@@ -20,19 +20,30 @@ import jax
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 
+from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, result_code
 from .adjoint import eigenpair_tangents
 from .lobpcg import Eigenpairs, _check_operator
 
 
-def _dense_eigh(a, b):
-    if b is None:
-        return jnp.linalg.eigh(a)
+@unbatched_on_cpu(1)
+def _standard_eigh(a):
+    return jnp.linalg.eigh(a)
+
+
+@unbatched_on_cpu(2)
+def _generalized_eigh(a, b):
     chol = jnp.linalg.cholesky(b)
     c = jsl.solve_triangular(chol, a, lower=True)
     c = jsl.solve_triangular(chol, c.T, lower=True)
     values, y = jnp.linalg.eigh(c)
     return values, jsl.solve_triangular(chol.T, y, lower=False)
+
+
+def _dense_eigh(a, b):
+    # (The primal of a custom JVP: never differentiated, so it may loop under vmap.)
+    a = jax.lax.stop_gradient(a)
+    return _standard_eigh(a) if b is None else _generalized_eigh(a, jax.lax.stop_gradient(b))
 
 
 @eqx.filter_custom_jvp

@@ -5,9 +5,9 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
+from .. import _lapack
 from .._solution import RESULTS
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
 from .abstract import AbstractSolver, input_check, tag_names
@@ -40,14 +40,14 @@ class Cholesky(AbstractSolver):
         matrix = operator._lower_matrix()
         if negative:
             matrix = -matrix
-        factor = jax.lax.linalg.cholesky(matrix, symmetrize_input=False)
+        factor = _lapack.cholesky(jax.lax.stop_gradient(matrix))  # the state is not differentiated
         # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
         failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
         result = input_check(operator, failed, RESULTS.not_positive_definite)
         return _CholeskyState(factor, negative, result)
 
     def _solve(self, state: _CholeskyState, vector):
-        x = jsl.cho_solve((state.factor, True), vector)
+        x = _lapack.cho_solve(state.factor, vector)
         return -x if state.negative else x
 
     def solve(self, state, vector, y0):

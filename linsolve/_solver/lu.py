@@ -3,9 +3,9 @@
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
+from .. import _lapack
 from .._solution import RESULTS
 from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
 
@@ -24,14 +24,14 @@ class LU(AbstractSolver):
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
         matrix = dense_input(operator)
-        lu, pivots, _ = jax.lax.linalg.lu(matrix)
+        lu, pivots = _lapack.lu(jax.lax.stop_gradient(matrix))  # the state is not differentiated
         result = input_check(operator, numerically_singular(lu), RESULTS.singular)
         return _LUState(lu, pivots, result)
 
     def solve(self, state, vector, y0):
         del y0
-        return jsl.lu_solve((state.lu, state.pivots), vector, trans=0), state.result, {}
+        return _lapack.lu_solve(state.lu, state.pivots, vector, 0), state.result, {}
 
     def transpose_solve(self, state, vector, y0):
         del y0
-        return jsl.lu_solve((state.lu, state.pivots), vector, trans=1), state.result, {}
+        return _lapack.lu_solve(state.lu, state.pivots, vector, 1), state.result, {}

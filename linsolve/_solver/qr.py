@@ -5,9 +5,10 @@ from typing import ClassVar
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
+import jax
 from jaxtyping import Array
 
+from .. import _lapack
 from .._solution import RESULTS
 from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
 
@@ -32,7 +33,8 @@ class QR(AbstractSolver):
         m, n = operator.shape
         wide = m < n
         # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
-        q, r = jnp.linalg.qr(jnp.conj(matrix.T) if wide else matrix, mode="reduced")
+        matrix = jax.lax.stop_gradient(matrix)  # the state is not differentiated
+        q, r = _lapack.qr(jnp.conj(matrix.T) if wide else matrix)
         result = input_check(operator, numerically_singular(r), RESULTS.singular)
         return _QRState(q, r, wide, result)
 
@@ -40,21 +42,21 @@ class QR(AbstractSolver):
         del y0
         q, r = state.q, state.r
         if state.wide:  # A = Rᴴ Qᴴ: x = Q R⁻ᴴ b
-            x = q @ jsl.solve_triangular(r, vector, trans="C", lower=False)
+            x = q @ _lapack.solve_triangular(r, vector, trans="C", lower=False)
         else:  # A = Q R: x = R⁻¹ Qᴴ b
-            x = jsl.solve_triangular(r, jnp.conj(q.T) @ vector, lower=False)
+            x = _lapack.solve_triangular(r, jnp.conj(q.T) @ vector, lower=False)
         return x, state.result, {}
 
     def gram_solve(self, state, vector):
         """Solve with the Gram matrix `AᴴA` (tall) or `AAᴴ` (wide), both `= RᴴR`."""
-        z = jsl.solve_triangular(state.r, vector, trans="C", lower=False)
-        return jsl.solve_triangular(state.r, z, lower=False)
+        z = _lapack.solve_triangular(state.r, vector, trans="C", lower=False)
+        return _lapack.solve_triangular(state.r, z, lower=False)
 
     def transpose_solve(self, state, vector, y0):
         del y0
         q, r = state.q, state.r
         if state.wide:  # Aᵀ = conj(Q) conj(R), tall: y = conj(R)⁻¹ Qᵀ c
-            y = jsl.solve_triangular(jnp.conj(r), q.T @ vector, lower=False)
+            y = _lapack.solve_triangular(jnp.conj(r), q.T @ vector, lower=False)
         else:  # Aᵀ = Rᵀ Qᵀ, wide: y = conj(Q) R⁻ᵀ c
-            y = jnp.conj(q) @ jsl.solve_triangular(r, vector, trans="T", lower=False)
+            y = jnp.conj(q) @ _lapack.solve_triangular(r, vector, trans="T", lower=False)
         return y, state.result, {}

@@ -2,9 +2,10 @@
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
+import jax
 from jaxtyping import Array
 
+from .. import _lapack
 from .._solution import RESULTS, first_failure
 from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
 from .._sparse.operator import SparseOperator
@@ -42,10 +43,10 @@ class Triangular(AbstractSolver):
         diagonal = jnp.diagonal(matrix)
         failed = jnp.any(diagonal == 0) | ~jnp.all(jnp.isfinite(diagonal))
         result = input_check(operator, failed, RESULTS.singular)
-        return _TriangularState(matrix, lower, unit, result)
+        return _TriangularState(jax.lax.stop_gradient(matrix), lower, unit, result)
 
     def _solve(self, state, vector, trans):
-        return jsl.solve_triangular(
+        return _lapack.solve_triangular(
             state.matrix, vector, trans=trans, lower=state.lower, unit_diagonal=state.unit
         )
 

@@ -1,0 +1,134 @@
+"""`vmap` over dense operators makes no batched LAPACK call on CPU (jaxlib 0.10).
+
+jaxlib 0.10 runs a batched CPU LAPACK call in chunks on XLA's thread pool and blocks a
+pool thread meanwhile; two such calls at once can deadlock (a `vmap`ped Gaussian-process
+likelihood, `logdet(K) + yᵀ K⁻¹ y`, hung on 2 cores). `linsolve._lapack` loops over a
+batch of matrices instead. These tests check the compiled programs, and run the program
+that hung in a subprocess with a timeout (a regression fails rather than hangs the suite).
+"""
+
+import re
+import subprocess
+import sys
+import textwrap
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import linsolve as ls
+from linsolve import _lapack
+
+PSD = ls.positive_semidefinite_tag
+
+pytestmark = pytest.mark.skipif(
+    not _lapack.AFFECTED or jax.default_backend() != "cpu",
+    reason="only jaxlib 0.10.x on CPU batches LAPACK calls on its thread pool",
+)
+
+
+def _lapack_batch_dims(fn, *args):
+    """`num_batch_dims` of every LAPACK custom call in the optimised CPU program."""
+    text = jax.jit(fn).lower(*args).compile().as_text()
+    dims = []
+    for line in text.splitlines():
+        if re.search(r'custom_call_target="lapack_', line):
+            found = re.search(r'num_batch_dims="(\d+)"', line)
+            dims.append(int(found.group(1)) if found else 0)
+    return dims
+
+
+def _spd_batch(rng, batch, n):
+    g = rng.standard_normal((batch, n, n))
+    return jnp.asarray(g @ np.swapaxes(g, 1, 2) + n * np.eye(n))
+
+
+SOLVES = {
+    "cholesky": lambda a, b: ls.linear_solve(ls.MatrixOperator(a, PSD), b, ls.Cholesky()).value,
+    "lu": lambda a, b: ls.linear_solve(ls.MatrixOperator(a), b, ls.LU()).value,
+    "qr": lambda a, b: ls.linear_solve(ls.MatrixOperator(a), b, ls.QR()).value,
+    "triangular": lambda a, b: ls.linear_solve(
+        ls.MatrixOperator(a, ls.lower_triangular_tag), b, ls.Triangular()
+    ).value,
+    "logdet": lambda a, b: ls.logdet(ls.MatrixOperator(a, PSD)) * b,
+    "slogdet": lambda a, b: ls.slogdet(ls.MatrixOperator(a))[1] * b,
+    "eigh": lambda a, b: ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag)).eigenvalues * b,
+    "eigh-generalized": lambda a, b: ls.eigh(
+        ls.MatrixOperator(a, ls.symmetric_tag), B=ls.MatrixOperator(a + jnp.eye(6), PSD)
+    ).eigenvalues * b,
+}
+
+
+@pytest.mark.parametrize("name", list(SOLVES))
+def test_vmap_over_matrices_makes_unbatched_lapack_calls(name):
+    rng = np.random.default_rng(0)
+    a = _spd_batch(rng, 3, 6)
+    b = jnp.asarray(rng.standard_normal((3, 6)))
+    solve = SOLVES[name]
+
+    def loss(a, b):
+        return jnp.sum(jnp.sin(solve(a, b)))
+
+    batched = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)))
+    dims = _lapack_batch_dims(batched, a, b)
+    assert dims and all(d == 0 for d in dims), dims
+    # Same values as one operator at a time.
+    value, (ga, gb) = jax.jit(batched)(a, b)
+    for i in range(3):
+        v, (gai, gbi) = jax.value_and_grad(loss, argnums=(0, 1))(a[i], b[i])
+        np.testing.assert_allclose(value[i], v, rtol=1e-12)
+        np.testing.assert_allclose(ga[i], gai, rtol=1e-10, atol=1e-12)
+        np.testing.assert_allclose(gb[i], gbi, rtol=1e-10, atol=1e-12)
+
+
+def test_vmap_over_right_hand_sides_only_keeps_one_call():
+    """One operator, a batch of right-hand sides: JAX's own rule (more columns in one
+    triangular solve), not a loop."""
+    rng = np.random.default_rng(1)
+    a = _spd_batch(rng, 1, 6)[0]
+    bs = jnp.asarray(rng.standard_normal((4, 6)))
+    solve = jax.vmap(SOLVES["cholesky"], in_axes=(None, 0))
+    text = jax.jit(solve).lower(a, bs).compile().as_text()
+    assert " while(" not in text
+    np.testing.assert_allclose(solve(a, bs), np.linalg.solve(a, bs.T).T, rtol=1e-12)
+
+
+def test_vmapped_likelihood_with_two_factorizations_does_not_hang():
+    """The program that deadlocked: two independent batched Cholesky factorizations (of
+    `logdet` and of the solve) and their reverse passes, batched over 16 matrices."""
+    script = textwrap.dedent(
+        """
+        import jax, jax.numpy as jnp, numpy as np
+        jax.config.update("jax_enable_x64", True)
+        import linsolve as ls
+        g = np.random.default_rng(0).standard_normal((16, 200, 200))
+        k = jnp.asarray(g @ np.swapaxes(g, 1, 2) + 200 * np.eye(200))
+        y = jnp.ones((16, 200))
+        def nll(k, y):
+            op = ls.MatrixOperator(k, ls.positive_semidefinite_tag)
+            return ls.logdet(op) + y @ ls.linear_solve(op, y).value
+        f = jax.jit(jax.vmap(jax.value_and_grad(nll)))
+        for i in range(20):
+            jax.block_until_ready(f(k + i * 1e-3, y))
+        print("done")
+        """
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+        )
+    except subprocess.TimeoutExpired:
+        pytest.fail("the vmapped likelihood hung (batched LAPACK calls deadlocked)")
+    assert "done" in out.stdout, out.stderr[-2000:]
+
+
+def test_nested_vmap_outer_over_matrices_inner_over_right_hand_sides():
+    rng = np.random.default_rng(2)
+    a = _spd_batch(rng, 3, 6)
+    bs = jnp.asarray(rng.standard_normal((3, 4, 6)))
+    solve = jax.vmap(jax.vmap(SOLVES["lu"], in_axes=(None, 0)), in_axes=(0, 0))
+    dims = _lapack_batch_dims(solve, a, bs)
+    assert dims and all(d == 0 for d in dims), dims
+    expected = np.stack([np.linalg.solve(a[i], bs[i].T).T for i in range(3)])
+    np.testing.assert_allclose(jax.jit(solve)(a, bs), expected, rtol=1e-11)
