@@ -22,6 +22,7 @@ Usage:
     python benchmarks/dense.py --markdown              # tables for docs/benchmarks.md
     python benchmarks/dense.py --threads all           # multithreaded BLAS (default: 1 thread)
     python benchmarks/dense.py --kernels               # LAPACK kernels alone vs lineax's v&g
+    python benchmarks/dense.py --vmap                  # vmap over batches of matrices
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 """
@@ -287,6 +288,26 @@ def kernel_share(sizes, repeats):
     return header, rows
 
 
+def vmap_batches(repeats):
+    """value_and_grad of a `vmap`ped Cholesky solve over a batch of matrices. With
+    jaxlib 0.10 on CPU linsolve loops over the batch (`linsolve._lapack`: batched LAPACK
+    calls can deadlock), where lineax and jax.scipy make one batched call."""
+    header = ["batch × n", "linsolve", "lineax", "jax.scipy cho_solve", "ls/lineax"]
+    rows = []
+    for batch, n in [(1000, 10), (100, 50), (16, 200)]:
+        g = np.random.default_rng(0).standard_normal((batch, n, n))
+        A = jnp.asarray(g @ np.swapaxes(g, 1, 2) + n * np.eye(n))
+        b = jnp.ones((batch, n))
+        calls = {}
+        for name in ("linsolve", "lineax", "jax.scipy cho_factor+cho_solve"):
+            fn = jax.vmap(jax.value_and_grad(make_loss(FAMILIES["cholesky"][name]), argnums=(0, 1)))
+            calls[name] = (jax.jit(fn).lower(A, b).compile(), (A, b))
+        t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+        rows.append([f"{batch} × {n}", format_seconds(t["linsolve"]), format_seconds(t["lineax"]),
+                     format_seconds(t["jax.scipy cho_factor+cho_solve"]), ratio(t["linsolve"], t["lineax"])])
+    return header, rows
+
+
 def ratio(x, y):
     return f"{x / y:.2f}"
 
@@ -388,6 +409,9 @@ def main(argv=None):
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument(
+        "--vmap", action="store_true", help="only time vmapped value_and_grad over batches of matrices"
+    )
+    parser.add_argument(
         "--kernels", action="store_true",
         help="only time the bare LAPACK kernels against lineax's value_and_grad (21 samples)",
     )
@@ -399,6 +423,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
 
     print(environment())
+    if args.vmap:
+        header, rows = vmap_batches(args.repeats)
+        print("vmap(value_and_grad) of a Cholesky solve over a batch of matrices (median):")
+        print(format_table(header, rows, args.markdown))
+        return
     if args.kernels:
         header, rows = kernel_share(args.sizes, max(args.repeats, 21))
         print("LAPACK kernels alone vs value_and_grad (median, sampled together):")
