@@ -98,6 +98,18 @@ def qr(matrix):
 
 
 @unbatched_on_cpu(1)
+def eigh(matrix):
+    """`(eigenvalues, eigenvectors)` of a symmetric/hermitian matrix (lower triangle)."""
+    return jnp.linalg.eigh(matrix)
+
+
+@unbatched_on_cpu(1)
+def svd(matrix):
+    """Reduced SVD `(u, s, vh)`."""
+    return jnp.linalg.svd(matrix, full_matrices=False)
+
+
+@unbatched_on_cpu(1)
 def cho_solve(factor, vector):
     """`A⁻¹ b` from the lower Cholesky factor of `A`."""
     return jsl.cho_solve((factor, True), vector)

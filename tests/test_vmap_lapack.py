@@ -132,3 +132,17 @@ def test_nested_vmap_outer_over_matrices_inner_over_right_hand_sides():
     assert dims and all(d == 0 for d in dims), dims
     expected = np.stack([np.linalg.solve(a[i], bs[i].T).T for i in range(3)])
     np.testing.assert_allclose(jax.jit(solve)(a, bs), expected, rtol=1e-11)
+
+
+def test_vmapped_lobpcg_makes_unbatched_lapack_calls():
+    """The small Rayleigh–Ritz eigenproblems and SVDs inside the iteration, too."""
+    rng = np.random.default_rng(3)
+    a = _spd_batch(rng, 2, 12)
+
+    def smallest(a):
+        return ls.lobpcg(ls.MatrixOperator(a, ls.symmetric_tag), 2, key=jax.random.key(0)).eigenvalues
+
+    batched = jax.vmap(smallest)
+    dims = _lapack_batch_dims(batched, a)
+    assert dims and all(d == 0 for d in dims), dims
+    np.testing.assert_allclose(jax.jit(batched)(a), np.linalg.eigvalsh(a)[:, :2], rtol=1e-8)

@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
+from .. import _lapack
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, first_failure
 from .._tags import is_self_adjoint
@@ -108,7 +109,7 @@ def _svqb(gram: Array, drop: float) -> tuple[Array, Array, Array]:
     d = jnp.diagonal(gram)
     nonzero = d > jnp.finfo(gram.dtype).tiny * c
     scale = jnp.where(nonzero, 1 / jnp.sqrt(jnp.where(nonzero, d, 1)), 0)
-    sig, vec = jnp.linalg.eigh(gram * scale[:, None] * scale[None, :])
+    sig, vec = _lapack.eigh(gram * scale[:, None] * scale[None, :])
     keep = sig > drop * jnp.max(sig)
     t = (scale[:, None] * vec) * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, sig, 1)), 0)
     smallest = jnp.min(jnp.where(keep, sig, jnp.inf))
@@ -121,7 +122,7 @@ def _ritz(proj: Array, valid: Array) -> tuple[Array, Array]:
     value, so that they sort last and stay decoupled. Ascending."""
     proj = jnp.where(valid[:, None] & valid[None, :], _sym(proj), 0)
     sentinel = 2 * jnp.sqrt(jnp.sum(proj * proj)) + 1
-    return jnp.linalg.eigh(proj + jnp.diag(jnp.where(valid, 0, sentinel)))
+    return _lapack.eigh(proj + jnp.diag(jnp.where(valid, 0, sentinel)))
 
 
 class _State(eqx.Module):
@@ -271,7 +272,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # dropped, zero basis directions.
     q2 = q[:, m:]
     genuine = jnp.arange(c - m) < jnp.sum(valid) - m
-    v, sv, _ = jnp.linalg.svd(jnp.where(genuine[:, None], q2[:m, :].T, 0), full_matrices=False)
+    v, sv, _ = _lapack.svd(jnp.where(genuine[:, None], q2[:m, :].T, 0))
     pvalid = sv > 10 * c * eps
     v = jnp.where(genuine[:, None] & pvalid[None, :], v, 0)
     coef = jnp.concatenate([q[:, :m], q2 @ v], axis=1).T
