@@ -40,6 +40,16 @@ def _positions(a):
     return jax.lax.broadcasted_iota(jnp.int32, shape, 0), jax.lax.broadcasted_iota(jnp.int32, shape, 1)
 
 
+def _diagonal_value(a, tags: frozenset):
+    """What `read_diagonal` says each diagonal entry is, as a full array (only its
+    diagonal is meant): selected on the diagonal mask, no gather/scatter."""
+    if unit_diagonal_tag in tags:
+        return jnp.ones_like(a)
+    if is_hermitian(tags, jnp.iscomplexobj(a)):
+        return jnp.real(a).astype(a.dtype)
+    return a
+
+
 def effective_matrix(a, tags: frozenset):
     """The matrix a tagged square array `a` (shape (..., n, n)) defines under the structure
     convention; an untagged array (any shape) is returned as is. Differentiable; unread
@@ -57,13 +67,7 @@ def effective_matrix(a, tags: frozenset):
     def part(mask, x):
         return jnp.where(mask, x, zero)
 
-    # The diagonal: what `read_diagonal` says, without extracting it (no gather/scatter).
-    if unit_diagonal_tag in tags:
-        diag = part(row == col, jnp.ones_like(a))
-    elif is_hermitian(tags, jnp.iscomplexobj(a)):
-        diag = part(row == col, jnp.real(a).astype(a.dtype))
-    else:
-        diag = part(row == col, a)
+    diag = part(row == col, _diagonal_value(a, tags))
     lower = lower_triangular_tag in tags
     upper = upper_triangular_tag in tags
     if diagonal_tag in tags or (is_self_adjoint(tags) and (lower or upper)):
@@ -88,11 +92,7 @@ def _split_parts(a, tags: frozenset):
     """(strict lower triangle, read diagonal) of a self-adjoint array, each zero elsewhere."""
     row, col = _positions(a)
     zero = jnp.zeros_like(a)
-    if is_hermitian(tags, jnp.iscomplexobj(a)):
-        diag = jnp.where(row == col, jnp.real(a).astype(a.dtype), zero)
-    else:
-        diag = jnp.where(row == col, a, zero)
-    return jnp.where(row > col, a, zero), diag
+    return jnp.where(row > col, a, zero), jnp.where(row == col, _diagonal_value(a, tags), zero)
 
 
 def _mirror_mv(lower, x, hermitian: bool):
@@ -143,5 +143,5 @@ def lower_read(a, tags: frozenset):
         return effective_matrix(a, tags)
     if is_hermitian(tags, jnp.iscomplexobj(a)):
         row, col = _positions(a)
-        return jnp.where(row == col, jnp.real(a).astype(a.dtype), a)
+        return jnp.where(row == col, _diagonal_value(a, tags), a)
     return a

@@ -4,8 +4,8 @@ rank) solves."""
 from typing import ClassVar
 
 import equinox as eqx
-import jax.numpy as jnp
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack

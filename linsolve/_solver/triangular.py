@@ -1,8 +1,8 @@
 """Triangular solves (lower / upper, optionally unit diagonal)."""
 
 import equinox as eqx
-import jax.numpy as jnp
 import jax
+import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
