@@ -3,17 +3,24 @@ elimination tree, postorder, column counts and supernodes (with relaxed amalgama
 
 This is the part of the symbolic phase that depends only on the graph; `symbolic.py` turns
 its result into the schedule and index maps of the numeric phase.
+
+The graph algorithms (elimination tree, postorder, column counts, amalgamation, supernode
+row structures) are the classical sequential ones, O(nnz(A) alpha(n)) or
+O(sum of supernode row counts); they are compiled with numba on first use (cached on disk,
+so later processes only load them) and never run as Python loops. The orderings are
+compiled libraries: METIS nested dissection (pymetis, the default) and AMD (SuiteSparse's,
+through cvxopt, on the sparse pattern; optional: `pip install linsolve[amd]`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import warnings
 
 import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
-
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class Structure:
@@ -33,54 +40,57 @@ class Structure:
 
 
 def supernodal_structure(indptr, indices, n: int, ordering: str, relax: bool) -> Structure:
-    """Ordering, elimination tree and supernodes of the CSC pattern `(indptr, indices)`."""
+    """Ordering, elimination tree and supernodes of the CSC pattern `(indptr, indices)`.
+
+    Only the lower triangle (row >= col) of the pattern is read; the diagonal of L is always
+    structurally nonzero.
+    """
+    if ordering not in ("auto", "metis", "amd", "rcm", "natural"):
+        raise ValueError(f"unknown ordering {ordering!r}")
+    indptr = np.asarray(indptr).astype(np.int64, copy=False)
+    entry_row = np.asarray(indices).astype(np.int64)
+    if (
+        indptr.shape != (n + 1,)
+        or indptr[0] != 0
+        or indptr[-1] != entry_row.shape[0]
+        or bool(np.any(np.diff(indptr) < 0))
+        or (entry_row.size and (entry_row.min() < 0 or entry_row.max() >= n))
+    ):
+        # Checked here: the compiled kernels below do not bounds-check their indexing.
+        raise ValueError(f"invalid CSC pattern for an {n} x {n} matrix")
     entry_col = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
-    entry_row = indices.astype(np.int64)
     read = entry_row >= entry_col
 
-    # Adjacency graph (no self loops) of the lower-triangle pattern, symmetrised.
+    # Strict lower pattern of the original matrix, as sorted distinct keys col * n + row.
     r, c = entry_row[read], entry_col[read]
     off = r != c
-    graph = sp.coo_matrix(
-        (np.ones(int(off.sum()), dtype=np.int8), (r[off], c[off])), shape=(n, n)
-    ).tocsr()
-    graph = (graph + graph.T).tocsr()
-    graph.sum_duplicates()
-    graph.sort_indices()
+    key = c[off] * n + r[off]
+    if key.size > 1 and not bool(np.all(key[1:] > key[:-1])):
+        key = _unique(key)  # unsorted columns or duplicate entries
+    lc, lr = key // n, key % n
+    kern = _kernels()
+    # Symmetric adjacency graph (no self loops) of the lower-triangle pattern, as CSR.
+    gp, gi = kern.adjacency(n, lc, lr)
+    anz = n + lc.shape[0]  # nnz of the lower triangle of A, diagonal included
 
-    perm0, used = _order(graph, n, ordering)
-
-    # Permuted lower pattern (diagonal always included: L has it, even if A stores no entry).
-    ip0 = np.empty(n, dtype=np.int64)
-    ip0[perm0] = np.arange(n)
-    lp, li = _lower_pattern(ip0[r], ip0[c], n)
-
-    parent0 = _etree(n, lp, li)
-    post = _postorder(parent0)
-    # Compose: new label k <- old permuted label post[k].
-    perm = perm0[post]
+    perm, parent, counts, used = _order_and_analyse(kern, gp, gi, lc, lr, n, anz, ordering)
     iperm = np.empty(n, dtype=np.int64)
-    iperm[perm] = np.arange(n)
-    ipost = np.empty(n, dtype=np.int64)
-    ipost[post] = np.arange(n)
-    parent = np.where(parent0[post] >= 0, ipost[np.maximum(parent0[post], 0)], -1)
-    lp, li = _lower_pattern(iperm[r], iperm[c], n)
-
-    counts = _column_counts(n, parent, lp, li)
+    iperm[perm] = np.arange(n, dtype=np.int64)
     nnz_L = int(counts.sum())
 
     sn_start = _fundamental_supernodes(n, parent, counts)
     if relax:
         sn_start = _relaxed_amalgamation(sn_start, parent, counts)
     ns = sn_start.shape[0] - 1
-    col2sn = np.repeat(np.arange(ns), np.diff(sn_start))
+    col2sn = np.repeat(np.arange(ns, dtype=np.int64), np.diff(sn_start))
     sn_last = sn_start[1:] - 1
     sn_parent = np.where(parent[sn_last] >= 0, col2sn[np.maximum(parent[sn_last], 0)], -1)
 
-    sn_rowptr, sn_rowind = _supernode_rows(sn_start, sn_parent, lp, li)
-    # Self-check: a supernode's below rows are those of its last column.
-    m = np.diff(sn_rowptr)
-    if not np.array_equal(m, counts[sn_last] - 1):
+    # A supernode's below-diagonal rows are those of its last column.
+    sn_rowptr = np.zeros(ns + 1, dtype=np.int64)
+    np.cumsum(counts[sn_last] - 1, out=sn_rowptr[1:])
+    sn_rowind, bad = kern.supernode_rows(sn_start, sn_parent, sn_rowptr, gp, gi, perm, iperm)
+    if bad >= 0:
         raise AssertionError("internal error: supernode structure disagrees with column counts")
 
     return Structure(
@@ -98,72 +108,6 @@ def supernodal_structure(indptr, indices, n: int, ordering: str, relax: bool) ->
     )
 
 
-# ---------------------------------------------------------------------------------------
-# Ordering
-# ---------------------------------------------------------------------------------------
-
-# The suitesparse-amd wrapper only accepts a dense matrix, so it is only usable when n^2
-# bytes are cheap.
-_AMD_MAX_N = 4096
-
-
-def _order(graph: sp.csr_matrix, n: int, ordering: str) -> tuple[np.ndarray, str]:
-    """A fill-reducing permutation `perm` (new -> old) and the name of the method used."""
-    if ordering not in ("auto", "metis", "amd", "rcm", "natural"):
-        raise ValueError(f"unknown ordering {ordering!r}")
-    if ordering == "natural" or graph.nnz == 0 or n <= 2:
-        return np.arange(n, dtype=np.int64), "natural"
-    if ordering in ("auto", "metis"):
-        try:
-            return _order_metis(graph, n), "metis"
-        except ImportError:
-            if ordering == "metis":
-                raise
-    if ordering in ("auto", "amd") and (n <= _AMD_MAX_N or ordering == "amd"):
-        try:
-            return _order_amd(graph, n), "amd"
-        except ImportError:
-            if ordering == "amd":
-                raise
-    if ordering == "auto":
-        warnings.warn(
-            "neither pymetis nor suitesparse-amd is installed: falling back to reverse "
-            "Cuthill-McKee ordering, which fills in much more",
-            stacklevel=4,
-        )
-    perm = csgraph.reverse_cuthill_mckee(graph, symmetric_mode=True)
-    return np.asarray(perm, dtype=np.int64), "rcm"
-
-
-def _order_metis(graph: sp.csr_matrix, n: int) -> np.ndarray:
-    import pymetis
-
-    adjacency = pymetis.CSRAdjacency(
-        adj_starts=graph.indptr.astype(np.int32), adjacent=graph.indices.astype(np.int32)
-    )
-    # METIS returns (perm, iperm); its `perm` is new -> old in our convention, but only use
-    # it after checking it is a permutation (a malformed graph would be a bug upstream).
-    first, _ = pymetis.nested_dissection(adjacency=adjacency)
-    perm = np.asarray(first, dtype=np.int64)
-    if perm.shape != (n,) or not np.array_equal(np.sort(perm), np.arange(n)):
-        raise AssertionError("pymetis returned an invalid permutation")
-    return perm
-
-
-def _order_amd(graph: sp.csr_matrix, n: int) -> np.ndarray:
-    from suitesparse_amd import amd
-
-    dense = graph.toarray().astype(np.int8)
-    dense[np.arange(n), np.arange(n)] = 1
-    perm, _ = amd.amd(dense, dense_permutation=False)
-    return np.asarray(perm, dtype=np.int64)
-
-
-# ---------------------------------------------------------------------------------------
-# Elimination tree, postorder, column counts
-# ---------------------------------------------------------------------------------------
-
-
 def _unique(x: np.ndarray) -> np.ndarray:
     """Sorted distinct values of an integer array (`np.unique` is hash-based since NumPy 2.3
     and much slower than a plain sort on the millions of keys handled here)."""
@@ -174,132 +118,103 @@ def _unique(x: np.ndarray) -> np.ndarray:
     return x[keep]
 
 
-def _lower_pattern(r: np.ndarray, c: np.ndarray, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """Sorted, duplicate-free CSC pattern of the strict lower triangle of the permuted matrix.
+# ---------------------------------------------------------------------------------------
+# Ordering
+# ---------------------------------------------------------------------------------------
 
-    `r, c` are permuted coordinates of the read entries (either triangle after permuting).
+def _order_and_analyse(kern, gp, gi, lc, lr, n, anz, ordering):
+    """Fill-reducing ordering, then postordered etree and column counts.
+
+    "auto" is METIS nested dissection when pymetis is installed, else AMD (cvxopt), else
+    reverse Cuthill-McKee. Nested dissection is preferred over AMD, although it takes longer
+    to compute (about 2 s against 0.3 s at n = 512^2): its elimination tree is balanced, with
+    far fewer levels than AMD's (15 against 36 on a 256^2 grid), and the numeric phase runs
+    one level at a time, so it is faster to compile and to run, with less fill on grids.
+    Returns `(perm, parent, counts, used)` with `perm` new -> old, already composed with the
+    postorder, and `parent`, `counts` in the new labels.
     """
-    lo, hi = np.minimum(r, c), np.maximum(r, c)
-    keep = hi != lo
-    key = _unique(lo[keep] * n + hi[keep])
-    col, row = key // n, key % n
-    lp = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(col, minlength=n), out=lp[1:])
-    return lp, row
-
-
-def _etree(n: int, lp: np.ndarray, li: np.ndarray) -> np.ndarray:
-    """Elimination tree from the strict lower CSC pattern (Liu, with path compression).
-
-    Processes rows in increasing order; for row k, walks from every column j < k with
-    A[k, j] != 0 up the partially built tree (with compressed 'ancestor' links) to its
-    current root, which becomes a child of k.
-    """
-    # Row-wise access to the strict lower triangle: for each row k, the columns j < k.
-    order = np.argsort(li, kind="stable")
-    cols_of_entry = np.repeat(np.arange(n), np.diff(lp))
-    row_cols = cols_of_entry[order].tolist()
-    rp = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(np.bincount(li, minlength=n), out=rp[1:])
-    rp = rp.tolist()
-
-    parent = [-1] * n
-    anc = [-1] * n
-    for k in range(n):
-        for p in range(rp[k], rp[k + 1]):
-            i = row_cols[p]
-            while i != -1 and i < k:
-                nxt = anc[i]
-                anc[i] = k
-                if nxt == -1:
-                    parent[i] = k
-                i = nxt
-    return np.asarray(parent, dtype=np.int64)
-
-
-def _postorder(parent: np.ndarray) -> np.ndarray:
-    """A depth-first postorder of the forest `parent` (children visited in label order)."""
-    n = parent.shape[0]
-    # children lists via a stable sort by parent
-    kids_order = np.argsort(parent, kind="stable")
-    counts = np.bincount(parent[parent >= 0], minlength=n)
-    kp = np.zeros(n + 1, dtype=np.int64)
-    np.cumsum(counts, out=kp[1:])
-    num_roots = int(np.sum(parent < 0))
-    kids = kids_order[num_roots:].tolist()  # roots sort first (parent == -1)
-    roots = kids_order[:num_roots].tolist()
-    kp = kp.tolist()
-
-    post = []
-    stack = []
-    for root in reversed(roots):
-        stack.append((root, False))
-    # Iterative DFS: push a node as 'expanded' after its children so it is emitted last.
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            post.append(node)
+    del anz
+    if ordering == "natural" or gi.shape[0] == 0 or n <= 2:
+        return _analyse_perm(kern, gp, gi, np.arange(n, dtype=np.int64)) + ("natural",)
+    if ordering == "rcm":
+        return _analyse_perm(kern, gp, gi, _order_rcm(gp, gi, n)) + ("rcm",)
+    if ordering == "amd":
+        return _analyse_perm(kern, gp, gi, _order_amd(lc, lr, n)) + ("amd",)
+    if ordering == "metis":
+        return _analyse_perm(kern, gp, gi, _order_metis(gp, gi, n)) + ("metis",)
+    for order, name in ((_order_metis, "metis"), (_order_amd, "amd")):
+        try:
+            perm = order(gp, gi, n) if name == "metis" else order(lc, lr, n)
+        except ImportError:
             continue
-        stack.append((node, True))
-        for child in reversed(kids[kp[node] : kp[node + 1]]):
-            stack.append((child, False))
-    # Roots in increasing label order, children in increasing label order.
-    return np.asarray(post, dtype=np.int64)
+        return _analyse_perm(kern, gp, gi, perm) + (name,)
+    warnings.warn(
+        "neither pymetis nor cvxopt (AMD) is installed: falling back to reverse "
+        "Cuthill-McKee ordering, which fills in much more",
+        stacklevel=4,
+    )
+    return _analyse_perm(kern, gp, gi, _order_rcm(gp, gi, n)) + ("rcm",)
 
 
-def _column_counts(n: int, parent: np.ndarray, lp: np.ndarray, li: np.ndarray) -> np.ndarray:
-    """Number of nonzeros (with the diagonal) in each column of L, for a postordered tree.
+def _cost(counts: np.ndarray) -> tuple[int, float]:
+    """Comparison key of an ordering: nnz(L), then the factorization flops."""
+    return int(counts.sum()), float(np.dot(counts.astype(np.float64), counts))
 
-    Row i of L is the 'row subtree' of the etree spanned by the columns j < i with
-    A[i, j] != 0.  colcount[j] counts the row subtrees containing j; it is the subtree sum
-    of weights that add +1 at each leaf of a row subtree, -1 at the least common ancestor of
-    consecutive leaves, and -1 at the parent of each row subtree's root (Gilbert, Ng and
-    Peyton). LCAs come from a disjoint-set forest with path compression.
-    """
-    parent_l = parent.tolist()
-    # first[j]: smallest (postorder) label in the subtree of j.
-    first = list(range(n))
-    for j in range(n):
-        p = parent_l[j]
-        if p >= 0 and first[j] < first[p]:
-            first[p] = first[j]
-    delta = [1 if first[j] == j else 0 for j in range(n)]
-    maxfirst = [-1] * n
-    prevleaf = [-1] * n
-    anc = list(range(n))
-    lpl = lp.tolist()
-    lil = li.tolist()
-    for j in range(n):
-        p = parent_l[j]
-        if p >= 0:
-            delta[p] -= 1
-        fj = first[j]
-        for q in range(lpl[j], lpl[j + 1]):
-            i = lil[q]  # i > j: A[i, j] != 0, so j is in the row subtree of i
-            if fj > maxfirst[i]:  # no earlier node of this row subtree is below j: a leaf
-                maxfirst[i] = fj
-                jprev = prevleaf[i]
-                prevleaf[i] = j
-                delta[j] += 1
-                if jprev != -1:
-                    # least common ancestor of the previous leaf and j
-                    a = jprev
-                    while a != anc[a]:
-                        a = anc[a]
-                    s = jprev
-                    while s != a:
-                        nxt = anc[s]
-                        anc[s] = a
-                        s = nxt
-                    delta[a] -= 1
-        if p >= 0:
-            anc[j] = p
-    counts = np.asarray(delta, dtype=np.int64)
-    for j in range(n):  # children precede parents in postorder
-        p = parent_l[j]
-        if p >= 0:
-            counts[p] += counts[j]
-    return counts
+
+def _analyse_perm(kern, gp, gi, perm0):
+    """Postordered `(perm, parent, counts)` for the fill-reducing ordering `perm0`."""
+    n = perm0.shape[0]
+    ip0 = np.empty(n, dtype=np.int64)
+    ip0[perm0] = np.arange(n, dtype=np.int64)
+    parent0 = kern.etree(n, gp, gi, perm0, ip0)
+    post = kern.postorder(parent0)
+    # Compose: new label k <- old permuted label post[k].
+    perm = perm0[post]
+    ipost = np.empty(n, dtype=np.int64)
+    ipost[post] = np.arange(n, dtype=np.int64)
+    p = parent0[post]
+    parent = np.where(p >= 0, ipost[np.maximum(p, 0)], -1)
+    iperm = np.empty(n, dtype=np.int64)
+    iperm[perm] = np.arange(n, dtype=np.int64)
+    counts = kern.column_counts(n, parent, gp, gi, perm, iperm)
+    return perm, parent, counts
+
+
+def _order_rcm(gp, gi, n) -> np.ndarray:
+    graph = sp.csr_matrix((np.ones(gi.shape[0], dtype=np.int8), gi, gp), shape=(n, n))
+    perm = csgraph.reverse_cuthill_mckee(graph, symmetric_mode=True)
+    return np.asarray(perm, dtype=np.int64)
+
+
+def _order_metis(gp, gi, n) -> np.ndarray:
+    import pymetis
+
+    adjacency = pymetis.CSRAdjacency(adj_starts=gp.astype(np.int32), adjacent=gi.astype(np.int32))
+    # METIS returns (perm, iperm); its `perm` is new -> old in our convention, but only use
+    # it after checking it is a permutation (a malformed graph would be a bug upstream).
+    first, _ = pymetis.nested_dissection(adjacency=adjacency)
+    perm = np.asarray(first, dtype=np.int64)
+    _check_perm(perm, n, "pymetis")
+    return perm
+
+
+def _order_amd(lc, lr, n) -> np.ndarray:
+    """SuiteSparse AMD (as in CHOLMOD, default parameters) on the strict lower pattern
+    `(lr, lc)`, through cvxopt's wrapper, which takes a sparse matrix (no dense n x n copy)."""
+    from cvxopt import amd, matrix, spmatrix
+
+    a = spmatrix(1.0, matrix(lr), matrix(lc), (n, n))
+    perm = np.asarray(amd.order(a, "L"), dtype=np.int64).reshape(-1)
+    _check_perm(perm, n, "AMD")
+    return perm
+
+
+def _check_perm(perm: np.ndarray, n: int, who: str) -> None:
+    seen = np.zeros(n, dtype=bool)
+    if perm.shape == (n,) and n > 0 and perm.min() >= 0 and perm.max() < n:
+        seen[perm] = True
+    if perm.shape != (n,) or not bool(seen.all()):
+        raise AssertionError(f"{who} returned an invalid permutation")
 
 
 # ---------------------------------------------------------------------------------------
@@ -338,27 +253,171 @@ def _relaxed_amalgamation(
     supernodes mean fewer, bigger dense kernels, which is what the batched numeric phase
     wants.
     """
-    ns = sn_start.shape[0] - 1
-    first = sn_start[:-1].tolist()
-    ncol = np.diff(sn_start).tolist()
-    last = (sn_start[1:] - 1).tolist()
-    # count of the first column = ncols + rows below
-    fcount = counts[sn_start[:-1]].tolist()
-    csum = np.concatenate([[0], np.cumsum(counts)])
-    true_nnz = (csum[sn_start[1:]] - csum[sn_start[:-1]]).tolist()
-    parent_l = parent.tolist()
+    big = np.iinfo(np.int64).max
+    cols = np.array([big if c is None else c for c, _ in _RELAX], dtype=np.int64)
+    zmax = np.array([z for _, z in _RELAX], dtype=np.float64)
+    keep = _kernels().amalgamate(sn_start, parent, counts, cols, zmax)
+    return np.concatenate([sn_start[:-1][keep], sn_start[-1:]]).astype(np.int64)
 
-    # group representative of each supernode: groups are contiguous runs of supernodes,
-    # represented by their topmost (last) supernode.
-    group_first = first[:]  # valid for representatives
-    group_ncol = ncol[:]
-    group_fcount = fcount[:]
-    group_nnz = true_nnz[:]
-    merged_into_next = [False] * ns
-    # Go top-down so that a parent group is complete when its children are considered.
-    rep = list(range(ns))
+
+# ---------------------------------------------------------------------------------------
+# Compiled kernels. Plain Python functions written in the subset numba compiles; they are
+# jitted lazily (numba's import and, on the very first run, its compilation are not paid by
+# `import linsolve`) and cached on disk. No kernel calls another, so each can be jitted on
+# its own.
+# ---------------------------------------------------------------------------------------
+
+
+def _k_adjacency(n, lc, lr):
+    """Symmetric CSR adjacency (no self loops) from distinct strict-lower entries (lr > lc)."""
+    deg = np.zeros(n, dtype=np.int64)
+    for q in range(lc.shape[0]):
+        deg[lc[q]] += 1
+        deg[lr[q]] += 1
+    gp = np.zeros(n + 1, dtype=np.int64)
+    for j in range(n):
+        gp[j + 1] = gp[j] + deg[j]
+    pos = gp[:-1].copy()
+    gi = np.empty(gp[n], dtype=np.int64)
+    for q in range(lc.shape[0]):
+        a = lc[q]
+        b = lr[q]
+        gi[pos[a]] = b
+        pos[a] += 1
+        gi[pos[b]] = a
+        pos[b] += 1
+    return gp, gi
+
+
+def _k_etree(n, gp, gi, perm, iperm):
+    """Elimination tree of the permuted graph (Liu, with path compression).
+
+    For row k (in increasing order) walks from every neighbour j < k up the partially built
+    tree (compressed 'ancestor' links) to its current root, which becomes a child of k.
+    """
+    parent = np.full(n, -1, dtype=np.int64)
+    anc = np.full(n, -1, dtype=np.int64)
+    for k in range(n):
+        u = perm[k]
+        for q in range(gp[u], gp[u + 1]):
+            i = iperm[gi[q]]
+            while i != -1 and i < k:
+                nxt = anc[i]
+                anc[i] = k
+                if nxt == -1:
+                    parent[i] = k
+                i = nxt
+    return parent
+
+
+def _k_postorder(parent):
+    """Depth-first postorder of the forest: roots and children in increasing label order."""
+    n = parent.shape[0]
+    head = np.full(n, -1, dtype=np.int64)
+    nxt = np.full(n, -1, dtype=np.int64)
+    for j in range(n - 1, -1, -1):
+        p = parent[j]
+        if p >= 0:
+            nxt[j] = head[p]
+            head[p] = j
+    post = np.empty(n, dtype=np.int64)
+    stack = np.empty(n, dtype=np.int64)
+    k = 0
+    for root in range(n):
+        if parent[root] >= 0:
+            continue
+        top = 0
+        stack[0] = root
+        while top >= 0:
+            p = stack[top]
+            i = head[p]
+            if i == -1:
+                top -= 1
+                post[k] = p
+                k += 1
+            else:
+                head[p] = nxt[i]
+                top += 1
+                stack[top] = i
+    return post
+
+
+def _k_column_counts(n, parent, gp, gi, perm, iperm):
+    """Nonzeros (with the diagonal) of each column of L, for a postordered tree.
+
+    Row i of L is the 'row subtree' of the etree spanned by the columns j < i with
+    A[i, j] != 0. colcount[j] counts the row subtrees containing j; it is the subtree sum
+    of weights that add +1 at each leaf of a row subtree, -1 at the least common ancestor of
+    consecutive leaves, and -1 at the parent of each row subtree's root (Gilbert, Ng and
+    Peyton). LCAs come from a disjoint-set forest with path compression.
+    """
+    first = np.arange(n, dtype=np.int64)  # smallest (postorder) label in the subtree of j
+    for j in range(n):
+        p = parent[j]
+        if p >= 0 and first[j] < first[p]:
+            first[p] = first[j]
+    delta = np.zeros(n, dtype=np.int64)
+    for j in range(n):
+        if first[j] == j:
+            delta[j] = 1
+    maxfirst = np.full(n, -1, dtype=np.int64)
+    prevleaf = np.full(n, -1, dtype=np.int64)
+    anc = np.arange(n, dtype=np.int64)
+    for j in range(n):
+        p = parent[j]
+        if p >= 0:
+            delta[p] -= 1
+        fj = first[j]
+        u = perm[j]
+        for q in range(gp[u], gp[u + 1]):
+            i = iperm[gi[q]]
+            if i <= j:
+                continue
+            # A[i, j] != 0, so j is in the row subtree of i
+            if fj > maxfirst[i]:  # no earlier node of this row subtree is below j: a leaf
+                maxfirst[i] = fj
+                jprev = prevleaf[i]
+                prevleaf[i] = j
+                delta[j] += 1
+                if jprev != -1:
+                    # least common ancestor of the previous leaf and j
+                    a = jprev
+                    while a != anc[a]:
+                        a = anc[a]
+                    s = jprev
+                    while s != a:
+                        nx = anc[s]
+                        anc[s] = a
+                        s = nx
+                    delta[a] -= 1
+        if p >= 0:
+            anc[j] = p
+    for j in range(n):  # children precede parents in postorder
+        p = parent[j]
+        if p >= 0:
+            delta[p] += delta[j]
+    return delta
+
+
+def _k_amalgamate(sn_start, parent, counts, cols, zmax):
+    """Relaxed amalgamation (see `_relaxed_amalgamation`); returns which supernodes start a
+    merged group. Goes top-down so that a parent group is complete when its children are
+    considered; groups are contiguous runs of supernodes represented by their last one."""
+    ns = sn_start.shape[0] - 1
+    first = sn_start[:-1]
+    ncol = sn_start[1:] - sn_start[:-1]
+    csum = np.zeros(counts.shape[0] + 1, dtype=np.int64)
+    for j in range(counts.shape[0]):
+        csum[j + 1] = csum[j] + counts[j]
+    true_nnz = csum[sn_start[1:]] - csum[sn_start[:-1]]
+    group_first = first.copy()
+    group_ncol = ncol.copy()
+    group_fcount = counts[first]  # count of the first column = ncols + rows below
+    group_nnz = true_nnz.copy()
+    rep = np.arange(ns)
+    merged = np.zeros(ns, dtype=np.bool_)
     for s in range(ns - 2, -1, -1):
-        par_col = parent_l[last[s]]
+        par_col = parent[sn_start[s + 1] - 1]
         if par_col < 0:
             continue
         g = rep[s + 1]
@@ -370,50 +429,78 @@ def _relaxed_amalgamation(
         zeros = stored - (true_nnz[s] + group_nnz[g])
         frac = zeros / stored
         ok = False
-        for cols, zmax in _RELAX:
-            if (cols is None or k <= cols) and (frac < zmax or (zmax >= 1.0)):
+        for t in range(cols.shape[0]):
+            if k <= cols[t] and (frac < zmax[t] or zmax[t] >= 1.0):
                 ok = True
                 break
         if ok:
-            merged_into_next[s] = True
+            merged[s] = True
             rep[s] = g
             group_first[g] = first[s]
             group_ncol[g] = k
             group_fcount[g] = fc
             group_nnz[g] = true_nnz[s] + group_nnz[g]
-    keep = [0] + [first[s + 1] for s in range(ns - 1) if not merged_into_next[s]]
-    return np.asarray(keep + [int(sn_start[-1])], dtype=np.int64)
+    keep = np.ones(ns, dtype=np.bool_)
+    for s in range(ns - 1):
+        if merged[s]:
+            keep[s + 1] = False
+    return keep
 
 
-def _supernode_rows(sn_start, sn_parent, lp, li) -> tuple[np.ndarray, np.ndarray]:
-    """Below-diagonal row pattern of each supernode, as CSR-like `(rowptr, rowind)`
-    (sorted rows of supernode `s` in `rowind[rowptr[s]:rowptr[s + 1]]`).
+def _k_supernode_rows(sn_start, sn_parent, rowptr, gp, gi, perm, iperm):
+    """Below-diagonal rows of every supernode into `rowind` at the offsets `rowptr` (from
+    the column counts), sorted.
 
-    Row i > last(s) is in the pattern of supernode s iff A[i, k] != 0 for some column k in
-    the subtree of s (columns are postordered). So every entry A[i, k] is pushed up the
-    supernodal tree from the supernode holding k for as long as i lies beyond the current
-    supernode; the walk is vectorised over all entries, one tree level per step.
+    Row i of L is the row subtree of i: the union of the etree paths from the columns
+    j < i with A[i, j] != 0 up to i. Walking these paths in the supernodal tree, for rows i
+    in increasing order, appends i to every supernode it passes below the one holding i,
+    so each supernode's rows come out sorted, with no sort. Returns `(rowind, s)` with `s`
+    the first supernode whose row count disagrees with `rowptr`, or -1.
     """
     ns = sn_parent.shape[0]
-    n = int(sn_start[-1])
-    col2sn = np.repeat(np.arange(ns), np.diff(sn_start))
-    sn_end = sn_start[1:]  # one past the last column
-    k = np.repeat(np.arange(n), np.diff(lp))
-    s = col2sn[k]
-    i = li
-    keep = i >= sn_end[s]
-    s, i = s[keep], i[keep]
-    found = []
-    while s.size:
-        key = _unique(s * n + i)
-        s, i = key // n, key % n
-        found.append(key)
-        p = sn_parent[s]
-        up = p >= 0
-        s, i, p = s[up], i[up], p[up]
-        beyond = i >= sn_end[p]
-        s, i = p[beyond], i[beyond]
-    key = _unique(np.concatenate(found)) if found else np.zeros(0, np.int64)
-    owner, rows = key // n, key % n
-    bounds = np.searchsorted(owner, np.arange(ns + 1))
-    return bounds.astype(np.int64), rows.astype(np.int64)
+    n = sn_start[ns]
+    rowind = np.empty(rowptr[ns], dtype=np.int64)
+    col2sn = np.empty(n, dtype=np.int64)
+    for s in range(ns):
+        for k in range(sn_start[s], sn_start[s + 1]):
+            col2sn[k] = s
+    mark = np.full(ns, -1, dtype=np.int64)
+    pos = rowptr[:-1].copy()
+    for i in range(n):
+        u = perm[i]
+        for q in range(gp[u], gp[u + 1]):
+            j = iperm[gi[q]]
+            if j >= i:
+                continue
+            s = col2sn[j]
+            while s != -1 and sn_start[s + 1] <= i and mark[s] != i:
+                if pos[s] >= rowptr[s + 1]:
+                    return rowind, s
+                mark[s] = i
+                rowind[pos[s]] = i
+                pos[s] += 1
+                s = sn_parent[s]
+    for s in range(ns):
+        if pos[s] != rowptr[s + 1]:
+            return rowind, s
+    return rowind, -1
+
+
+class _Kernels:
+    def __init__(self, jit):
+        self.adjacency = jit(_k_adjacency)
+        self.etree = jit(_k_etree)
+        self.postorder = jit(_k_postorder)
+        self.column_counts = jit(_k_column_counts)
+        self.amalgamate = jit(_k_amalgamate)
+        self.supernode_rows = jit(_k_supernode_rows)
+
+
+@functools.cache
+def _kernels() -> _Kernels:
+    import numba
+
+    try:
+        return _Kernels(functools.partial(numba.njit, cache=True, nogil=True))
+    except RuntimeError:  # numba finds no writable cache directory: compile every process
+        return _Kernels(functools.partial(numba.njit, cache=False, nogil=True))

@@ -13,6 +13,7 @@ exactly zero.
 """
 
 import functools
+import operator as _operator
 from typing import Any
 
 import equinox as eqx
@@ -34,26 +35,133 @@ from .._tags import (
 )
 
 
+def _shape_pair(shape) -> tuple[int, int]:
+    """`shape` as a pair of non-negative Python ints, or a ValueError that says why not."""
+    try:
+        dims = tuple(shape)
+    except TypeError:
+        dims = None
+    if dims is None or len(dims) != 2:
+        raise ValueError(f"shape must be a pair (n_rows, n_cols) of non-negative integers; got {shape!r}.")
+    out = []
+    for axis, d in zip(("n_rows", "n_cols"), dims):
+        if isinstance(d, (bool, np.bool_)):
+            ok = False
+        else:
+            try:
+                d = _operator.index(d)  # rejects floats (3.0, NaN, inf), as numpy/scipy shapes do
+                ok = d >= 0
+            except TypeError:
+                ok = False
+        if not ok:
+            raise ValueError(
+                f"shape must be a pair (n_rows, n_cols) of non-negative integers; got {shape!r} "
+                f"({axis} = {dims[len(out)]!r})."
+            )
+        out.append(int(d))
+    return out[0], out[1]
+
+
+def _index_array(name: str, a) -> np.ndarray:
+    """A 1-D int64 copy of the host index array `a`, or a ValueError naming the problem."""
+    a = np.asarray(a)
+    if a.ndim != 1:
+        raise ValueError(f"{name} must be a 1-D array; got an array of shape {a.shape}.")
+    if a.size == 0:  # e.g. `[]`, which numpy makes float64
+        return np.zeros(0, np.int64)
+    if not np.issubdtype(a.dtype, np.integer):
+        raise ValueError(f"{name} must have an integer dtype; got {a.dtype}.")
+    if a.dtype == np.uint64 and a.max() > np.iinfo(np.int64).max:
+        k = int(np.argmax(a > np.iinfo(np.int64).max))
+        raise ValueError(f"{name}[{k}] = {a[k]} is too large for an index.")
+    return np.ascontiguousarray(a, dtype=np.int64)
+
+
+def _check_csc(indices, indptr, shape) -> tuple[np.ndarray, np.ndarray, tuple[int, int]]:
+    """Validate CSC index arrays (everything but the order of the rows within a column):
+    the shape, the dtypes and lengths, `indptr[0] == 0`, `indptr` non-decreasing, `indptr[-1]
+    == len(indices)`, rows in `[0, n_rows)`. Returns `(indices, indptr, shape)` as int64
+    arrays and a pair of ints; every error names the offending position."""
+    shape = _shape_pair(shape)
+    m, n = shape
+    indptr = _index_array("indptr", indptr)
+    indices = _index_array("indices", indices)
+    if indptr.shape != (n + 1,):
+        raise ValueError(
+            f"indptr must have length n_cols + 1 = {n + 1} for a matrix of shape {shape}; "
+            f"got length {indptr.shape[0]}."
+        )
+    if indptr[0] != 0:
+        raise ValueError(f"indptr[0] must be 0; got indptr[0] = {indptr[0]}.")
+    drop = np.flatnonzero(np.diff(indptr) < 0)
+    if drop.size:
+        j = int(drop[0])
+        raise ValueError(
+            f"indptr must be non-decreasing; indptr[{j + 1}] = {indptr[j + 1]} < indptr[{j}] = "
+            f"{indptr[j]} (column {j} would have negative length)."
+        )
+    if indptr[-1] != indices.shape[0]:
+        raise ValueError(
+            f"indices must have length indptr[-1] = {indptr[-1]} (the number of stored entries); "
+            f"got length {indices.shape[0]}."
+        )
+    bad = np.flatnonzero((indices < 0) | (indices >= m))
+    if bad.size:
+        k = int(bad[0])
+        j = int(np.searchsorted(indptr, k, side="right") - 1)
+        raise ValueError(
+            f"row index out of range for shape {shape}: indices[{k}] = {indices[k]} (column {j}); "
+            f"row indices must lie in [0, {m})."
+        )
+    return indices, indptr, shape
+
+
+def _first_noncanonical(indices, indptr, n) -> int | None:
+    """Position `k` of the first entry whose row is not strictly greater than the previous
+    entry's row in the same column (unsorted or duplicate), or None if canonical."""
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    bad = np.flatnonzero((cols[1:] == cols[:-1]) & (indices[1:] <= indices[:-1]))
+    return int(bad[0]) + 1 if bad.size else None
+
+
+def _canonicalise(indices, indptr, n):
+    """The canonical CSC pattern (rows sorted and unique within each column) of a valid CSC
+    pattern, and the static map from stored values to canonical values:
+    `canonical = segment_sum(values[perm], segments, nnz)` (duplicates summed)."""
+    cols = np.repeat(np.arange(n, dtype=np.int64), np.diff(indptr))
+    perm = np.lexsort((indices, cols))  # stable: by column, then row
+    r, c = indices[perm], cols[perm]
+    first = np.ones(r.shape, bool)
+    first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
+    segments = np.cumsum(first) - 1
+    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(c[first], minlength=n))]).astype(np.int64)
+    return r[first], new_indptr, perm, segments
+
+
 class Pattern:
     """A static CSC sparsity pattern: hashable (by content), so it can be pytree metadata
-    and key the caches of everything derived from it (e.g. the symbolic factorization)."""
+    and key the caches of everything derived from it (e.g. the symbolic factorization).
 
-    def __init__(self, indices, indptr, shape):
-        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
-        self.indptr = np.ascontiguousarray(indptr, dtype=np.int64)
-        self.shape = (int(shape[0]), int(shape[1]))
-        if self.indptr.shape != (self.shape[1] + 1,):
+    A `Pattern` is always canonical: `indptr[0] == 0`, `indptr` non-decreasing with
+    `indptr[-1] == len(indices)`, and the row indices of each column strictly increasing
+    (sorted, no duplicates) and in range. [`linsolve.SparseOperator`][] normalises its
+    input to this form; building a `Pattern` directly from anything else raises."""
+
+    def __init__(self, indices, indptr, shape, *, _checked: bool = False):
+        if _checked:  # SparseOperator has validated and canonicalised these already
+            self.indices, self.indptr, self.shape = indices, indptr, shape
+            self._hash = hash((self.indices.tobytes(), self.indptr.tobytes(), self.shape))
+            return
+        self.indices, self.indptr, self.shape = _check_csc(indices, indptr, shape)
+        k = _first_noncanonical(self.indices, self.indptr, self.shape[1])
+        if k is not None:
+            j = int(np.searchsorted(self.indptr, k, side="right") - 1)
+            what = "duplicate" if self.indices[k] == self.indices[k - 1] else "unsorted"
             raise ValueError(
-                f"indptr must have shape ({self.shape[1] + 1},) for a matrix of shape "
-                f"{self.shape}; got {self.indptr.shape}."
+                f"{what} row indices in column {j}: indices[{k - 1}] = {self.indices[k - 1]}, "
+                f"indices[{k}] = {self.indices[k]}. A Pattern needs sorted, duplicate-free rows "
+                "in each column (SparseOperator sorts and sums duplicates for you)."
             )
-        if self.indices.shape != (int(self.indptr[-1]),):
-            raise ValueError(
-                f"indices must have shape ({int(self.indptr[-1])},) (= indptr[-1]); got "
-                f"{self.indices.shape}."
-            )
-        if self.indices.size and (self.indices.min() < 0 or self.indices.max() >= self.shape[0]):
-            raise ValueError(f"row indices out of range for shape {self.shape}.")
         self._hash = hash((self.indices.tobytes(), self.indptr.tobytes(), self.shape))
 
     def __hash__(self):
@@ -105,16 +213,35 @@ class SparseOperator(AbstractOperator):
 
     **Arguments:**
 
-    - `values`: the stored entries, shape `(nnz,)`, in CSC order.
-    - `indices`: row index of each stored entry, shape `(nnz,)` (host data, static).
-    - `indptr`: column pointers, shape `(n_cols + 1,)` (host data, static).
-    - `shape`: `(m, n)`.
+    - `values`: the stored entries, shape `(nnz,)`, in the order of `indices`; may be traced
+      (`jit`, `vmap`, `grad`).
+    - `indices`: row index of each stored entry, shape `(nnz,)`, integer dtype (host data,
+      static).
+    - `indptr`: column pointers, shape `(n_cols + 1,)`, integer dtype (host data, static):
+      the entries of column `j` are `indices[indptr[j]:indptr[j + 1]]`.
+    - `shape`: `(n_rows, n_cols)`, non-negative integers.
     - `tags`: as for [`linsolve.MatrixOperator`][]. A symmetric / PSD operator is defined
       by its lower triangle: storing only that is enough (and cheapest).
 
     Build one from scipy with [`linsolve.SparseOperator.from_scipy`][] or from a
     `jax.experimental.sparse` array with [`linsolve.SparseOperator.from_bcoo`][].
-    Duplicate entries are summed.
+
+    **Input that is normalised** (as `scipy.sparse` does): the row indices within a column
+    may come in any order, and a `(row, col)` may be stored more than once; duplicates are
+    summed, as in `scipy.sparse` and `jax.experimental.sparse`. The operator then stores the
+    canonical pattern (`op.pattern`: rows sorted and unique in each column) and canonical
+    `op.values`, obtained from the given values by a static gather and segment-sum, so the
+    gradient with respect to the given values is exact (each duplicate gets the gradient of
+    their sum) under `jit`, `vmap` and any order of differentiation. Already canonical input
+    is stored as given, at no cost. Explicitly stored zeros stay in the pattern.
+
+    **Input that is rejected** with a `ValueError` naming the problem and the offending
+    position: a `shape` that is not a pair of non-negative integers (e.g. floats or NaN);
+    `indices` or `indptr` that are not 1-D or not of an integer dtype; `indptr` of length
+    other than `n_cols + 1`, with `indptr[0] != 0`, decreasing anywhere, or with `indptr[-1]
+    != len(indices)`; a row index outside `[0, n_rows)`; `values` whose shape is not
+    `(len(indices),)`. Traced `indices` or `indptr` raise a `TypeError`: the pattern must be
+    concrete.
     """
 
     values: Inexact[Array, " nnz"]
@@ -132,11 +259,20 @@ class SparseOperator(AbstractOperator):
                 "SparseOperator's sparsity pattern (indices, indptr) must be concrete host "
                 "data; only the values may be traced."
             ) from e
-        pattern = Pattern(indices, indptr, shape)
-        if values.ndim != 1 or values.shape[0] != pattern.nnz:
+        indices, indptr, shape = _check_csc(indices, indptr, shape)
+        if values.ndim != 1 or values.shape[0] != indices.shape[0]:
             raise ValueError(
-                f"values must have shape ({pattern.nnz},) to match the pattern; got {values.shape}."
+                f"values must have shape ({indices.shape[0]},) to match the pattern (one value "
+                f"per entry of indices); got {values.shape}."
             )
+        if _first_noncanonical(indices, indptr, shape[1]) is not None:
+            indices, indptr, perm, segments = _canonicalise(indices, indptr, shape[1])
+            values = values[perm]
+            if indices.shape[0] < values.shape[0]:  # duplicates: sum them
+                values = jax.ops.segment_sum(
+                    values, segments, num_segments=indices.shape[0], indices_are_sorted=True
+                )
+        pattern = Pattern(indices, indptr, shape, _checked=True)
         tags = as_tags(tags)
         _check_square_for(tags, pattern.shape)
         self.values = values
@@ -146,37 +282,44 @@ class SparseOperator(AbstractOperator):
     # -- construction --------------------------------------------------------------------
     @classmethod
     def from_scipy(cls, matrix, tags: Any = ()) -> "SparseOperator":
-        """From any `scipy.sparse` matrix or array (converted to CSC, duplicates summed,
-        indices sorted). Explicitly stored zeros stay in the pattern."""
-        csc = sp.csc_matrix(matrix, copy=True)
-        csc.sum_duplicates()
-        csc.sort_indices()
-        return cls(csc.data, csc.indices, csc.indptr, csc.shape, tags)
+        """From any `scipy.sparse` matrix or array (converted to CSC). Unsorted indices and
+        duplicates (`has_canonical_format` false) are normalised exactly as by the
+        constructor: rows sorted, duplicates summed. Explicitly stored zeros stay in the
+        pattern."""
+        csc = sp.csc_matrix(matrix)
+        nnz = int(csc.indptr[-1])  # scipy allows storage beyond indptr[-1]; it is not part of the matrix
+        return cls(csc.data[:nnz], csc.indices[:nnz], csc.indptr, csc.shape, tags)
 
     @classmethod
     def from_bcoo(cls, matrix, tags: Any = ()) -> "SparseOperator":
         """From a `jax.experimental.sparse.BCOO` (or `BCSR`) matrix. Its indices must be
-        concrete; its data may be traced (the gradient flows back to it)."""
+        concrete; its data may be traced (the gradient flows back to it). Duplicates are
+        summed and entries are sorted as by the constructor; padding entries (indices at or
+        beyond the shape, as BCOO uses) are dropped; negative indices are rejected."""
         from jax.experimental import sparse as jsparse
 
         if isinstance(matrix, jsparse.BCSR):
             matrix = matrix.to_bcoo()
         if matrix.n_batch or matrix.n_dense or matrix.ndim != 2:
             raise ValueError("from_bcoo supports unbatched 2-D BCOO matrices without dense dimensions.")
-        idx = np.asarray(matrix.indices)
-        m, n = matrix.shape
+        try:
+            idx = np.asarray(matrix.indices).astype(np.int64)
+        except jax.errors.TracerArrayConversionError as e:
+            raise TypeError("from_bcoo needs concrete indices; only the data may be traced.") from e
+        m, n = _shape_pair(matrix.shape)
         rows, cols = idx[:, 0], idx[:, 1]
-        valid = (rows < m) & (cols < n)  # BCOO pads with out-of-range indices
-        key = cols.astype(np.int64) * m + rows
-        uniq, inverse = np.unique(key[valid], return_inverse=True)
-        data = jnp.asarray(matrix.data)[np.flatnonzero(valid)]
-        values = jax.ops.segment_sum(data, jnp.asarray(inverse), num_segments=uniq.size)
-        u_rows, u_cols = uniq % m, uniq // m
-        indptr = np.concatenate([[0], np.cumsum(np.bincount(u_cols, minlength=n))])
-        return cls(values, u_rows, indptr, (m, n), tags)
+        neg = np.flatnonzero((rows < 0) | (cols < 0))
+        if neg.size:
+            k = int(neg[0])
+            raise ValueError(f"from_bcoo: negative index at entry {k}: (row, col) = ({rows[k]}, {cols[k]}).")
+        valid = np.flatnonzero((rows < m) & (cols < n))  # BCOO pads with out-of-range indices
+        order = valid[np.argsort(cols[valid], kind="stable")]  # column-major; rows sorted by the constructor
+        indptr = np.concatenate([[0], np.cumsum(np.bincount(cols[valid], minlength=n))])
+        return cls(jnp.asarray(matrix.data)[order], rows[order], indptr, (m, n), tags)
 
     def to_scipy(self) -> sp.csc_matrix:
-        """The stored matrix (all stored entries, as given) as a scipy CSC matrix."""
+        """The stored matrix (all stored entries of the canonical pattern, read or not) as a
+        scipy CSC matrix."""
         p = self.pattern
         return sp.csc_matrix((np.asarray(self.values), p.indices, p.indptr), shape=p.shape)
 

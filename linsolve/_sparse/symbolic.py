@@ -9,11 +9,12 @@ Pipeline:
 1. Read the lower triangle of the user's CSC pattern (a full symmetric pattern is accepted:
    its strict upper entries are simply never read, so they end up with zero gradient).
 2. Fill-reducing ordering: METIS nested dissection (`pymetis`), falling back to AMD
-   (`suitesparse-amd`, small matrices only because that wrapper takes a dense matrix) and
-   finally to scipy's reverse Cuthill-McKee.
+   (SuiteSparse's, through the optional `cvxopt`, on the sparse pattern) and finally to
+   scipy's reverse Cuthill-McKee.
 3. Elimination tree (Liu's algorithm with path compression), postorder, and the column counts
    of the Cholesky factor L (Gilbert-Ng-Peyton row-subtree counting), all without ever
-   forming the pattern of L column by column.
+   forming the pattern of L column by column. Steps 2-4 live in `elimination.py`
+   (compiled graph kernels).
 4. Fundamental supernodes, then relaxed amalgamation (merging a child into its parent when
    the explicit zeros this adds are few), and the row structure of every supernode.
 5. A schedule for the numeric phase: supernodes are grouped by their height in the supernodal
@@ -190,7 +191,8 @@ def analyse(
     The pattern may hold the lower triangle only or the full symmetric matrix; in either
     case only the entries with `row >= col` are read. Cached on the pattern's bytes.
 
-    `ordering`: "auto" (METIS if available, else AMD for small n, else RCM), "metis", "amd",
+    `ordering`: "auto" (METIS if pymetis is installed, else AMD if cvxopt is, else RCM),
+    "metis", "amd",
     "rcm" or "natural".
     """
     indptr = np.ascontiguousarray(np.asarray(indptr), dtype=np.int64)
