@@ -4,6 +4,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 import scipy.sparse as sp
 from jax.test_util import check_grads
 
@@ -78,3 +79,17 @@ def test_vmap_over_values_and_non_pd():
     x32 = solve(f32, jnp.ones(25, jnp.float32)).value
     assert x32.dtype == jnp.float32
     np.testing.assert_allclose(x32, np.linalg.solve(DENSE, np.ones(25)), rtol=1e-4)
+
+
+def test_orderings_agree_and_bad_ordering_is_named():
+    op = ls.SparseOperator.from_scipy(sp.tril(A), PSD)
+    b = jnp.linspace(-1, 1, 25)
+    expect = np.linalg.solve(DENSE, np.asarray(b))
+    for ordering in ("auto", "metis", "amd", "rcm", "natural"):
+        solver = ls.SparseCholesky(ordering=ordering)
+        x = eqx.filter_jit(ls.linear_solve)(op, b, solver).value
+        np.testing.assert_allclose(x, expect, rtol=1e-10, atol=1e-12)
+        loss = jax.jit(lambda v: jnp.sum(jnp.sin(ls.linear_solve(_op(v, op), b, solver).value)))
+        assert_grad_matches_fd(loss, np.asarray(op.values), rtol=1e-6, atol=1e-8)
+    with pytest.raises(ValueError, match="ordering"):
+        ls.SparseCholesky(ordering="colamd")

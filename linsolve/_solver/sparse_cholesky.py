@@ -26,7 +26,7 @@ class _SparseCholeskyState(eqx.Module):
     result: jax.Array
 
 
-def symbolic_of(operator) -> Symbolic:
+def symbolic_of(operator, ordering: str = "auto") -> Symbolic:
     """The cached symbolic analysis of a positive definite `SparseOperator` (trace-time
     checks included)."""
     if not isinstance(operator, SparseOperator):
@@ -39,7 +39,7 @@ def symbolic_of(operator) -> Symbolic:
     if jnp.issubdtype(operator.dtype, jnp.complexfloating):
         raise NotImplementedError("SparseCholesky supports real operators only (so far).")
     p = operator.pattern
-    return analyse(p.indptr, p.indices, p.shape[0])
+    return analyse(p.indptr, p.indices, p.shape[0], ordering=ordering)
 
 
 class SparseCholesky(AbstractSolver):
@@ -47,10 +47,27 @@ class SparseCholesky(AbstractSolver):
     nested dissection via `pymetis`). Needs a real `SparseOperator` tagged
     `positive_semidefinite_tag`; only its lower triangle is read. A matrix that is not
     positive definite (or holds NaN/Inf) gives `RESULTS.not_positive_definite`
-    (resp. `nonfinite_input`)."""
+    (resp. `nonfinite_input`).
+
+    **Arguments:**
+
+    - `ordering`: the fill-reducing ordering of the symbolic analysis: `"auto"` (METIS
+      nested dissection if `pymetis` is installed, else AMD, else reverse Cuthill-McKee),
+      `"metis"`, `"amd"` (SuiteSparse AMD; needs `pip install "linsolve[amd]"`), `"rcm"`
+      or `"natural"`. The analysis is cached per (pattern, ordering).
+    """
+
+    ordering: str = eqx.field(static=True, default="auto")
+
+    def __check_init__(self):
+        if self.ordering not in ("auto", "metis", "amd", "rcm", "natural"):
+            raise ValueError(
+                "SparseCholesky(ordering=...) must be one of 'auto', 'metis', 'amd', 'rcm', "
+                f"'natural'; got {self.ordering!r}."
+            )
 
     def init(self, operator) -> _SparseCholeskyState:
-        sym = symbolic_of(operator)
+        sym = symbolic_of(operator, self.ordering)
         factor = numeric.factor(sym, operator.values)
         finite = jnp.all(jnp.isfinite(operator.values[operator.pattern.rows >= operator.pattern.cols]))
         result = jnp.where(
