@@ -11,7 +11,7 @@ from ._solve import linear_solve
 from ._sparse import selinv
 from ._sparse.operator import SparseOperator
 from ._solver.sparse_cholesky import symbolic_of
-from ._tags import symmetric_tag
+from ._tags import hermitian_tag, symmetric_tag
 
 
 def selected_inverse(operator: Any) -> SparseOperator:
@@ -20,11 +20,12 @@ def selected_inverse(operator: Any) -> SparseOperator:
 
     **Arguments:**
 
-    - `operator`: a real `SparseOperator` tagged `positive_semidefinite_tag`.
+    - `operator`: a `SparseOperator` tagged `positive_semidefinite_tag` (real symmetric
+      or complex hermitian).
 
     **Returns:**
 
-    A `SparseOperator` tagged symmetric, storing the lower triangle of `A⁻¹` restricted to
+    A `SparseOperator` tagged symmetric (hermitian for complex input), storing the lower triangle of `A⁻¹` restricted to
     the pattern of `L` (which contains the lower pattern of `A`). Differentiable w.r.t. the
     operator's values.
     """
@@ -35,7 +36,8 @@ def selected_inverse(operator: Any) -> SparseOperator:
     order = np.lexsort((rows, cols))  # CSC: by column, then row
     n = operator.shape[0]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
-    return SparseOperator(values[order], rows[order], indptr, (n, n), symmetric_tag)
+    tag = hermitian_tag if jnp.iscomplexobj(values) else symmetric_tag
+    return SparseOperator(values[order], rows[order], indptr, (n, n), tag)
 
 
 def diag_inverse(operator: Any) -> Inexact[Array, " n"]:

@@ -118,7 +118,7 @@ def slogdet(
         solver = solver.select(operator, direct=True)
     if isinstance(solver, SparseCholesky):
         # d logdet from the selected inverse (Takahashi), never a dense inverse.
-        sym = symbolic_of(operator)
+        sym = symbolic_of(operator, solver.ordering)
         return jnp.ones((), operator.dtype), selinv.logdet(sym, operator.values)
     if isinstance(solver, (Diagonal, Triangular)):
         solver.init(operator)  # trace-time tag checks only; XLA drops the unused work

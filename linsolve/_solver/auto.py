@@ -75,11 +75,7 @@ class AutoSolver(AbstractSolver):
         semidefinite = tags & {positive_semidefinite_tag, negative_semidefinite_tag}
         from .._sparse.operator import SparseOperator
 
-        if (
-            isinstance(operator, SparseOperator)
-            and positive_semidefinite_tag in tags
-            and not jnp.issubdtype(operator.dtype, jnp.complexfloating)
-        ):
+        if isinstance(operator, SparseOperator) and positive_semidefinite_tag in tags:
             from .sparse_cholesky import SparseCholesky
 
             return SparseCholesky()

@@ -36,16 +36,15 @@ def symbolic_of(operator, ordering: str = "auto") -> Symbolic:
             "SparseCholesky needs an operator tagged positive_semidefinite_tag; got tags "
             f"{tag_names(operator.tags)}."
         )
-    if jnp.issubdtype(operator.dtype, jnp.complexfloating):
-        raise NotImplementedError("SparseCholesky supports real operators only (so far).")
     p = operator.pattern
     return analyse(p.indptr, p.indices, p.shape[0], ordering=ordering)
 
 
 class SparseCholesky(AbstractSolver):
-    """Sparse supernodal Cholesky `P A Pᵀ = L Lᵀ` with a fill-reducing ordering (METIS
-    nested dissection via `pymetis`). Needs a real `SparseOperator` tagged
-    `positive_semidefinite_tag`; only its lower triangle is read. A matrix that is not
+    """Sparse supernodal Cholesky `P A Pᵀ = L Lᴴ` with a fill-reducing ordering (METIS
+    nested dissection via `pymetis`). Needs a `SparseOperator` tagged
+    `positive_semidefinite_tag`, real symmetric or complex hermitian; only its lower
+    triangle is read (for complex input, the real part of the diagonal). A matrix that is not
     positive definite (or holds NaN/Inf) gives `RESULTS.not_positive_definite`
     (resp. `nonfinite_input`).
 
@@ -82,4 +81,8 @@ class SparseCholesky(AbstractSolver):
         return numeric.solve(state.symbolic, state.factor, vector), state.result, {}
 
     def transpose_solve(self, state, vector, y0):
-        return self.solve(state, vector, y0)  # real symmetric
+        # A is hermitian: A^T x = b is A conj(x) = conj(b) (for real A, the same solve).
+        if not jnp.iscomplexobj(state.factor.g[0]):
+            return self.solve(state, vector, y0)
+        x, result, stats = self.solve(state, jnp.conj(vector), None)
+        return jnp.conj(x), result, stats

@@ -33,7 +33,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
-from jaxtyping import Array, Bool, Float
+from jaxtyping import Array, Bool, Float, Inexact
 
 from .symbolic import Bucket, Symbolic
 
@@ -48,7 +48,7 @@ class Factor(eqx.Module):
     `(size, K + M, K)` (identity on padding pivots, zero on padding rows).
     """
 
-    g: tuple[Float[Array, "b N K"], ...]
+    g: tuple[Inexact[Array, "b N K"], ...]
     logdet: Float[Array, ""]
     ok: Bool[Array, ""]
 
@@ -69,10 +69,20 @@ def _after(x: Array, token: Array) -> Array:
     return x + dep.astype(x.dtype)
 
 
+def _H(x: Array) -> Array:
+    """Conjugate transpose of the last two axes (the transpose for real arrays)."""
+    x = jnp.swapaxes(x, -1, -2)
+    return jnp.conj(x) if jnp.iscomplexobj(x) else x
+
+
 def _tril_sym(x: Array) -> Array:
-    """Symmetric matrix from the lower triangle of the last two axes."""
-    lower = jnp.tril(x)
-    return lower + jnp.swapaxes(jnp.tril(x, -1), -1, -2)
+    """Hermitian (symmetric) matrix from the lower triangle of the last two axes; for
+    complex input the diagonal's imaginary part is not read."""
+    low = jnp.tril(x, -1)
+    d = jnp.diagonal(x, axis1=-2, axis2=-1)
+    if jnp.iscomplexobj(x):
+        d = jnp.real(d).astype(x.dtype)
+    return low + _H(low) + d[..., None] * jnp.eye(x.shape[-1], dtype=x.dtype)
 
 
 _GATHER_1D = lax.GatherDimensionNumbers(
@@ -121,9 +131,9 @@ def _assemble(out: Array, dst: np.ndarray, source: Array, src: np.ndarray) -> Ar
 
 @jax.custom_jvp
 def _partial_cholesky(f11: Array, f21: Array) -> Array:
-    """Dense kernel of one bucket: `X = [L^-T; F21 L^-T]` where `F11 = L L^T`.
+    """Dense kernel of one bucket: `X = [L^-H; F21 L^-H]` where `F11 = L L^H`.
 
-    `f11` must be symmetric. Non-positive-definite blocks give NaN (LAPACK info != 0).
+    `f11` must be hermitian. Non-positive-definite blocks give NaN (LAPACK info != 0).
     """
     K = f11.shape[-1]
     if K <= _SMALL_PIVOT_BLOCK:
@@ -133,8 +143,10 @@ def _partial_cholesky(f11: Array, f21: Array) -> Array:
         a11, a21 = blocks
         L = lax.linalg.cholesky(a11, symmetrize_input=False)
         rhs = jnp.concatenate([jnp.eye(K, dtype=a11.dtype), a21], axis=-2)
-        # X L^T = [I; F21]
-        return lax.linalg.triangular_solve(L, rhs, left_side=False, lower=True, transpose_a=True)
+        # X L^H = [I; F21]
+        return lax.linalg.triangular_solve(
+            L, rhs, left_side=False, lower=True, transpose_a=True, conjugate_a=True
+        )
 
     # Never a batched LAPACK call: jaxlib 0.10 runs the matrices of a batched CPU LAPACK
     # call in parallel on XLA's thread pool, and two such calls at once deadlock on
@@ -159,10 +171,10 @@ def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
 
     def chol_step(j, carry):
         a, low = carry
-        d = jnp.sqrt(a[:, j, j])
+        d = jnp.sqrt(jnp.real(a[:, j, j])).astype(a.dtype)
         col = jnp.where(idx >= j, a[:, :, j], 0) / d[:, None]  # column j of L
         below = jnp.where(idx > j, col, 0)
-        a = a - below[:, :, None] * below[:, None, :]
+        a = a - below[:, :, None] * jnp.conj(below[:, None, :])
         return a, low.at[:, :, j].set(col)
 
     _, low = lax.fori_loop(0, K, chol_step, (f11, jnp.zeros_like(f11)))
@@ -174,16 +186,16 @@ def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
         return inv.at[:, i, :].set(r / low[:, i, i][:, None])
 
     inv = lax.fori_loop(0, K, inv_step, jnp.zeros_like(f11))
-    xt = jnp.swapaxes(inv, -1, -2)  # L^-T
+    xt = _H(inv)  # L^-H
     x21 = jnp.matmul(f21, xt, precision=_HI)
     return jnp.concatenate([xt, x21], axis=-2)
 
 
 @_partial_cholesky.defjvp
 def _partial_cholesky_jvp(primals, tangents):
-    # Written with matmuls only (no triangular solves, no LAPACK): with Xt = L^-T,
-    #   dL = L Phi(S),  S = Xt^T dF11 Xt,  Phi = lower triangle with halved diagonal,
-    #   d(L^-T) = -Xt Phi(S)^T,  d(F21 L^-T) = dF21 Xt - (F21 L^-T) Phi(S)^T.
+    # Written with matmuls only (no triangular solves, no LAPACK): with Xt = L^-H,
+    #   dL = L Phi(S),  S = Xt^H dF11 Xt,  Phi = lower triangle with halved diagonal,
+    #   d(L^-H) = -Xt Phi(S)^H,  d(F21 L^-H) = dF21 Xt - (F21 L^-H) Phi(S)^H.
     # Being linear in the tangents and made of matmuls, it transposes to matmuls too, so
     # reverse mode never calls LAPACK either (see the deadlock note in `factor`).
     f11, f21 = primals
@@ -191,15 +203,15 @@ def _partial_cholesky_jvp(primals, tangents):
     K = f11.shape[-1]
     X = _partial_cholesky(f11, f21)
     xt = X[..., :K, :]
-    S = jnp.matmul(jnp.swapaxes(xt, -1, -2), jnp.matmul(df11, xt, precision=_HI), precision=_HI)
+    S = jnp.matmul(_H(xt), jnp.matmul(df11, xt, precision=_HI), precision=_HI)
     phi = jnp.tril(S) - 0.5 * jnp.eye(K, dtype=S.dtype) * S
-    dX = -jnp.matmul(X, jnp.swapaxes(phi, -1, -2), precision=_HI)
+    dX = -jnp.matmul(X, _H(phi), precision=_HI)
     if f21.shape[-2]:
         dX = dX.at[..., K:, :].add(jnp.matmul(df21, xt, precision=_HI))
     return X, dX
 
 
-def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
+def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     """Numeric factorization of the matrix with pattern `sym` and stored `values`.
 
     `values` is aligned with the CSC pattern given to `symbolic.analyse`; only the entries
@@ -212,11 +224,12 @@ def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
     values = jnp.asarray(values)
     if values.shape != (sym.nnz,):
         raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
-    if jnp.issubdtype(values.dtype, jnp.complexfloating):
-        raise NotImplementedError("complex sparse Cholesky is not supported")
-    if not jnp.issubdtype(values.dtype, jnp.floating):
+    if not jnp.issubdtype(values.dtype, jnp.inexact):
         values = values.astype(jnp.result_type(float))
     dtype = values.dtype
+    if jnp.iscomplexobj(values):
+        # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
+        values = jnp.where(_const(sym.entry_flip), jnp.conj(values), values)
     # Index nnz reads the constant 1 placed on padding pivots.
     vals_ext = jnp.concatenate([values, jnp.ones((1,), dtype)])
     g: list = [None] * len(sym.buckets)
@@ -235,26 +248,27 @@ def factor(sym: Symbolic, values: Float[Array, " nnz"]) -> Factor:
             if K == 1:
                 # Scalar pivots (most leaves of a nested-dissection tree): elementwise, no
                 # LAPACK call per supernode.
-                xt = lax.rsqrt(P[:, :1])  # 1 / L11 = L11^-T
+                xt = lax.rsqrt(jnp.real(P[:, :1])).astype(dtype)  # 1 / L11 = L11^-H
                 L21 = f21 * xt
                 W = L21 * xt
-                S = L21 * L21.mT if M else None
+                S = L21 * _H(L21) if M else None
             else:
                 f11 = _tril_sym(P[:, :K])
                 if token is not None:
                     f11 = _after(f11, token)
-                X = _partial_cholesky(f11, f21)  # [L11^-T; L21]
+                X = _partial_cholesky(f11, f21)  # [L11^-H; L21]
                 token = X
                 xt, L21 = X[:, :K], X[:, K:]
                 if M:
-                    W = jnp.matmul(L21, xt.mT, precision=_HI)  # L21 L11^-1
-                    S = jnp.matmul(L21, L21.mT, precision=_HI)
-            pivots.append(jnp.diagonal(xt, axis1=-2, axis2=-1).reshape(-1))  # 1 / diag(L11)
+                    W = jnp.matmul(L21, _H(xt), precision=_HI)  # L21 L11^-1
+                    S = jnp.matmul(L21, _H(L21), precision=_HI)
+            # 1 / diag(L11) (real)
+            pivots.append(jnp.real(jnp.diagonal(xt, axis1=-2, axis2=-1)).reshape(-1))
             if M:
                 neg_s.append(-S.reshape(-1))
-                g[b] = jnp.concatenate([xt.mT, -W], axis=1)
+                g[b] = jnp.concatenate([_H(xt), -W], axis=1)
             else:
-                g[b] = xt.mT
+                g[b] = _H(xt)
         # Update matrices start as -L21 L21^T and receive the children's in place.
         u_all = jnp.concatenate(neg_s + [vals_ext])
         source = _assemble(u_all, lev.u_dst, source, lev.u_src)
@@ -278,7 +292,7 @@ def _all_idx(B: Bucket) -> np.ndarray:
     return np.concatenate([B.col_idx, B.row_idx], axis=1)
 
 
-def solve(sym: Symbolic, fac: Factor, b: Float[Array, "n *k"]) -> Float[Array, "n *k"]:
+def solve(sym: Symbolic, fac: Factor, b: Inexact[Array, "n *k"]) -> Inexact[Array, "n *k"]:
     """Solve `A x = b` with the factor, for `b` of shape (n,) or (n, k)."""
     b = jnp.asarray(b)
     if b.ndim not in (1, 2) or b.shape[0] != sym.n:
@@ -292,7 +306,7 @@ def solve(sym: Symbolic, fac: Factor, b: Float[Array, "n *k"]) -> Float[Array, "
     return x[:, 0] if vector else x
 
 
-def solve_lower(sym: Symbolic, fac: Factor, x: Float[Array, "n k"]) -> Float[Array, "n k"]:
+def solve_lower(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
     """`L^-1 x` in the permuted ordering, leaves first.
 
     Per supernode: x_cols <- L11^-1 x_cols and x_rows -= W x_cols_old, i.e. one scatter-add
@@ -309,12 +323,12 @@ def solve_lower(sym: Symbolic, fac: Factor, x: Float[Array, "n k"]) -> Float[Arr
     return x
 
 
-def solve_upper(sym: Symbolic, fac: Factor, x: Float[Array, "n k"]) -> Float[Array, "n k"]:
-    """`L^-T x` in the permuted ordering, roots first: x_cols <- G^T [x_cols; x_rows]."""
+def solve_upper(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
+    """`L^-H x` in the permuted ordering, roots first: x_cols <- G^H [x_cols; x_rows]."""
     for level in reversed(sym.levels):
         for b in level:
             B = sym.buckets[b]
             v = x.at[_const(_all_idx(B))].get(mode="fill", fill_value=0)  # (size, N, k)
-            xc = jnp.matmul(jnp.swapaxes(fac.g[b], -1, -2), v, precision=_HI)
+            xc = jnp.matmul(_H(fac.g[b]), v, precision=_HI)
             x = x.at[_const(B.col_idx)].set(xc, mode="drop")
     return x

@@ -31,7 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import numeric
-from .numeric import Factor, _HI, _const
+from .numeric import Factor, _H, _HI, _const
 from .symbolic import Bucket, Symbolic
 
 
@@ -50,13 +50,13 @@ def _fronts(sym: Symbolic, fac: Factor, emit):
             if M:
                 z22 = _gather_zii(B, pool)
                 z21 = jnp.matmul(z22, G[:, K:], precision=_HI)  # -Z[I,I] W
-                # Z[J,J] = L11^-T L11^-1 - W^T Z[I,J]
-                z11 = jnp.matmul(linv.mT, linv, precision=_HI) + jnp.matmul(
-                    G[:, K:].mT, z21, precision=_HI
+                # Z[J,J] = L11^-H L11^-1 - W^H Z[I,J]
+                z11 = jnp.matmul(_H(linv), linv, precision=_HI) + jnp.matmul(
+                    _H(G[:, K:]), z21, precision=_HI
                 )
                 parts += [z11.reshape(-1), z21.reshape(-1), z22.reshape(-1)]
             else:
-                z11 = jnp.matmul(linv.mT, linv, precision=_HI)
+                z11 = jnp.matmul(_H(linv), linv, precision=_HI)
                 z21 = z22 = None
                 parts.append(z11.reshape(-1))
             emit(b, z11, z21, z22)
@@ -84,7 +84,10 @@ def _gather_zii(B: Bucket, pool: Array) -> Array:
     )
     # Padding rows/columns (rel == -1) read zero: send them past the end of the pool.
     src = jnp.where(lo >= 0, src, pool.shape[0])
-    return pool.at[src].get(mode="fill", fill_value=0)
+    z = pool.at[src].get(mode="fill", fill_value=0)
+    if jnp.iscomplexobj(z):  # the upper triangle mirrors the lower: Z[r, c] = conj(Z[c, r])
+        z = jnp.where(r < c, jnp.conj(z), z)
+    return z
 
 
 def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False):
@@ -105,6 +108,10 @@ def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False
     if entries:
         cat = jnp.concatenate([chunks[b] for b in sorted(chunks)])
         out_e = cat[_const(sym.sel_order)]
+        if jnp.iscomplexobj(out_e):
+            # Entries are read from the lower triangle of the permuted inverse: where that is
+            # the mirror of the entry, A^-1[i, j] = conj(A^-1[j, i]).
+            out_e = jnp.where(_const(sym.entry_flip), jnp.conj(out_e), out_e)
     if diag:
         d = jnp.zeros(sym.n, fac.g[0].dtype)
         for b, v in diags.items():
@@ -192,15 +199,16 @@ def _l_pattern_maps(sym: Symbolic):
     rows = sym.perm[np.concatenate(rows)]
     cols = sym.perm[np.concatenate(cols)]
     pos = np.concatenate(pos)
-    # lower triangle in the original ordering
+    # lower triangle in the original ordering; values read from above the diagonal there
+    # are conjugated (complex hermitian)
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    return hi, lo, pos
+    return hi, lo, (pos, rows < cols)
 
 
 def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnzL"]:
     """Entries of `A^-1` on the whole (supernodal) pattern of L, aligned with `l_pattern`."""
     fac = numeric.factor(sym, values)
-    _, _, pos = _l_pattern_maps(sym)
+    _, _, (pos, flip) = _l_pattern_maps(sym)
     chunks = {}
 
     def emit(b, z11, z21, z22):
@@ -217,7 +225,10 @@ def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[
     order = np.concatenate(order)
     inv = np.empty_like(order)
     inv[order] = np.arange(order.shape[0])
-    return jnp.concatenate(out)[_const(inv)]
+    out = jnp.concatenate(out)[_const(inv)]
+    if jnp.iscomplexobj(out):
+        out = jnp.where(_const(flip), jnp.conj(out), out)
+    return out
 
 
 # ---------------------------------------------------------------------------------------
@@ -241,7 +252,14 @@ def _logdet_jvp(sym, primals, tangents):
     fac = numeric.factor(sym, values)
     z = _entries_from_factor(sym, fac)
     w = jnp.asarray(sym.logdet_weight, dtype=z.dtype)
-    tangent = jnp.sum(w * z * dv)
+    # d log det A = tr(A^-1 dA); a stored lower entry v at (i, j), i > j, is A[i, j] and,
+    # conjugated, A[j, i]: its term is 2 Re(conj(Z[i, j]) dv) (Re(Z[i, i] dv) on the
+    # diagonal, whose imaginary part is not read).
+    if jnp.iscomplexobj(z):  # Z[i, i] is real: no derivative w.r.t. Im of the diagonal
+        z = jnp.where(_const(sym.entry_row == sym.entry_col), jnp.real(z).astype(z.dtype), z)
+    tangent = jnp.sum(w * jnp.conj(z) * dv)
+    if jnp.iscomplexobj(tangent):
+        tangent = jnp.real(tangent)
     return (fac.logdet, fac.ok), (tangent, np.zeros((), dtype=jax.dtypes.float0))
 
 

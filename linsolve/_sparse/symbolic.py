@@ -143,6 +143,9 @@ class Symbolic:
     entry_row: np.ndarray  # (nnz,) original row index
     entry_col: np.ndarray  # (nnz,) original column index
     entry_read: np.ndarray  # (nnz,) bool: entry is in the lower triangle (row >= col)
+    # (nnz,) bool: the entry is read from / into the upper triangle of the permuted matrix
+    # (its lower mirror there is the conjugate, for complex hermitian matrices)
+    entry_flip: np.ndarray
     logdet_weight: np.ndarray  # (nnz,) d logdet / d value_e = weight_e * Ainv[row_e, col_e]
     # supernodes (in postorder of the supernodal elimination tree)
     sn_start: np.ndarray  # (ns + 1,) first permuted column of each supernode
@@ -593,6 +596,7 @@ def _schedule(
         entry_row=entry_row,
         entry_col=entry_col,
         entry_read=entry_read,
+        entry_flip=pr < pc,
         logdet_weight=weight,
         sn_start=sn_start,
         sn_parent=sn_parent,
