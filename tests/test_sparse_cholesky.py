@@ -159,3 +159,27 @@ def test_complex_hermitian_gradients_match_finite_differences():
         assert np.all(g[upper] == 0), name  # unread: exactly zero
         assert np.all(np.imag(g[diag]) == 0), name  # imaginary part of the diagonal unread
     check_grads(jax.jit(losses["logdet"]), (op.values,), order=2, modes=["fwd", "rev"])
+
+
+def test_selected_inverse_derivatives_second_order():
+    """diag_inverse / selected_inverse at first and second order in both modes (each mode
+    of each mode), with garbage in the unread upper triangle, and under vmap."""
+    rng = np.random.default_rng(3)
+    full = sp.csc_matrix(A + sp.diags(rng.random(25)))
+    full.sort_indices()
+    col = np.repeat(np.arange(25), np.diff(full.indptr))
+    data = full.data.copy()
+    upper = full.indices < col
+    data[upper] = 10 * rng.standard_normal(upper.sum())  # unread
+    op = ls.SparseOperator(jnp.asarray(data), full.indices, full.indptr, (25, 25), PSD)
+    c = jnp.asarray(rng.standard_normal(25))
+    marg = jax.jit(lambda v: jnp.sum(c * ls.diag_inverse(_op(v, op)) ** 2))
+    sel = jax.jit(lambda v: jnp.sum(jnp.sin(ls.selected_inverse(_op(v, op)).values)))
+    for f in (marg, sel):
+        check_grads(f, (op.values,), order=2, modes=["fwd", "rev"])
+        g = jax.grad(f)(op.values)
+        assert np.all(np.asarray(g)[upper] == 0)
+    # vmap over a batch of values
+    batch = jnp.stack([op.values, op.values * 1.5])
+    gb = jax.jit(jax.vmap(jax.grad(marg)))(batch)
+    np.testing.assert_allclose(gb[1], jax.grad(marg)(batch[1]), rtol=1e-10, atol=1e-12)
