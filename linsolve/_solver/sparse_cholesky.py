@@ -14,6 +14,7 @@ import jax.numpy as jnp
 
 from .._solution import RESULTS
 from .._sparse import numeric
+from .._sparse.elimination import ORDERINGS
 from .._sparse.operator import SparseOperator
 from .._sparse.symbolic import Symbolic, analyse
 from .._tags import positive_semidefinite_tag
@@ -59,7 +60,7 @@ class SparseCholesky(AbstractSolver):
     ordering: str = eqx.field(static=True, default="auto")
 
     def __check_init__(self):
-        if self.ordering not in ("auto", "metis", "amd", "rcm", "natural"):
+        if self.ordering not in ORDERINGS:
             raise ValueError(
                 "SparseCholesky(ordering=...) must be one of 'auto', 'metis', 'amd', 'rcm', "
                 f"'natural'; got {self.ordering!r}."

@@ -39,13 +39,17 @@ class Structure:
     nnz_L: int  # nonzeros of L including the diagonal (without amalgamation zeros)
 
 
+# The fill-reducing orderings `supernodal_structure` (and `SparseCholesky`) accept.
+ORDERINGS = ("auto", "metis", "amd", "rcm", "natural")
+
+
 def supernodal_structure(indptr, indices, n: int, ordering: str, relax: bool) -> Structure:
     """Ordering, elimination tree and supernodes of the CSC pattern `(indptr, indices)`.
 
     Only the lower triangle (row >= col) of the pattern is read; the diagonal of L is always
     structurally nonzero.
     """
-    if ordering not in ("auto", "metis", "amd", "rcm", "natural"):
+    if ordering not in ORDERINGS:
         raise ValueError(f"unknown ordering {ordering!r}")
     indptr = np.asarray(indptr).astype(np.int64, copy=False)
     entry_row = np.asarray(indices).astype(np.int64)
