@@ -2,5 +2,5 @@
 iterative, derivatives from projected linear solves) and `eigh` (dense, all eigenpairs),
 both returning `Eigenpairs`."""
 
-from .eigh import eigh as eigh
-from .lobpcg import Eigenpairs as Eigenpairs, lobpcg as lobpcg
+from .dense_eigh import eigh as eigh
+from .lobpcg_iteration import Eigenpairs as Eigenpairs, lobpcg as lobpcg

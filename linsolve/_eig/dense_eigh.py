@@ -23,7 +23,7 @@ import jax.scipy.linalg as jsl
 from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, result_code
 from .adjoint import eigenpair_tangents
-from .lobpcg import Eigenpairs, _check_operator
+from .lobpcg_iteration import Eigenpairs, _check_operator
 
 
 @unbatched_on_cpu(1)
