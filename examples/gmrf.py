@@ -24,8 +24,13 @@ optimistix's BFGS maximises it. The posterior mean is `mu`, the marginal standar
 deviations are `sqrt(diag(Q_post^-1))` from `ls.diag_inverse`.
 """
 
-import os
 import time
+from pathlib import Path
+
+from _needs import require
+
+
+require("matplotlib", "optimistix")  # before the work, not after it
 
 import jax
 
@@ -91,6 +96,7 @@ def main():
     Pty[obs] = y
     mask, Pty, y_obs = jnp.asarray(mask), jnp.asarray(Pty), jnp.asarray(y)
 
+    # --8<-- [start:marginal]
     def posterior(theta):
         kappa, tau, sigma = jnp.exp(theta)
         q = precision_values(kappa, tau)
@@ -112,11 +118,14 @@ def main():
             - 0.5 * ls.logdet(operator(q_post))
         )
         return -log_p / k
+    # --8<-- [end:marginal]
 
     theta0 = jnp.log(jnp.array([1.0, 1.0, 0.5]))
     start = time.perf_counter()
+    # --8<-- [start:fit]
     solver = optx.BFGS(rtol=1e-6, atol=1e-6)
     fit = optx.minimise(neg_log_marginal, solver, theta0, max_steps=100)
+    # --8<-- [end:fit]
     theta = fit.value
     seconds = time.perf_counter() - start
     est = dict(zip(["kappa", "tau", "sigma"], np.exp(np.asarray(theta))))
@@ -169,7 +178,7 @@ def plot(x_true, obs, y, mean, std, est):
             **est, k0=TRUE["kappa"], t0=TRUE["tau"], s0=TRUE["sigma"]
         )
     )
-    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "gmrf.png")
+    path = Path(__file__).resolve().parent / "gmrf.png"
     fig.savefig(path, dpi=90)
     print(f"wrote {path}")
 

@@ -24,6 +24,12 @@ graph with the optimised weights.
 
 import os
 import time
+from pathlib import Path
+
+from _needs import require
+
+
+require("matplotlib")  # before the work, not after it
 
 import jax
 
@@ -80,6 +86,7 @@ def laplacian(w):
     return apply
 
 
+# --8<-- [start:deflated]
 def deflated(w):
     """`L(w) + σ 11ᵀ/n`, σ = 2 max weighted degree ≥ λ_max(L) (no derivative through σ),
     and its Jacobi preconditioner."""
@@ -90,6 +97,7 @@ def deflated(w):
         lambda x: lap(x) + sigma * jnp.mean(x), jnp.zeros(n), ls.positive_semidefinite_tag
     )
     return op, ls.DiagonalOperator(1 / (degree + sigma / n))
+# --8<-- [end:deflated]
 
 
 def dense_spectrum(w):
@@ -102,6 +110,7 @@ def dense_spectrum(w):
 # --- Objective and one optimisation step --------------------------------------------
 
 
+# --8<-- [start:step]
 def loss(theta, targets, x0):
     op, jacobi = deflated(weights(theta))
     # The preconditioner gets no derivative; it speeds up the iteration (and the
@@ -122,9 +131,10 @@ def adam_step(theta, state, targets, x0):
     v = 0.999 * v + 0.001 * grad**2
     step = 0.05 * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
     return theta - step, (m, v, t), value, eig
+# --8<-- [end:step]
 
 
-def main(path="examples/graph_spectral.png"):
+def main(path=Path(__file__).resolve().parent / "graph_spectral.png"):
     theta = jnp.zeros(n_edges)  # all weights 1
     before = dense_spectrum(weights(theta))
     targets = jnp.full(K, 1.8 * before[1])
@@ -194,7 +204,6 @@ def _plot(path, before, after, targets, history, w):
     ax.set_title("Optimised edge weights")
     fig.colorbar(lines, ax=ax, label="weight")
     fig.tight_layout()
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     fig.savefig(path, dpi=110)
     print(f"wrote {path}")
 

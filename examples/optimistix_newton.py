@@ -21,12 +21,18 @@ Prints a table (first call with compilation, then the median of 3 calls of
 `value_and_grad`; Newton steps; dQ/dθ vs finite differences) and writes
 `examples/optimistix_newton.png` (u, ∂u/∂c, ∂u/∂a). About half a minute on 2 CPU cores.
 
-    python examples/optimistix_newton.py [--side 24] [--plot examples/optimistix_newton.png]
+    python examples/optimistix_newton.py [--side 24] [--plot PATH]
 """
 
 import argparse
 import os
 import time
+from pathlib import Path
+
+from _needs import require
+
+
+require("optimistix")  # before the work, not after it
 
 
 # One thread (XLA and the LAPACK behind jax's CPU factorizations), for stable timings: on
@@ -64,6 +70,7 @@ def make_residual(side: int):
     return residual
 
 
+# --8<-- [start:solve]
 def make_solve(residual, side: int, solver, tol: float = 1e-11):
     """`θ ↦ u(θ)` by Newton, with `solver` (a lineax solver) for the Newton steps and
     for the implicit adjoint."""
@@ -79,12 +86,14 @@ def make_solve(residual, side: int, solver, tol: float = 1e-11):
         return sol.value, sol.stats["num_steps"]
 
     return solve
+# --8<-- [end:solve]
 
 
 def main(side: int, plot: str | None):
     residual = make_residual(side)
     theta = jnp.array([300.0, 40.0])  # (c, a): a visibly nonlinear regime
     n = side * side
+    # --8<-- [start:solvers]
     solvers = {
         # Matrix-free: CG applies the Jacobian by jax.linearize's JVP, never forms it.
         "ls.CG (matrix-free)": ls.as_lineax_solver(ls.CG(rtol=1e-12)),
@@ -94,6 +103,7 @@ def main(side: int, plot: str | None):
         "ls.AutoSolver()": ls.as_lineax_solver(ls.AutoSolver()),
         "lx.CG (lineax's own)": lx.CG(rtol=1e-12, atol=1e-12),
     }
+    # --8<-- [end:solvers]
     print(f"Newton on a {side}×{side} grid (n = {n}), θ = (c, a) = {tuple(map(float, theta))}")
     print("Q(θ) = mean(u(θ)); dQ/dθ by optimistix.ImplicitAdjoint vs central differences\n")
     header = (
@@ -170,6 +180,12 @@ def main(side: int, plot: str | None):
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--side", type=int, default=24)
-    parser.add_argument("--plot", default="examples/optimistix_newton.png")
+    parser.add_argument(
+        "--plot",
+        default=str(Path(__file__).resolve().parent / "optimistix_newton.png"),
+        help="where to write the figure ('' for none; default: next to this script)",
+    )
     args = parser.parse_args()
+    if args.plot:
+        require("matplotlib")
     main(args.side, args.plot)

@@ -30,11 +30,12 @@ warm one; the three gradients agree up to the effect of the solver tolerance (pr
 Writes `examples/pde_inverse.png`: true and recovered κ, and the operator applications
 per solve at every L-BFGS iteration. About a minute on 2 CPU cores.
 
-    python examples/pde_inverse.py [--iters 30] [--plot examples/pde_inverse.png]
+    python examples/pde_inverse.py [--iters 30] [--plot PATH]
 """
 
 import argparse
 import time
+from pathlib import Path
 
 import jax
 
@@ -46,6 +47,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 import linsolve as ls  # noqa: E402
+from _needs import require  # noqa: E402
 
 
 N = 48  # interior grid points per direction
@@ -119,6 +121,7 @@ beta = 20.0  # smoothness weight, chosen by eye
 # -- the objective, with warm starts ----------------------------------------------------
 
 
+# --8<-- [start:objective]
 def objective(m, f, u_prev, lam_prev, recycle):
     kappa = jnp.exp(m)
     op, diagonal = diffusion(kappa)
@@ -142,6 +145,7 @@ def forward(m, u_prev, lam_prev, recycle):
 def backward(pullback):
     """`(∂J/∂m, ∂J/∂f)`; `∂J/∂f` is the adjoint solution λ (J depends on f only through u)."""
     return pullback(jnp.ones(()))
+# --8<-- [end:objective]
 
 
 def evaluate(m, u_prev, lam_prev, recycle=0):
@@ -281,8 +285,14 @@ def plot(m, counts, evaluations, path):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--iters", type=int, default=30)
-    parser.add_argument("--plot", default="examples/pde_inverse.png")
+    parser.add_argument(
+        "--plot",
+        default=str(Path(__file__).resolve().parent / "pde_inverse.png"),
+        help="where to write the figure ('' for none; default: next to this script)",
+    )
     args = parser.parse_args()
+    if args.plot:
+        require("matplotlib")  # before the work, not after it
     start = time.perf_counter()
     m, counts, evaluations = run(args.iters)
     totals = {key: np.sum(counts[key], axis=0) for key in counts}
