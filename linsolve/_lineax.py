@@ -27,6 +27,7 @@ import lineax as lx
 import numpy as np
 from jaxtyping import Array, PyTree
 
+from ._dtype import check_supported
 from ._operator import (
     AbstractOperator,
     DiagonalOperator,
@@ -70,6 +71,21 @@ _LINEAX_CHECKS = (
     (lx.is_diagonal, lx.diagonal_tag),
     (lx.has_unit_diagonal, lx.unit_diagonal_tag),
 )
+
+
+def linsolve_tag_of(tag: Any):
+    """The linsolve tag a lineax tag object stands for; `None` if `tag` is not a lineax
+    tag. lineax's `tridiagonal_tag` has no linsolve counterpart and is refused."""
+    if tag is lx.tridiagonal_tag:
+        raise ValueError(
+            "lineax's tridiagonal_tag has no linsolve counterpart: pass a "
+            "`lineax.TridiagonalLinearOperator` (converted to a `linsolve.SparseOperator`) "
+            "or build a `linsolve.SparseOperator` directly."
+        )
+    try:
+        return _FROM_LINEAX.get(tag)
+    except TypeError:  # unhashable: not a tag
+        return None
 
 
 def is_lineax_operator(op: Any) -> bool:
@@ -150,6 +166,7 @@ class LineaxOperator(AbstractOperator):
     def __check_init__(self):
         flat_structure(self.operator.in_structure(), "input")
         flat_structure(self.operator.out_structure(), "output")
+        check_supported(self.dtype, "the lineax operator")
 
     def _mv(self, x):
         return ravel(self.operator.mv(unravel(x, self.operator.in_structure())))

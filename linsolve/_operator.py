@@ -14,6 +14,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
+from ._dtype import check_supported
 from ._structure import effective_matrix, lower_read, read_diagonal, structured_matvec
 from ._tags import (
     add_tags,
@@ -156,6 +157,19 @@ class AbstractOperator(eqx.Module):
     def __rmatmul__(self, other):
         return ComposedOperator(as_operator(other), self)
 
+    def __repr__(self) -> str:
+        # Equinox's default repr shows private internals (frozensets, closure converters);
+        # what a user needs is the kind, the shape, the dtype and the promises.
+        return (
+            f"{type(self).__name__}(shape={self.shape}, dtype={jnp.dtype(self.dtype).name}, "
+            f"tags={tag_summary(self.tags)})"
+        )
+
+
+def tag_summary(tags: frozenset) -> str:
+    """`{positive_semidefinite, symmetric}`: tag names without the `_tag` suffix."""
+    return "{" + ", ".join(sorted(t.name.removesuffix("_tag") for t in tags)) + "}"
+
 
 def as_operator(op: Any) -> AbstractOperator:
     """Accept a linsolve operator or any `lineax.AbstractLinearOperator`."""
@@ -166,9 +180,24 @@ def as_operator(op: Any) -> AbstractOperator:
     if is_lineax_operator(op):
         return from_lineax(op)
     raise TypeError(
-        f"Expected a linsolve or lineax operator, got {type(op).__name__}. Wrap arrays "
-        "with `linsolve.MatrixOperator(matrix, tags)`."
+        f"Expected a linsolve or lineax operator, got {type(op).__name__}. {_wrap_hint(op)}"
     )
+
+
+def _wrap_hint(op: Any) -> str:
+    """How to make an operator of `op`, by what `op` is."""
+    import scipy.sparse as sp
+
+    if sp.issparse(op):
+        return "Wrap a scipy.sparse matrix with `linsolve.SparseOperator.from_scipy(matrix, tags)`."
+    if type(op).__module__.startswith("jax.experimental.sparse"):
+        return "Wrap a jax.experimental.sparse matrix with `linsolve.SparseOperator.from_bcoo(matrix, tags)`."
+    if callable(op) and not hasattr(op, "__array__"):
+        return (
+            "Wrap a linear function with `linsolve.FunctionOperator(fn, x_example, tags)` "
+            "(`x_example`: an input of the right shape and dtype)."
+        )
+    return "Wrap arrays with `linsolve.MatrixOperator(matrix, tags)`."
 
 
 def _check_square_for(tags: frozenset, shape) -> None:
@@ -199,6 +228,7 @@ class MatrixOperator(AbstractOperator):
             raise ValueError(f"MatrixOperator needs a 2-D matrix, got shape {matrix.shape}.")
         if not jnp.issubdtype(matrix.dtype, jnp.inexact):
             matrix = matrix.astype(jnp.result_type(float))
+        check_supported(matrix.dtype, "the matrix of a MatrixOperator")
         tags = as_tags(tags)
         _check_square_for(tags, matrix.shape)
         self.matrix = matrix
@@ -263,6 +293,7 @@ class DiagonalOperator(AbstractOperator):
             raise ValueError(f"DiagonalOperator needs a 1-D diagonal, got shape {diagonal.shape}.")
         if not jnp.issubdtype(diagonal.dtype, jnp.inexact):
             diagonal = diagonal.astype(jnp.result_type(float))
+        check_supported(diagonal.dtype, "the diagonal of a DiagonalOperator")
         extra = {diagonal_tag, symmetric_tag, lower_triangular_tag, upper_triangular_tag}
         if not _is_complex(diagonal.dtype):
             extra.add(hermitian_tag)
@@ -319,6 +350,7 @@ class IdentityOperator(AbstractOperator):
     def __init__(self, n: int, dtype: Any = None):
         self.n = int(n)
         self._dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
+        check_supported(self._dtype, "an IdentityOperator")
 
     def _mv(self, x):
         return x
@@ -391,6 +423,7 @@ class FunctionOperator(AbstractOperator):
         self.in_shape = tuple(example.shape)
         self.out_shape = tuple(out.shape)
         self._dtype = jnp.result_type(example.dtype, out.dtype)
+        check_supported(self._dtype, "a FunctionOperator (its input or output)")
         tags = as_tags(tags)
         _check_square_for(tags, self.shape)
         self._tags = tags
@@ -547,10 +580,24 @@ class ScaledOperator(AbstractOperator):
 
 class ComposedOperator(AbstractOperator):
     """`A @ B`. `A.T @ A` and `A @ A.T` of a real operator are tagged positive
-    semidefinite (complex: symmetric), since the factors are seen to match."""
+    semidefinite (complex: symmetric), since the factors are seen to match.
+
+    That the factors match is seen once, when the product is formed (one operator object
+    on both sides), and recorded as static metadata, so the tags survive flattening,
+    `jit`, `vmap` and `eqx.partition`/`combine` (which make a new object of each leaf).
+    """
 
     operator1: AbstractOperator
     operator2: AbstractOperator
+    _gram: bool = eqx.field(static=True)
+
+    def __init__(self, operator1: AbstractOperator, operator2: AbstractOperator):
+        self.operator1 = operator1
+        self.operator2 = operator2
+        a, b = operator1, operator2
+        self._gram = (isinstance(a, TransposedOperator) and a.operator is b) or (
+            isinstance(b, TransposedOperator) and b.operator is a
+        )
 
     def __check_init__(self):
         if self.operator1.shape[1] != self.operator2.shape[0]:
@@ -571,15 +618,9 @@ class ComposedOperator(AbstractOperator):
         return self.operator1.as_matrix() @ self.operator2.as_matrix()
 
     def transpose(self):
-        if self._gram():
+        if self._gram:
             return self
         return ComposedOperator(self.operator2.T, self.operator1.T)
-
-    def _gram(self) -> bool:
-        a, b = self.operator1, self.operator2
-        return (isinstance(a, TransposedOperator) and a.operator is b) or (
-            isinstance(b, TransposedOperator) and b.operator is a
-        )
 
     @property
     def shape(self):
@@ -591,7 +632,7 @@ class ComposedOperator(AbstractOperator):
 
     @property
     def tags(self):
-        if self._gram():
+        if self._gram:
             if _is_complex(self.dtype):
                 return frozenset({symmetric_tag})
             return frozenset({symmetric_tag, hermitian_tag, positive_semidefinite_tag})

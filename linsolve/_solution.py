@@ -4,13 +4,24 @@ import enum
 from typing import Any
 
 import equinox as eqx
+import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Int
 
 
 class RESULTS(enum.IntEnum):
     """Result codes of a solve. `sol.result` is an int32 array holding one of these;
-    compare with `sol.result == ls.RESULTS.successful` (works under `jit` and `vmap`)."""
+    compare with `sol.result == ls.RESULTS.successful` (works under `jit` and `vmap`).
+
+    lineax's codes are a different type: `sol.result == lineax.RESULTS.successful` raises
+    (equinox refuses to compare its enumerations with anything else). Compare with
+    linsolve's codes, or convert: `sol.lineax_result == lineax.RESULTS.successful`
+    (see [`linsolve.RESULTS.to_lineax`][]).
+
+    Messages: `RESULTS.message(sol.result)` for a concrete code (outside `jit`);
+    `RESULTS.print_message(sol.result)` prints from inside `jit`/`vmap` at run time.
+    """
 
     successful = 0
     max_steps_reached = 1
@@ -20,9 +31,45 @@ class RESULTS(enum.IntEnum):
     breakdown = 5
 
     @classmethod
-    def message(cls, code: int) -> str:
-        """A human-readable explanation of a (concrete) result code."""
-        return _MESSAGES[cls(int(code))]
+    def message(cls, code: Any) -> str:
+        """A human-readable explanation of a concrete result code (a `RESULTS` member, an
+        int, or a 0-d array such as `sol.result` outside `jit`). An array of codes (from
+        `vmap`) gives a numpy array of messages. A traced code raises a `TypeError`: under
+        `jit` use [`linsolve.RESULTS.print_message`][], or return `sol.result` and look it
+        up outside."""
+        if isinstance(code, jax.core.Tracer):
+            raise TypeError(
+                "RESULTS.message needs a concrete result code, but it was called under a JAX "
+                "transformation (jit/vmap/grad) where `sol.result` is traced. Return "
+                "`sol.result` from the transformed function and call RESULTS.message on it "
+                "outside, or print it at run time with `linsolve.RESULTS.print_message("
+                "sol.result)`; `throw=True` (the default) raises with the message."
+            )
+        codes = np.asarray(code)
+        if codes.ndim:
+            return np.vectorize(lambda c: _MESSAGES[cls(int(c))], otypes=[object])(codes)
+        return _MESSAGES[cls(int(codes))]
+
+    @classmethod
+    def print_message(cls, code: Any, prefix: str = "") -> None:
+        """Print the name and message of a result code at run time, also under `jit` and
+        `vmap` (through `jax.debug.callback`; one line per code)."""
+
+        def show(c):
+            for one in np.ravel(np.asarray(c)):
+                member = cls(int(one))
+                print(f"{prefix}{member.name}: {_MESSAGES[member]}")
+
+        jax.debug.callback(show, jnp.asarray(code))
+
+    @classmethod
+    def to_lineax(cls, code: Any):
+        """The `lineax.RESULTS` item of a result code (traced or not), for code written
+        against lineax: `ls.RESULTS.to_lineax(sol.result) == lineax.RESULTS.successful`.
+        `not_positive_definite` maps to lineax's `singular` (lineax has no such code)."""
+        from ._lineax_solver import lineax_result
+
+        return lineax_result(jnp.asarray(code, jnp.int32))
 
 
 _MESSAGES = {
@@ -68,3 +115,33 @@ class Solution(eqx.Module):
     value: Array
     result: Int[Array, ""]
     stats: dict[str, Any]
+
+    @property
+    def lineax_result(self):
+        """`result` as a `lineax.RESULTS` item (see [`linsolve.RESULTS.to_lineax`][]), so
+        code written for lineax can compare `sol.lineax_result == lineax.RESULTS.successful`."""
+        return RESULTS.to_lineax(self.result)
+
+    def __repr__(self) -> str:
+        # The result's name when it is concrete, not equinox's `result=i32[]`.
+        return (
+            f"Solution(value={_short(self.value)}, result={_result_name(self.result)}, "
+            f"stats={eqx.tree_pformat(self.stats, short_arrays=True)})"
+        )
+
+
+def _short(x) -> str:
+    return eqx.tree_pformat(x, short_arrays=True)
+
+
+def _result_name(code) -> str:
+    if isinstance(code, jax.core.Tracer) or not eqx.is_array_like(code):
+        return _short(code)
+    codes = np.asarray(code)
+    try:
+        names = [RESULTS(int(c)).name for c in np.ravel(codes)]
+    except ValueError:  # not a linsolve code
+        return _short(code)
+    if codes.ndim == 0:
+        return names[0]
+    return f"[{', '.join(names)}]" if codes.size <= 8 else _short(code)

@@ -52,16 +52,44 @@ _SEMIDEFINITE = frozenset({positive_semidefinite_tag, negative_semidefinite_tag}
 _SELF_ADJOINT = frozenset({symmetric_tag, hermitian_tag}) | _SEMIDEFINITE
 
 
+_BY_NAME = {tag.name.removesuffix("_tag"): tag for tag in ALL_TAGS}
+
+
+def _one_tag(tag: Any) -> "_Tag":
+    """One tag: a linsolve tag, its name as a string ("symmetric" or "symmetric_tag"), or
+    a lineax tag object (translated)."""
+    if isinstance(tag, _Tag):
+        return tag
+    if isinstance(tag, str):
+        found = _BY_NAME.get(tag.removesuffix("_tag"))
+        if found is None:
+            raise ValueError(
+                f"Unknown tag name {tag!r}; the tag names are {sorted(_BY_NAME)} (or use the "
+                "tag objects, e.g. `linsolve.symmetric_tag`)."
+            )
+        return found
+    from ._lineax import linsolve_tag_of  # lazily: lineax's tags are translated there
+
+    found = linsolve_tag_of(tag)
+    if found is None:
+        raise TypeError(
+            f"Unknown tag {tag!r}; use the linsolve tag objects (e.g. "
+            "`linsolve.symmetric_tag`), their names (e.g. \"symmetric\") or lineax's tags."
+        )
+    return found
+
+
 def as_tags(tags: Any) -> frozenset:
-    """Normalise a `tags=` argument (one tag or an iterable of tags) to a frozenset."""
-    if isinstance(tags, _Tag):
+    """Normalise a `tags=` argument to a frozenset of linsolve tags. Accepted: one tag or an
+    iterable of tags, where a tag is a linsolve tag object, its name as a string
+    (`"symmetric"` or `"symmetric_tag"`), or one of lineax's tag objects."""
+    from ._lineax import linsolve_tag_of
+
+    if isinstance(tags, (_Tag, str)) or linsolve_tag_of(tags) is not None:
         tags = (tags,)
     elif not isinstance(tags, Iterable):
         raise TypeError(f"`tags` must be a tag or an iterable of tags, got {tags!r}.")
-    out = frozenset(tags)
-    unknown = out - ALL_TAGS
-    if unknown:
-        raise TypeError(f"Unknown tags {sorted(map(repr, unknown))}; use the linsolve tag objects.")
+    out = frozenset(_one_tag(t) for t in tags)
     if positive_semidefinite_tag in out and negative_semidefinite_tag in out:
         # Only the zero matrix is both; almost always a user mistake.
         raise ValueError("An operator cannot be tagged both positive and negative semidefinite.")

@@ -45,9 +45,11 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import _lapack
+from .._dtype import check_same_dtype
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, first_failure
 from .._tags import is_self_adjoint
@@ -495,6 +497,7 @@ def lobpcg(
         B = _check_operator(B, "B")
         if B.shape != op.shape:
             raise ValueError(f"lobpcg: `B` has shape {B.shape}, the operator {op.shape}.")
+        check_same_dtype(op.dtype, B.dtype, "the operator", "lobpcg: `B`")
     if preconditioner is not None:
         preconditioner = as_operator(preconditioner)
         if preconditioner.shape != op.shape:
@@ -502,13 +505,16 @@ def lobpcg(
                 f"lobpcg: the preconditioner has shape {preconditioner.shape}, the operator "
                 f"{op.shape}."
             )
+        check_same_dtype(op.dtype, preconditioner.dtype, "the operator", "lobpcg: the preconditioner")
     k = int(k)
     if not 1 <= k <= n:
         raise ValueError(f"lobpcg: need 1 <= k <= n = {n}, got k = {k}.")
-    dtype = op.dtype if B is None else jnp.result_type(op.dtype, B.dtype)
+    dtype = op.dtype
     eps = float(jnp.finfo(dtype).eps)
     m = default_block_size(k, n) if block_size is None else int(block_size)
     if X0 is not None:
+        if isinstance(X0, (jax.Array, np.ndarray)) and jnp.issubdtype(X0.dtype, jnp.inexact):
+            check_same_dtype(dtype, X0.dtype, "the operator", "lobpcg: X0")
         X0 = jnp.asarray(X0, dtype)
         if X0.ndim == 1:
             X0 = X0[:, None]

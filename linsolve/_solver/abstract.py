@@ -2,6 +2,7 @@
 to solve and transpose-solve from that state; how to differentiate lives in `_solve.py`."""
 
 import abc
+import functools
 from typing import Any, ClassVar
 
 import equinox as eqx
@@ -21,6 +22,34 @@ class AbstractSolver(eqx.Module):
 
     #: Whether the solver accepts non-square operators (least squares / minimum norm).
     supports_nonsquare: ClassVar[bool] = False
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        # lineax and optimistix call `solver.init(operator, options)`: a linsolve solver
+        # handed to them directly would fail with an arity error that says nothing of the
+        # fix. Every `init` is wrapped once, where it is defined, to say what to do.
+        init = cls.__dict__.get("init")
+        if init is None or getattr(init, "_checks_lineax_call", False):
+            return
+
+        @functools.wraps(init)
+        def checked_init(self, operator, *args, **kwargs):
+            if args or kwargs:
+                _lineax_misuse(self, "init")
+            return init(self, operator)
+
+        checked_init._checks_lineax_call = True
+        cls.init = checked_init
+
+    def compute(self, *args, **kwargs):
+        """Not a linsolve method: lineax's. Raises a `TypeError` naming
+        [`linsolve.as_lineax_solver`][]."""
+        _lineax_misuse(self, "compute")
+
+    def assume_full_rank(self):
+        """Not a linsolve method: lineax's. Raises a `TypeError` naming
+        [`linsolve.as_lineax_solver`][]."""
+        _lineax_misuse(self, "assume_full_rank")
 
     @abc.abstractmethod
     def init(self, operator: AbstractOperator) -> Any:
@@ -43,6 +72,17 @@ class AbstractSolver(eqx.Module):
         attach what its forward solve learned (e.g. a recycled subspace)."""
         del stats
         return state
+
+
+def _lineax_misuse(solver: "AbstractSolver", method: str):
+    name = type(solver).__name__
+    raise TypeError(
+        f"linsolve.{name} is a linsolve solver, not a lineax one (lineax/optimistix called "
+        f"its `{method}` with lineax's arguments). Wrap it: `linsolve.as_lineax_solver("
+        f"linsolve.{name}(...))`, e.g. `lineax.linear_solve(op, b, "
+        f"linsolve.as_lineax_solver(linsolve.{name}()))` or `optimistix.Newton(..., "
+        f"linear_solver=linsolve.as_lineax_solver(linsolve.{name}()))`."
+    )
 
 
 def dense_input(operator: AbstractOperator) -> Array:

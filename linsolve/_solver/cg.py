@@ -175,7 +175,7 @@ def _ritz_basis(window, tri, count, m):
     """The `m` Ritz vectors of the smallest Ritz values from the first `count` rows of the
     window, as rows; zero rows where fewer than `m` exist."""
     s = window.shape[0]
-    valid = jnp.arange(s) < count
+    valid = jnp.arange(s, dtype=jnp.result_type(count)) < count  # strict promotion: one int type
     t = jnp.where(valid[:, None] & valid[None, :], tri[:s, :s], 0)
     # Unused slots get a diagonal above every eigenvalue of the used block (Gershgorin).
     big = 2 * jnp.max(jnp.sum(jnp.abs(t), axis=1)) + 1

@@ -127,7 +127,7 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
         j, k, basis, hess, g, _, _ = lax.while_loop(inner_cond, inner_body, init)
         # Least squares in the Krylov space: the rotated Hessenberg matrix is upper
         # triangular on its first j columns; pad the rest with the identity.
-        used = jnp.arange(restart) < j
+        used = jnp.arange(restart, dtype=j.dtype) < j  # strict promotion: one int type
         tri = jnp.where(used[:, None] & used[None, :], hess[:restart], 0)
         bad_diag = used & (jnp.diagonal(tri) == 0)
         tri = tri + jnp.diag(jnp.where(used & ~bad_diag, 0, 1).astype(dtype))

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._dtype import check_same_dtype
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, result_code
 from .abstract import AbstractSolver
@@ -100,6 +101,10 @@ class AbstractKrylovSolver(AbstractSolver):
                     f"The preconditioner of {type(self).__name__} has shape "
                     f"{preconditioner.shape}; the operator has shape {operator.shape}."
                 )
+            check_same_dtype(
+                operator.dtype, preconditioner.dtype, "the operator",
+                f"The preconditioner of {type(self).__name__}",
+            )
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
             if value is not None and not value >= 0:
                 raise ValueError(f"{type(self).__name__}: `{name}` must be >= 0, got {value}.")

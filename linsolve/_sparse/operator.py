@@ -23,6 +23,7 @@ import numpy as np
 import scipy.sparse as sp
 from jaxtyping import Array, ArrayLike, Inexact
 
+from .._dtype import check_supported
 from .._operator import AbstractOperator, TransposedOperator, _check_square_for, _is_complex
 from .._tags import (
     as_tags,
@@ -248,10 +249,25 @@ class SparseOperator(AbstractOperator):
     pattern: Pattern = eqx.field(static=True)
     _tags: frozenset = eqx.field(static=True)
 
-    def __init__(self, values: ArrayLike, indices, indptr, shape, tags: Any = ()):
+    def __init__(self, values: ArrayLike, indices=None, indptr=None, shape=None, tags: Any = ()):
+        if sp.issparse(values):  # `SparseOperator(scipy_matrix, tags=...)`: as from_scipy
+            if not (indices is None and indptr is None and shape is None):
+                raise TypeError(
+                    "SparseOperator(scipy_matrix) takes no indices/indptr/shape; pass tags by "
+                    "keyword, or use `SparseOperator.from_scipy(matrix, tags)`."
+                )
+            csc = sp.csc_matrix(values)
+            nnz = int(csc.indptr[-1])  # scipy may store beyond indptr[-1]; not part of the matrix
+            values, indices, indptr, shape = csc.data[:nnz], csc.indices[:nnz], csc.indptr, csc.shape
+        elif indices is None or indptr is None or shape is None:
+            raise TypeError(
+                "SparseOperator needs (values, indices, indptr, shape) in CSC form, or a scipy.sparse "
+                "matrix (`SparseOperator.from_scipy(matrix, tags)`)."
+            )
         values = jnp.asarray(values)
         if not jnp.issubdtype(values.dtype, jnp.inexact):
             values = values.astype(jnp.result_type(float))
+        check_supported(values.dtype, "the values of a SparseOperator")
         try:
             indices, indptr = np.asarray(indices), np.asarray(indptr)
         except jax.errors.TracerArrayConversionError as e:
@@ -286,9 +302,7 @@ class SparseOperator(AbstractOperator):
         duplicates (`has_canonical_format` false) are normalised exactly as by the
         constructor: rows sorted, duplicates summed. Explicitly stored zeros stay in the
         pattern."""
-        csc = sp.csc_matrix(matrix)
-        nnz = int(csc.indptr[-1])  # scipy allows storage beyond indptr[-1]; it is not part of the matrix
-        return cls(csc.data[:nnz], csc.indices[:nnz], csc.indptr, csc.shape, tags)
+        return cls(matrix if sp.issparse(matrix) else sp.csc_matrix(matrix), tags=tags)
 
     @classmethod
     def from_bcoo(cls, matrix, tags: Any = ()) -> "SparseOperator":
