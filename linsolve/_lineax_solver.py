@@ -41,6 +41,7 @@ _RESULTS_TO_LINEAX = {
     RESULTS.not_positive_definite: lx.RESULTS.singular,
     RESULTS.nonfinite_input: lx.RESULTS.nonfinite_input,
     RESULTS.breakdown: lx.RESULTS.breakdown,
+    RESULTS.stagnation: lx.RESULTS.stagnation,
 }
 assert set(_RESULTS_TO_LINEAX) == set(RESULTS), "every linsolve result needs a lineax one"
 

@@ -29,6 +29,7 @@ class RESULTS(enum.IntEnum):
     not_positive_definite = 3
     nonfinite_input = 4
     breakdown = 5
+    stagnation = 6
 
     @classmethod
     def message(cls, code: Any) -> str:
@@ -84,8 +85,20 @@ _MESSAGES = {
         "positive/negative semidefinite tag, and remember that a tagged matrix is read by its "
         "lower triangle."
     ),
-    RESULTS.nonfinite_input: "The operator or the right-hand side contains NaN or Inf.",
-    RESULTS.breakdown: "The iterative solver broke down (a zero inner product was met).",
+    RESULTS.nonfinite_input: (
+        "The operator or the right-hand side (or an iterative solver's initial guess `y0`) "
+        "contains NaN or Inf."
+    ),
+    RESULTS.breakdown: (
+        "The iterative solver broke down (a zero inner product was met; e.g. an operator "
+        "that is not definite for CG, or a preconditioner that is singular or not definite)."
+    ),
+    RESULTS.stagnation: (
+        "The iterative solver stagnated: its recursively updated residual met the tolerance "
+        "but the true residual ‖b − A x‖ did not, even after restarting from it. The system is "
+        "too ill-conditioned for the tolerance in this precision: loosen `rtol`/`atol`, use a "
+        "preconditioner, a direct solver, or float64."
+    ),
 }
 
 

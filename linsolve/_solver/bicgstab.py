@@ -8,7 +8,6 @@ from .._solution import RESULTS, result_code
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
-    final_result,
     inner,
     map_columns,
     matvec,
@@ -16,10 +15,9 @@ from .krylov import (
     precondition,
     real_dtype,
     report,
-    start,
     stats,
-    target,
     transposed,
+    true_residual_loop,
 )
 
 
@@ -67,16 +65,11 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
     dtype = b.dtype
     # A shadow residual (nearly) orthogonal to the residual: |r̂ᴴr| <= √eps ‖r̂‖ ‖r‖.
     near_zero = float(jnp.finfo(rdt).eps) ** 0.5
-    x, r, b_norm = start(state, b, y0)
-    goal = target(state, b_norm)
-    r_norm = norm(r).astype(rdt)
     one = jnp.ones((), dtype)
-    code = jnp.where(jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
     zeros = jnp.zeros_like(b)
-    report(verbose, label, 0, r_norm, goal)
 
-    def cycle(carry):
-        k, cycles, x, r, r_norm, code = carry
+    def cycle(k, x, r, r_norm, goal, code, _):
+        report(verbose, label, k, r_norm, goal)
         shadow = r  # r̂ for this cycle; ‖r̂‖ = r_norm
         shadow_norm = r_norm
 
@@ -121,20 +114,12 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
 
         init = (k, jnp.asarray(0, jnp.int32), x, r, zeros, zeros, one, one, one, r_norm, code,
                 jnp.asarray(False))
-        k, j, x, _, _, _, _, _, _, _, code, restart = jax.lax.while_loop(cond, body, init)
-        # The true residual: the recursive one drifts from it in floating point.
-        r = b - mv(x)
-        r_norm = norm(r).astype(rdt)
-        code = jnp.where(jnp.isfinite(r_norm), code, result_code(RESULTS.nonfinite_input))
+        k, j, x, _, _, _, _, _, _, est, code, restart = jax.lax.while_loop(cond, body, init)
         # A breakdown in the first step from a fresh shadow residual: restarting again
-        # would meet it again (e.g. r̂ᴴAr̂ = 0 for an indefinite operator).
-        code = jnp.where(restart & (j == 1) & (r_norm > goal), result_code(RESULTS.breakdown), code)
-        return k, cycles + 1, x, r, r_norm, code
+        # would meet it again (e.g. r̂ᴴAr̂ = 0 for an indefinite operator). (Unless the
+        # true residual, checked next, has converged.)
+        code = jnp.where(restart & (j == 1), result_code(RESULTS.breakdown), code)
+        return k, x, code, est <= goal, None
 
-    def outer_cond(carry):
-        k, _, _, _, r_norm, code = carry
-        return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
-
-    carry = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x, r, r_norm, code)
-    k, cycles, x, _, r_norm, code = jax.lax.while_loop(outer_cond, cycle, carry)
-    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))
+    x, result, k, r_norm, cycles, _ = true_residual_loop(state, b, y0, cycle, verbose=verbose, label=label)
+    return x, result, stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))

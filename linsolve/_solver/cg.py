@@ -41,16 +41,14 @@ from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
     failure_code,
-    final_result,
     inner,
     map_columns,
     matvec,
     precondition,
     real_dtype,
     report,
-    start,
     stats,
-    target,
+    true_residual_loop,
 )
 
 
@@ -188,12 +186,11 @@ def _ritz_basis(window, tri, count, m):
 @eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
 def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: bool, label: str):
     """CG on one right-hand side; deflated against `recycled` if given; collecting `m`
-    Ritz vectors if `m > 0`."""
+    Ritz vectors if `m > 0`. Runs in cycles from the true residual (`true_residual_loop`):
+    a restart only when the recursive residual has drifted from the true one."""
     mv = matvec(state)
     pre = precondition(state)
     rdt = real_dtype(b.dtype)
-    x, r, b_norm = start(state, b, y0)
-    goal = target(state, b_norm)
 
     if recycled is None:
         deflate = lambda z: z  # noqa: E731
@@ -203,19 +200,44 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         def deflate(z):  # z − W (WᴴAW)⁻¹ (AW)ᴴ z: A-conjugate to W (A is hermitian)
             return z - w @ (e_pinv @ (jnp.conj(aw.T) @ z))
 
-        # Galerkin projection onto W of the residual left by the initial guess.
-        h = e_pinv @ (jnp.conj(w.T) @ r)
-        x = x + w @ h
-        r = r - aw @ h
+    def cycle(k, x, r, r_norm, goal, code, best):
+        if recycled is not None:
+            # Galerkin projection onto W of the residual left by the current iterate.
+            h = e_pinv @ (jnp.conj(w.T) @ r)
+            x = x + w @ h
+            r = r - aw @ h
+        z = pre(r)
+        rz = jnp.real(inner(r, z)).astype(rdt)
+        p = deflate(z)
+        # The loops carry the squared residual norm: no square root per iteration.
+        res2 = jnp.real(inner(r, r)).astype(rdt)
+        goal2 = goal * goal
+        code = jnp.where(rz < 0, result_code(RESULTS.breakdown), code)
+        report(verbose, label, k, jnp.sqrt(res2), goal)
+        x, code, res2, k, best = _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code,
+                                           best, m, verbose, label)
+        return k, x, code, res2 <= goal2, best
 
-    z = pre(r)
-    rz = jnp.real(inner(r, z)).astype(rdt)
-    p = deflate(z)
-    # The loops carry the squared residual norm: no square root per iteration.
-    res2 = jnp.real(inner(r, r)).astype(rdt)
+    n = b.shape[0]
+    # The Ritz vectors of the longest cycle (with their count of steps).
+    best = None if m == 0 else (jnp.zeros((n, m), b.dtype), jnp.asarray(-1, jnp.int32))
+    x, result, k, r_norm, _, best = true_residual_loop(
+        state, b, y0, cycle, best, verbose=verbose, label=label
+    )
+    if m == 0:
+        return x, result, stats(k, r_norm)
+    basis = best[0]
+    basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
+    return x, result, stats(k, r_norm, recycle_basis=basis)
+
+
+def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, m, verbose, label):
+    """The CG recurrence from `(x, r)` until its residual meets `goal`, it fails, or
+    `max_steps`; with `m > 0` collecting Ritz vectors, kept in `best` if this cycle is the
+    longest so far. Returns `(x, code, res2, k, best)`."""
+    rdt = real_dtype(x.dtype)
     goal2 = goal * goal
-    code = jnp.where(rz < 0, result_code(RESULTS.breakdown), result_code(RESULTS.successful))
-    report(verbose, label, 0, jnp.sqrt(res2), goal)
+    k0 = k
 
     def running(k, res2, code):
         return (res2 > goal2) & (k < state.max_steps) & (code == RESULTS.successful)
@@ -250,15 +272,15 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
             x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
             return k + 1, x, r, p, rz, res2, code
 
-        carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, res2, code)
+        carry = (k, x, r, p, rz, res2, code)
         k, x, _, _, _, res2, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
-        return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2))
+        return x, code, res2, k, best
 
     # Collecting: an inner loop fills the window, the outer loop restarts it. (A restart
     # inside a single loop would sit in a `lax.cond`, which copies the window every step.)
     s = 4 * m
-    n = b.shape[0]
-    window = jnp.zeros((s, n), b.dtype)  # one Lanczos vector per row: contiguous writes
+    n = x.shape[0]
+    window = jnp.zeros((s, n), x.dtype)  # one Lanczos vector per row: contiguous writes
     tri = jnp.zeros((s + 1, s + 1), rdt)  # real: the Lanczos coefficients are
 
     def inner_body(c):
@@ -285,10 +307,11 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         )
         return c[:8] + (window, tri, count, c[11])
 
-    carry = (jnp.asarray(0, jnp.int32), x, r, z, p, rz, res2, code, window, tri,
+    carry = (k, x, r, z, p, rz, res2, code, window, tri,
              jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
     k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
     basis = _ritz_basis(window, tri, count, m).T
-    basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
-    return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), recycle_basis=basis)
+    longer = k - k0 > best[1]
+    best = (jnp.where(longer, basis, best[0]), jnp.where(longer, k - k0, best[1]))
+    return x, code, res2, k, best

@@ -9,17 +9,15 @@ from .._solution import RESULTS, result_code
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
-    final_result,
     map_columns,
     matvec,
     norm,
     precondition,
     real_dtype,
     report,
-    start,
     stats,
-    target,
     transposed,
+    true_residual_loop,
 )
 
 
@@ -54,7 +52,8 @@ class GMRES(AbstractKrylovSolver):
         return map_columns(lambda b, x0, _: self._gmres(state, b, x0, "GMRES (transposed)"), vector, y0)
 
     def _gmres(self, state: KrylovState, b, y0, label):
-        return _gmres(state, b, y0, min(self.restart, b.shape[0]), self.verbose, label)
+        # (At least 1: an n = 0 system still traces, and returns at once.)
+        return _gmres(state, b, y0, max(1, min(self.restart, b.shape[0])), self.verbose, label)
 
 
 def _givens(a, b):
@@ -75,14 +74,9 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
     rdt = real_dtype(b.dtype)
     dtype = b.dtype
     n = b.shape[0]
-    x, r, b_norm = start(state, b, y0)
-    goal = target(state, b_norm)
-    r_norm = norm(r).astype(rdt)
-    code = jnp.where(jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
-    report(verbose, label, 0, r_norm, goal)
 
-    def cycle(carry):
-        k, cycles, x, r, r_norm, code = carry
+    def cycle(k, x, r, r_norm, goal, code, _):
+        report(verbose, label, k, r_norm, goal)
         # One basis vector per row (contiguous writes); rows beyond j stay zero, so the
         # products with the whole basis below need no masking.
         basis = jnp.zeros((restart + 1, n), dtype).at[0].set(r / jnp.where(r_norm == 0, 1, r_norm))
@@ -124,7 +118,7 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
             return j + 1, kk + 1, basis, lax.dynamic_update_index_in_dim(hess, h, j, 1), g, rot, est
 
         init = (jnp.asarray(0, jnp.int32), k, basis, hess, g, rot, r_norm)
-        j, k, basis, hess, g, _, _ = lax.while_loop(inner_cond, inner_body, init)
+        j, k, basis, hess, g, _, est = lax.while_loop(inner_cond, inner_body, init)
         # Least squares in the Krylov space: the rotated Hessenberg matrix is upper
         # triangular on its first j columns; pad the rest with the identity.
         used = jnp.arange(restart, dtype=j.dtype) < j  # strict promotion: one int type
@@ -133,18 +127,12 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
         tri = tri + jnp.diag(jnp.where(used & ~bad_diag, 0, 1).astype(dtype))
         coef = jsl.solve_triangular(tri, jnp.where(used, g[:restart], 0), lower=False)
         x = x + pre(coef @ basis[:restart])
-        r = b - mv(x)
-        r_norm = norm(r).astype(rdt)
-        code = jnp.where(jnp.isfinite(r_norm), code, result_code(RESULTS.nonfinite_input))
-        # No progress in a whole cycle (e.g. a singular operator): stop rather than spin.
+        # No progress in a whole cycle (e.g. a singular operator): stop rather than spin
+        # (unless the true residual, checked next, has converged after all).
         stalled = (j > 0) & jnp.any(bad_diag)
-        code = jnp.where(stalled & (r_norm > goal), result_code(RESULTS.breakdown), code)
-        return k, cycles + 1, x, r, r_norm, code
+        code = jnp.where(stalled, result_code(RESULTS.breakdown), code)
+        code = jnp.where(jnp.isfinite(est), code, result_code(RESULTS.nonfinite_input))
+        return k, x, code, est <= goal, None
 
-    def outer_cond(carry):
-        k, _, _, _, r_norm, code = carry
-        return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
-
-    carry = (jnp.asarray(0, jnp.int32), jnp.asarray(0, jnp.int32), x, r, r_norm, code)
-    k, cycles, x, _, r_norm, code = lax.while_loop(outer_cond, cycle, carry)
-    return x, final_result(state, code, r_norm <= goal), stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))
+    x, result, k, r_norm, cycles, _ = true_residual_loop(state, b, y0, cycle, verbose=verbose, label=label)
+    return x, result, stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))

@@ -106,8 +106,11 @@ class AbstractKrylovSolver(AbstractSolver):
                 f"The preconditioner of {type(self).__name__}",
             )
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
-            if value is not None and not value >= 0:
-                raise ValueError(f"{type(self).__name__}: `{name}` must be >= 0, got {value}.")
+            # (`not >= 0` also rejects NaN; an infinite tolerance would accept anything.)
+            if value is not None and not 0 <= value < float("inf"):
+                raise ValueError(
+                    f"{type(self).__name__}: `{name}` must be finite and >= 0, got {value}."
+                )
         if self.max_steps is not None and self.max_steps < 0:
             raise ValueError(f"{type(self).__name__}: `max_steps` must be >= 0.")
         rtol = default_tolerance(operator.dtype) if self.rtol is None else float(self.rtol)
@@ -199,6 +202,63 @@ def stats(num_steps, residual_norm, **extra) -> dict:
     return out
 
 
+def true_residual_loop(state: KrylovState, b: Array, y0: Array | None, cycle, extra: Any = None,
+                       *, own_norm: bool = False, verbose: bool = False, label: str = ""):
+    """Run a Krylov recurrence in cycles, each started from the true residual, until the
+    true residual `‖b − A x‖₂` meets the target: the recursively updated residual a
+    solver monitors drifts from the true one in floating point (badly so for an
+    ill-conditioned operator), so convergence is never claimed from it alone.
+
+    `cycle(k, x, r, r_norm, goal, code, extra) -> (k, x, code, claimed, extra)` runs the
+    recurrence from the true residual `r` until its own estimate says it has converged
+    (`claimed`), it fails (`code`), it wants a restart, or `k` reaches `max_steps`.
+    After each cycle the true residual is computed (one product) and:
+
+    - it meets the target: successful (whatever the cycle reported: the answer is right);
+    - NaN/Inf: `nonfinite_input` (NaN/Inf in the operator, `b` or `y0`);
+    - the cycle claimed convergence but the true residual did not even halve over it:
+      rounding dominates, restarting again would not help: `stagnation`, or `breakdown`
+      when the cycle measured its residual in its own norm (`own_norm`: MINRES's
+      preconditioner norm), which a singular preconditioner makes blind to part of the
+      residual;
+    - otherwise, with steps left, another cycle from the true residual.
+    """
+    mv = matvec(state)
+    rdt = real_dtype(b.dtype)
+    x, r, b_norm = start(state, b, y0)
+    goal = target(state, b_norm)
+    r_norm = norm(r).astype(rdt)
+    code = jnp.where(jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
+    stuck = result_code(RESULTS.breakdown if own_norm else RESULTS.stagnation)
+
+    def running(c):
+        k, _, _, r_norm, code, _, _ = c
+        return (r_norm > goal) & (k < state.max_steps) & (code == RESULTS.successful)
+
+    def body(c):
+        k, x, r, r_norm, code, cycles, extra = c
+        k, x, code, claimed, extra = cycle(k, x, r, r_norm, goal, code, extra)
+        r = b - mv(x)
+        new_norm = norm(r).astype(rdt)
+        report(verbose, label + " (true residual)", k, new_norm, goal)
+        met = new_norm <= goal
+        code = jnp.where(met, result_code(RESULTS.successful), code)
+        # (goal = 0 asks for a fixed number of steps: no stagnation test.)
+        no_progress = claimed & ~met & ~(new_norm <= 0.5 * r_norm) & (goal > 0)
+        code = jnp.where(no_progress & (code == RESULTS.successful), stuck, code)
+        # NaN/Inf met inside the recurrence while A x and b are finite: the recurrence
+        # broke down (e.g. a singular preconditioner), the input is not to blame.
+        code = jnp.where(
+            code == RESULTS.nonfinite_input, result_code(RESULTS.breakdown), code
+        )
+        code = jnp.where(jnp.isfinite(new_norm), code, result_code(RESULTS.nonfinite_input))
+        return k, x, r, new_norm, code, cycles + 1, extra
+
+    carry = (jnp.asarray(0, jnp.int32), x, r, r_norm, code, jnp.asarray(0, jnp.int32), extra)
+    k, x, _, r_norm, code, cycles, extra = jax.lax.while_loop(running, body, carry)
+    return x, final_result(state, code, r_norm <= goal), k, r_norm, cycles, extra
+
+
 def map_columns(single, vector: Array, y0: Array | None, extra: Any = None, extra_batched=False):
     """Run `single(b, y0, extra) -> (x, result, stats)` on a vector, or on every column of
     an `(n, k)` block (`vmap`). `extra` is passed whole, or sliced along its leading axis
@@ -208,6 +268,8 @@ def map_columns(single, vector: Array, y0: Array | None, extra: Any = None, extr
         return single(vector, y0, extra)
     in_axes = (1, None if y0 is None else 1, 0 if extra_batched else None)
     x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(vector, y0, extra)
+    if vector.shape[1] == 0:  # no columns: nothing to fail (and no argmax of nothing)
+        return x, result_code(RESULTS.successful), out_stats
     failed = result != RESULTS.successful
     first = result[jnp.argmax(failed)]
     result = jnp.where(jnp.any(failed), first, result_code(RESULTS.successful))

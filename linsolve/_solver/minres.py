@@ -11,16 +11,14 @@ from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
     failure_code,
-    final_result,
     inner,
     map_columns,
     matvec,
     precondition,
     real_dtype,
     report,
-    start,
     stats,
-    target,
+    true_residual_loop,
 )
 
 
@@ -77,25 +75,36 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str):
     mv = matvec(state)
     pre = precondition(state)
     rdt = real_dtype(b.dtype)
-    x, r, b_norm = start(state, b, y0)
-    y = pre(r)
-    beta1_sq = jnp.real(inner(r, y)).astype(rdt)
-    if state.preconditioner is None:
-        goal = target(state, b_norm)
-    else:
-        goal = target(state, jnp.sqrt(jnp.maximum(jnp.real(inner(b, pre(b))), 0)).astype(rdt))
-    code = jnp.where(beta1_sq < 0, failure_code(beta1_sq), result_code(RESULTS.successful))
-    code = jnp.where(jnp.isfinite(beta1_sq), code, result_code(RESULTS.nonfinite_input))
-    beta1 = jnp.sqrt(jnp.maximum(beta1_sq, 0))
+
+    def cycle(k, x, r, r_norm, goal, code, _):
+        y = pre(r)
+        beta1_sq = jnp.real(inner(r, y)).astype(rdt)
+        code = jnp.where(beta1_sq < 0, failure_code(beta1_sq), code)
+        code = jnp.where(jnp.isfinite(beta1_sq), code, result_code(RESULTS.nonfinite_input))
+        beta1 = jnp.sqrt(jnp.maximum(beta1_sq, 0))
+        # MINRES minimizes the residual in the preconditioner's norm: ask it for the
+        # reduction the true (2-norm) residual needs. (The same goal without one.)
+        inner_goal = goal if state.preconditioner is None else beta1 * (goal / r_norm)
+        report(verbose, label, k, beta1, inner_goal)
+        out = _minres_cycle(state, mv, pre, k, x, r, y, beta1, inner_goal, code, verbose, label)
+        return out["k"], out["x"], out["code"], out["phibar"] <= inner_goal, None
+
+    x, result, k, r_norm, _, _ = true_residual_loop(
+        state, b, y0, cycle, own_norm=state.preconditioner is not None, verbose=verbose, label=label
+    )
+    return x, result, stats(k, r_norm)
+
+
+def _minres_cycle(state, mv, pre, k, x, r, y, beta1, goal, code, verbose, label):
+    """The MINRES recurrence from `(x, r)` (`y = M r`, `beta1 = ‖r‖_M`) until its residual
+    estimate meets `goal`, it fails or `max_steps`."""
+    rdt = beta1.dtype
     zero = jnp.zeros((), rdt)
     one = jnp.ones((), rdt)
-    zeros = jnp.zeros_like(b)
-    report(verbose, label, 0, beta1, goal)
-    # Lanczos: r_prev, r_cur are the unnormalised (M⁻¹-scaled) vectors of the last two
-    # steps, y = M r_cur, beta = ‖r_cur‖_M. QR: the previous rotation (cs, sn), the pending
-    # entries (dbar, epsilon), and phibar, the norm of the current residual.
+    zeros = jnp.zeros_like(x)
+    k_start = k  # the first step of a cycle has no previous Lanczos vector
     carry = dict(
-        k=jnp.asarray(0, jnp.int32), x=x, r_prev=r, r_cur=r, y=y, beta=beta1, beta_old=zero,
+        k=k, x=x, r_prev=r, r_cur=r, y=y, beta=beta1, beta_old=zero,
         dbar=zero, eps=zero, phibar=beta1, cs=-one, sn=zero, w=zeros, w_old=zeros, code=code,
     )
 
@@ -106,7 +115,7 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str):
         beta = c["beta"]
         v = c["y"] / jnp.where(beta == 0, 1, beta)
         y = mv(v)
-        y = jnp.where(c["k"] > 0, y - (beta / jnp.where(c["beta_old"] == 0, 1, c["beta_old"])) * c["r_prev"], y)
+        y = jnp.where(c["k"] > k_start, y - (beta / jnp.where(c["beta_old"] == 0, 1, c["beta_old"])) * c["r_prev"], y)
         alpha = jnp.real(inner(v, y)).astype(rdt)
         y = y - (alpha / beta) * c["r_cur"]
         r_prev, r_cur = c["r_cur"], y
@@ -144,5 +153,4 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str):
             w=w_new, w_old=c["w"], code=code,
         )
 
-    out = jax.lax.while_loop(cond, body, carry)
-    return out["x"], final_result(state, out["code"], out["phibar"] <= goal), stats(out["k"], out["phibar"])
+    return jax.lax.while_loop(cond, body, carry)
