@@ -348,3 +348,32 @@ def test_mixed_precision_lobpcg_is_rejected_at_trace_time():
     pairs = ls.lobpcg(a32, 2, B=b32, preconditioner=ls.DiagonalOperator(_f32(1 / np.diagonal(SPD)), PSD))
     assert pairs.eigenvalues.dtype == jnp.float32
     np.testing.assert_allclose(pairs.eigenvalues, np.linalg.eigvalsh(SPD)[:2], rtol=1e-3)
+
+
+# -- sparse analysis summary ---------------------------------------------------------------------
+
+
+def test_sparse_cholesky_verbose_prints_the_analysis_summary(capsys):
+    # A pattern no other test uses, so the first analysis is not cached.
+    n = 9
+    off = np.diag(np.full(n - 1, -1.0), -1) + np.diag(np.full(n - 3, -1.0), -3)
+    a = np.diag(np.full(n, 4.0)) + off + off.T
+    low = sp.csc_matrix(np.tril(a))
+    op = ls.SparseOperator(low, tags=PSD)
+    solver = ls.SparseCholesky(ordering="rcm", verbose=True)
+    x = ls.linear_solve(op, np.ones(n), solver).value
+    np.testing.assert_allclose(a @ x, np.ones(n), rtol=1e-12)
+    first = capsys.readouterr().out.strip().splitlines()
+    assert len(first) == 1
+    line = first[0]
+    assert line.startswith("sparse analysis: ordering=rcm, n=9, nnz(A lower)=") and "cached" not in line
+    assert f"nnz(A lower)={low.nnz}," in line
+    nnz_l = int(line.split("nnz(L)=")[1].split(",")[0])
+    assert n <= nnz_l <= n * (n + 1) // 2
+    assert "supernodes=" in line and line.endswith(" s")
+    ls.linear_solve(op, np.ones(n), solver)
+    assert capsys.readouterr().out.strip().endswith("(cached)")
+    assert solver.analysis_summary(op) == line
+    # Quiet by default.
+    ls.linear_solve(op, np.ones(n), ls.SparseCholesky(ordering="rcm"))
+    assert capsys.readouterr().out == ""

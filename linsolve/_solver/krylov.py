@@ -263,11 +263,17 @@ def map_columns(single, vector: Array, y0: Array | None, extra: Any = None, extr
     """Run `single(b, y0, extra) -> (x, result, stats)` on a vector, or on every column of
     an `(n, k)` block (`vmap`). `extra` is passed whole, or sliced along its leading axis
     when `extra_batched`. The block's result is that of its first failing column; stats
-    get a leading axis of length k."""
-    if vector.ndim == 1:
-        return single(vector, y0, extra)
-    in_axes = (1, None if y0 is None else 1, 0 if extra_batched else None)
-    x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(vector, y0, extra)
+    get a leading axis of length k.
+
+    The iteration is traced under standard dtype promotion even where a user enabled
+    `jax_numpy_dtype_promotion="strict"`: it scales complex vectors by real norms and
+    coefficients on purpose. Precisions are not mixed: the solver's `init` refuses a
+    preconditioner of another dtype, and `linear_solve` vectors of another dtype."""
+    with jax.numpy_dtype_promotion("standard"):
+        if vector.ndim == 1:
+            return single(vector, y0, extra)
+        in_axes = (1, None if y0 is None else 1, 0 if extra_batched else None)
+        x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(vector, y0, extra)
     if vector.shape[1] == 0:  # no columns: nothing to fail (and no argmax of nothing)
         return x, result_code(RESULTS.successful), out_stats
     failed = result != RESULTS.successful

@@ -16,7 +16,7 @@ from .._solution import RESULTS
 from .._sparse import numeric
 from .._sparse.elimination import ORDERINGS
 from .._sparse.operator import SparseOperator
-from .._sparse.symbolic import Symbolic, analyse
+from .._sparse.symbolic import Symbolic, _analyse_cached, analyse
 from .._tags import positive_semidefinite_tag
 from .abstract import AbstractSolver, tag_names
 
@@ -55,9 +55,14 @@ class SparseCholesky(AbstractSolver):
       nested dissection if `pymetis` is installed, else AMD, else reverse Cuthill-McKee),
       `"metis"`, `"amd"` (SuiteSparse AMD; needs `pip install "linsolve[amd]"`), `"rcm"`
       or `"natural"`. The analysis is cached per (pattern, ordering).
+    - `verbose`: print a one-line summary of the symbolic analysis (ordering, `n`,
+      nonzeros of `A` and of `L`, supernodes, flops, analysis time; "cached" when the
+      analysis of this pattern was reused) each time `init` is traced. The same line is
+      returned by [`linsolve.SparseCholesky.analysis_summary`][].
     """
 
     ordering: str = eqx.field(static=True, default="auto")
+    verbose: bool = eqx.field(static=True, default=False)
 
     def __check_init__(self):
         if self.ordering not in ORDERINGS:
@@ -66,8 +71,17 @@ class SparseCholesky(AbstractSolver):
                 f"'natural'; got {self.ordering!r}."
             )
 
+    def analysis_summary(self, operator) -> str:
+        """The one-line summary of the symbolic analysis of `operator`'s pattern (run now
+        if not cached): ordering, `n`, `nnz(A lower)`, `nnz(L)`, supernodes, flops, time."""
+        return symbolic_of(operator, self.ordering).summary()
+
     def init(self, operator) -> _SparseCholeskyState:
+        hits = _analyse_cached.cache_info().hits
         sym = symbolic_of(operator, self.ordering)
+        if self.verbose:
+            cached = _analyse_cached.cache_info().hits > hits
+            print(sym.summary() + (" (cached)" if cached else ""))
         factor = numeric.factor(sym, operator.values)
         finite = jnp.all(jnp.isfinite(operator.values[operator.pattern.rows >= operator.pattern.cols]))
         result = jnp.where(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import time
 
 import numpy as np
 
@@ -163,10 +164,21 @@ class Symbolic:
     nnz_L_stored: int  # entries of L kept by the supernodal storage (unpadded)
     nnz_L_padded: int  # entries of L kept by the padded buckets
     flops: float  # approximate factorization flop count (unpadded)
+    seconds: float = float("nan")  # wall time of the analysis (set by the cache)
 
     @property
     def num_supernodes(self) -> int:
         return int(self.sn_parent.shape[0])
+
+    def summary(self) -> str:
+        """One line: ordering, size, nonzeros of A (lower triangle read) and of L, supernodes,
+        flops, analysis time."""
+        return (
+            f"sparse analysis: ordering={self.ordering}, n={self.n}, "
+            f"nnz(A lower)={int(np.count_nonzero(self.entry_read))}, nnz(L)={self.nnz_L}, "
+            f"supernodes={self.num_supernodes}, flops={self.flops:.3g}, "
+            f"time={self.seconds:.3g} s"
+        )
 
     def __repr__(self) -> str:  # keep reprs short: the arrays are large
         return (
@@ -216,7 +228,9 @@ def analyse(
 def _analyse_cached(indptr_b: bytes, indices_b: bytes, n: int, ordering: str, relax: bool):
     indptr = np.frombuffer(indptr_b, dtype=np.int64)
     indices = np.frombuffer(indices_b, dtype=np.int64)
-    return _analyse(indptr, indices, n, ordering, relax)
+    start = time.perf_counter()
+    sym = _analyse(indptr, indices, n, ordering, relax)
+    return dataclasses.replace(sym, seconds=time.perf_counter() - start)
 
 
 def _analyse(indptr, indices, n, ordering, relax) -> Symbolic:
