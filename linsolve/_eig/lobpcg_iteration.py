@@ -83,6 +83,7 @@ class _Config(eqx.Module):
     k: int = eqx.field(static=True)
     block_size: int = eqx.field(static=True)
     largest: bool = eqx.field(static=True)
+    verbose: bool = eqx.field(static=True, default=False)
 
 
 def _sym(m):
@@ -105,7 +106,8 @@ def _svqb(gram: Array, drop: float) -> tuple[Array, Array, Array]:
     """SVQB (Stathopoulos & Wu 2002): a transform `t` with `tᵀ gram t` the identity on the
     kept columns and zero columns for directions dependent to rounding (scaled-Gram
     eigenvalues below `drop` times the largest; exactly zero columns always go).
-    Returns `(t, keep, smallest kept scaled eigenvalue)`."""
+    Returns `(t, keep, smallest kept scaled eigenvalue, smallest / largest scaled
+    eigenvalue)`; the last is negative beyond rounding only for an indefinite Gram matrix."""
     c = gram.shape[0]
     gram = _sym(gram)
     d = jnp.diagonal(gram)
@@ -115,7 +117,7 @@ def _svqb(gram: Array, drop: float) -> tuple[Array, Array, Array]:
     keep = sig > drop * jnp.max(sig)
     t = (scale[:, None] * vec) * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, sig, 1)), 0)
     smallest = jnp.min(jnp.where(keep, sig, jnp.inf))
-    return t, keep, smallest
+    return t, keep, smallest, jnp.min(sig) / jnp.maximum(jnp.max(sig), jnp.finfo(sig.dtype).tiny)
 
 
 def _ritz(proj: Array, valid: Array) -> tuple[Array, Array]:
@@ -137,6 +139,7 @@ class _State(eqx.Module):
     anorm: Array  # running lower bounds of ‖A‖₂ and ‖B‖₂
     bnorm: Array
     steps: Array
+    b_indefinite: Array  # a direction with vᵀ B v <= 0 (to rounding) was met: B is not PD
 
 
 def _backward_errors(x, ax, bx, theta, anorm, bnorm):
@@ -161,7 +164,7 @@ def _refresh(amv, bmv, s: _State, m: int) -> _State:
     xbx = jnp.sum(x * bx, axis=1)
     theta = jnp.sum(x * ax, axis=1) / jnp.where(xbx > 0, xbx, 1)
     _, eta = _backward_errors(x, ax, bx, theta, anorm, bnorm)
-    return _State(s.xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps)
+    return _State(s.xp, axp, bxp, s.pvalid, theta, eta, anorm, bnorm, s.steps, s.b_indefinite)
 
 
 def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
@@ -177,8 +180,11 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     xp, axp = s.xp, s.axp
     bxp = xp if bmv is None else s.bxp
     r = axp[:m] - s.theta[:, None] * bxp[:m]
-    # Soft locking: converged wanted rows contribute no residual direction.
-    active = (s.eta > tol) | (jnp.arange(m) >= k) | first
+    # Soft locking: converged wanted rows contribute no residual direction, and neither
+    # does any row whose residual is at rounding level (`tol` may be unreachable): its
+    # direction would be noise, which only degrades the basis.
+    floor = 8 * eps
+    active = ((s.eta > floor) & ((s.eta > tol) | (jnp.arange(m) >= k))) | first
     r = jnp.where(active[:, None], r, 0)
     # (A `cond`, not a `where`: the preconditioner may be the most expensive product.)
     w = jax.lax.cond(first, lambda: xp[:m], lambda: r if pre is None else pre(r))
@@ -188,7 +194,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     def orthonormalise(carry):
         # Classical Gram–Schmidt against [X, P], then SVQB. Returns whether another pass
         # is needed.
-        w, _, _, _, _, passes = carry
+        w, _, _, _, _, passes, indefinite = carry
         # B W by a product in every pass: updated by linearity through an SVQB that
         # amplified rounding, it would no longer match W.
         bw = None if bmv is None else bmv(w)
@@ -211,7 +217,16 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # second pass sees a Gram matrix far from the identity only in such amplified
         # rounding directions, and drops them.
         drop = jnp.where(passes == 0, 300 * m * eps, 1e-2)
-        t, keep, smallest = _svqb(w @ (w if bmv is None else bw).T, drop)
+        gram = w @ (w if bmv is None else bw).T
+        if bmv is not None:
+            # A nonzero row with wᵀ B w <= 0 up to rounding, or a B-Gram matrix with a
+            # negative eigenvalue beyond rounding: B is not positive definite.
+            wn2 = _row_norms(w)
+            flat = jnp.diagonal(gram) <= 10 * eps * wn2 * _row_norms(bw)
+            indefinite = indefinite | jnp.any((wn2 > 0) & flat)
+        t, keep, smallest, ratio = _svqb(gram, drop)
+        if bmv is not None:
+            indefinite = indefinite | (ratio < -300 * m * eps)
         w = t.T @ w
         bw = jnp.zeros((), w.dtype) if bmv is None else t.T @ bw
         # Gram–Schmidt leaves components along [X, P] of the order of the rounding of
@@ -220,10 +235,10 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # does a block that SVQB found ill-conditioned. (Measuring what is left instead
         # costs a product as large as the Gram–Schmidt step itself, every step.)
         poor = jnp.any(~dependent & (left < 1e-2)) | (smallest < 1e-8)
-        return w, bw, poor, keep, smallest, passes + 1
+        return w, bw, poor, keep, smallest, passes + 1, indefinite
 
     def again(carry):
-        *_, poor, _, _, passes = carry
+        *_, poor, _, _, passes, _ = carry
         return (passes == 0) | ((passes == 1) & poor)
 
     # One pass, and a second one where the first one's result is poor. Without it the
@@ -231,8 +246,8 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # rounding level. A loop rather than a `cond` keeps one copy of the code.
     bw = jnp.zeros((), w.dtype) if bmv is None else w  # B W is formed in the loop
     one = jnp.ones((), eps.dtype)
-    carry = (w, bw, jnp.asarray(False), jnp.zeros((m,), bool), one, jnp.asarray(0))
-    w, bw, _, wvalid, smallest, _ = jax.lax.while_loop(again, orthonormalise, carry)
+    carry = (w, bw, jnp.asarray(False), jnp.zeros((m,), bool), one, jnp.asarray(0), s.b_indefinite)
+    w, bw, _, wvalid, smallest, _, b_indefinite = jax.lax.while_loop(again, orthonormalise, carry)
     if bmv is None:
         bw = w
 
@@ -240,7 +255,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # W is B-orthogonal to [X, P] but its own SVQB was ill-conditioned: once more,
         # now from a nearly orthonormal block. (Cheap, and needed for the last digits:
         # the Rayleigh–Ritz step assumes an orthonormal basis.)
-        t, keep, _ = _svqb(w @ bw.T, 1e-2)
+        t, keep, _, _ = _svqb(w @ bw.T, 1e-2)
         w = t.T @ w
         return w, w if bmv is None else t.T @ bw, keep
 
@@ -287,9 +302,45 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     axp = coef[:, : 2 * m] @ axp + coef[:, 2 * m :] @ aw
     bxp = None if bmv is None else coef[:, : 2 * m] @ bxp + coef[:, 2 * m :] @ bw
     theta = theta[:m]
+    xp, axp, bxp, pvalid, theta = _guard_orthonormality(xp, axp, bxp, pvalid, theta, m)
     bx = xp[:m] if bmv is None else bxp[:m]
     _, eta = _backward_errors(xp[:m], axp[:m], bx, theta, anorm, bnorm)
-    return _State(xp, axp, bxp, pvalid, theta, eta, anorm, bnorm, s.steps + 1)
+    return _State(xp, axp, bxp, pvalid, theta, eta, anorm, bnorm, s.steps + 1, b_indefinite)
+
+
+def _guard_orthonormality(xp, axp, bxp, pvalid, theta, m):
+    """The Rayleigh–Ritz step assumes `[X, P]` B-orthonormal. Once the residuals are at
+    rounding level, the basis can lose it (noise directions that no test catches), and
+    the loss then grows geometrically from step to step until the Ritz values are
+    garbage. Measured here on the B-Gram matrix of `[X, P]` (`4m²n` flops); when lost,
+    the step restarts without `P` (as scipy's LOBPCG does when its Gram matrix is not
+    positive definite): `X` re-orthonormalised (SVQB) and re-diagonalised (Rayleigh–Ritz
+    in its own span), `P` dropped."""
+    eps = jnp.finfo(xp.dtype).eps
+    n = xp.shape[1]
+    bxp_ = xp if bxp is None else bxp
+    gram = _sym(xp @ bxp_.T)
+    valid = jnp.concatenate([jnp.ones((m,), bool), pvalid])
+    both = valid[:, None] & valid[None, :]
+    lost = jnp.max(jnp.where(both, jnp.abs(gram - jnp.eye(2 * m, dtype=gram.dtype)), 0))
+    limit = 100 * eps * (2 * m * n) ** 0.5  # the rounding of an orthonormal basis, generously
+
+    def restart(xp, axp, bxp):
+        t, keep, _, _ = _svqb(gram[:m, :m], 300 * m * eps)
+        x, ax = t.T @ xp[:m], t.T @ axp[:m]
+        # Rayleigh–Ritz in span X: X A Xᵀ diagonal again, as the next step assumes.
+        theta, q = _ritz(x @ ax.T, keep)
+        q = jnp.where(keep[:, None], q, 0)  # (sentinel pairs sort last: zero rows)
+        x, ax = q.T @ x, q.T @ ax
+        zero = jnp.zeros_like(x)
+        out_b = None if bxp is None else jnp.concatenate([q.T @ (t.T @ bxp[:m]), zero], axis=0)
+        theta = jnp.where(jnp.sort(keep)[::-1], theta, 0)
+        return (jnp.concatenate([x, zero], axis=0), jnp.concatenate([ax, zero], axis=0), out_b,
+                jnp.zeros_like(pvalid), theta)
+
+    return jax.lax.cond(
+        lost > limit, restart, lambda xp, axp, bxp: (xp, axp, bxp, pvalid, theta), xp, axp, bxp
+    )
 
 
 def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Config):
@@ -311,25 +362,54 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
     state = _State(
         xp, jnp.zeros_like(xp), None if B is None else jnp.zeros_like(xp),
         jnp.zeros((m,), bool), jnp.zeros((m,), dtype), jnp.full((m,), jnp.inf, dtype),
-        zero, zero + 1 if B is None else zero, jnp.zeros((), jnp.int32),
+        zero, zero + 1 if B is None else zero, jnp.zeros((), jnp.int32), jnp.asarray(False),
     )
 
     def wanted_converged(s):
         # At least one step: the initial block is not orthonormalised before it.
         return jnp.all(s.eta[:k] <= tol) & (s.steps > 0)
 
-    def inner_cond(s):
-        return ~wanted_converged(s) & (s.steps < max_steps)
+    def done(s):
+        return wanted_converged(s) | (s.steps >= max_steps) | s.b_indefinite
+
+    def worst(s):  # what "best" means: the largest wanted backward error
+        return jnp.where(s.steps > 0, jnp.max(s.eta[:k]), jnp.inf)
+
+    def keep_best(best, s):
+        better = worst(s) < worst(best)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), s, best)
+
+    def inner_body(c):
+        s, best = c
+        s = _step(amv, bmv, pmv, cfg, tol, s)
+        if cfg.verbose:
+            jax.debug.print(
+                "LOBPCG: step {step}, largest backward error {e:.3e} (tol {t:.3e}), "
+                "eigenvalues {v}", step=s.steps, e=worst(s), t=tol,
+                v=(-1 if cfg.largest else 1) * s.theta[:k],
+            )
+        return s, keep_best(best, s)
 
     def outer_body(carry):
-        s, _ = carry
-        s = jax.lax.while_loop(inner_cond, lambda s: _step(amv, bmv, pmv, cfg, tol, s), s)
+        s, best, _ = carry
+        s, best = jax.lax.while_loop(lambda c: ~done(c[0]), inner_body, (s, best))
         # The products were updated: recompute them and test convergence on the true
         # residuals.
         s = _refresh(amv, bmv, s, m)
-        return s, wanted_converged(s) | (s.steps >= max_steps)
+        return s, best, done(s)
 
-    state, _ = jax.lax.while_loop(lambda c: ~c[1], outer_body, (state, jnp.asarray(False)))
+    carry = (state, state, jnp.asarray(False))
+    state, best, _ = jax.lax.while_loop(lambda c: ~c[2], outer_body, carry)
+    # Iterating longer must never make the answer worse: without convergence, the best
+    # block seen (by its backward errors, recomputed from fresh products) is returned.
+    def pick_best():
+        fresh = _refresh(amv, bmv, best, m)
+        fresh = _State(fresh.xp, fresh.axp, fresh.bxp, fresh.pvalid, fresh.theta, fresh.eta,
+                       fresh.anorm, fresh.bnorm, state.steps, state.b_indefinite)
+        better = worst(fresh) < worst(state)
+        return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), fresh, state)
+
+    state = jax.lax.cond(wanted_converged(state), lambda: state, pick_best)
     converged = wanted_converged(state)
     x = state.xp[:m]
     bx = x if B is None else state.bxp[:m]
@@ -340,6 +420,7 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
     finite = jnp.all(jnp.isfinite(values)) & jnp.all(jnp.isfinite(vectors))
     result = first_failure(
         (~finite, RESULTS.nonfinite_input),
+        (state.b_indefinite, RESULTS.not_positive_definite),
         (~converged, RESULTS.max_steps_reached),
     )
     stats = {
@@ -385,6 +466,35 @@ def _lobpcg_jvp(primals, tangents, *, cfg, threshold_rtol, throw):
         lambda v: jnp.zeros_like(v) if eqx.is_inexact_array(v) else None, stats
     )
     return out, (t_values, t_vectors, None, t_stats, jnp.zeros_like(scale))
+
+
+_LOBPCG_ERRORS = tuple(
+    {
+        RESULTS.max_steps_reached: (
+            "linsolve.lobpcg did not converge within `max_steps` iterations; increase "
+            "`max_steps`, loosen `tol`, use a preconditioner, or pass throw=False and check "
+            "`result` (the best pairs seen are returned)."
+        ),
+        RESULTS.nonfinite_input: "linsolve.lobpcg met NaN/Inf: check the operator, `B`, `X0` and the preconditioner.",
+        RESULTS.not_positive_definite: (
+            "linsolve.lobpcg: `B` is not positive definite (a vector v with vᵀ B v <= 0, to "
+            "rounding, was met): the pencil (A, B) needs a symmetric positive definite B."
+        ),
+    }.get(code, RESULTS.message(code))
+    for code in RESULTS
+)
+
+
+def _check_tolerance(tol) -> None:
+    """Reject a concrete negative, NaN or infinite `tol` (a traced one cannot be checked)."""
+    if tol is None or isinstance(tol, jax.core.Tracer):
+        return
+    try:
+        value = float(tol)
+    except TypeError:
+        return
+    if not 0 <= value < float("inf"):
+        raise ValueError(f"lobpcg: `tol` must be finite and >= 0, got {tol}.")
 
 
 def _check_operator(op, name: str) -> AbstractOperator:
@@ -441,6 +551,7 @@ def lobpcg(
     adjoint_solver: Any = None,
     degeneracy_rtol: float | None = None,
     throw: bool = True,
+    verbose: bool = False,
 ) -> Eigenpairs:
     """The `k` smallest (or largest) eigenpairs of `A v = λ B v`, by block LOBPCG;
     differentiable w.r.t. the arrays inside `A` and `B`.
@@ -476,6 +587,15 @@ def lobpcg(
       scale are treated as one eigenspace by the derivative (default `sqrt(eps)`).
     - `throw`: if `True`, non-convergence raises (also under `jit`), and so does a failed
       projected solve of a derivative; if `False`, check `result`.
+    - `verbose`: print the largest wanted backward error and the current eigenvalues at
+      every step (`jax.debug.print`, works under `jit`).
+
+    Iterating past convergence never makes the answer worse: rows whose residual is at
+    rounding level are locked (they add no search direction), a basis that lost its
+    orthonormality restarts without the previous search directions, and when the
+    iteration stops without meeting `tol`, the best block seen (by backward error) is
+    returned. A `B` met with `vᵀ B v <= 0` (to rounding) for some `v` gives
+    `RESULTS.not_positive_definite`.
 
     **Returns:**
 
@@ -525,6 +645,7 @@ def lobpcg(
         raise ValueError(f"lobpcg: need k <= block_size <= n, got block_size = {m}.")
     if isinstance(max_steps, int) and max_steps < 1:
         raise ValueError(f"lobpcg: `max_steps` must be >= 1, got {max_steps}.")
+    _check_tolerance(tol)
     if key is None:
         x0 = _hashed_block(n, m, dtype)
     else:
@@ -541,6 +662,7 @@ def lobpcg(
         k=k,
         block_size=m,
         largest=bool(largest),
+        verbose=bool(verbose),
     )
     if adjoint_solver is None:
         # The projected solves to the accuracy the eigenpairs were computed to: the
@@ -559,11 +681,7 @@ def lobpcg(
     )
     if throw:
         # On both outputs, so that the check survives when only one of them is used.
-        values, vectors = eqx.error_if(
-            (values, vectors),
-            result != RESULTS.successful,
-            "linsolve.lobpcg did not converge within `max_steps` iterations (or met "
-            "NaN/Inf); increase `max_steps`, loosen `tol`, use a preconditioner, or pass "
-            "throw=False and check `result`.",
+        values, vectors = eqx.branched_error_if(
+            (values, vectors), result != RESULTS.successful, result, _LOBPCG_ERRORS
         )
     return Eigenpairs(values, vectors, result, stats)
