@@ -41,6 +41,9 @@ _RESULTS_TO_LINEAX = {
     RESULTS.not_positive_definite: lx.RESULTS.singular,
     RESULTS.nonfinite_input: lx.RESULTS.nonfinite_input,
     RESULTS.breakdown: lx.RESULTS.breakdown,
+    # An overflowing solution of finite input: lineax's `singular` names ill-conditioning.
+    RESULTS.nonfinite_output: lx.RESULTS.singular,
+    RESULTS.not_symmetric: lx.RESULTS.singular,  # an unmet promise, as not_positive_definite
 }
 assert set(_RESULTS_TO_LINEAX) == set(RESULTS), "every linsolve result needs a lineax one"
 

@@ -18,6 +18,8 @@ class RESULTS(enum.IntEnum):
     not_positive_definite = 3
     nonfinite_input = 4
     breakdown = 5
+    nonfinite_output = 6
+    not_symmetric = 7
 
     @classmethod
     def message(cls, code: int) -> str:
@@ -39,6 +41,16 @@ _MESSAGES = {
     ),
     RESULTS.nonfinite_input: "The operator or the right-hand side contains NaN or Inf.",
     RESULTS.breakdown: "The iterative solver broke down (a zero inner product was met).",
+    RESULTS.nonfinite_output: (
+        "The operator and the right-hand side are finite but the result is not: it overflowed "
+        "(the operator is singular or badly scaled for this dtype; rescale, or use float64), or "
+        "a matrix-free operator's function produced NaN/Inf."
+    ),
+    RESULTS.not_symmetric: (
+        "The operator is tagged symmetric, hermitian or semidefinite, but the matrix its "
+        "function applies is not symmetric (hermitian) to working precision: the tag's promise "
+        "is broken. Fix the function or drop the tag."
+    ),
 }
 
 
