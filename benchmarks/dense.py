@@ -23,6 +23,7 @@ Usage:
     python benchmarks/dense.py --threads all           # multithreaded BLAS (default: 1 thread)
     python benchmarks/dense.py --kernels               # LAPACK kernels alone vs lineax's v&g
     python benchmarks/dense.py --vmap                  # vmap over batches of matrices
+    python benchmarks/dense.py --rcond --sizes 100 200 # cost of the rcond estimate
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 """
@@ -70,6 +71,11 @@ def linsolve_cholesky(A, b):
     return ls.linear_solve(ls.MatrixOperator(A, ls.positive_semidefinite_tag), b, ls.Cholesky()).value
 
 
+def linsolve_cholesky_no_rcond(A, b):
+    op = ls.MatrixOperator(A, ls.positive_semidefinite_tag)
+    return ls.linear_solve(op, b, ls.Cholesky(check_condition=False)).value
+
+
 def lineax_cholesky(A, b):
     op = lx.MatrixLinearOperator(A, lx.positive_semidefinite_tag)
     return lx.linear_solve(op, b, lx.Cholesky()).value
@@ -85,6 +91,10 @@ def jsp_solve_pos(A, b):
 
 def linsolve_lu(A, b):
     return ls.linear_solve(ls.MatrixOperator(A), b, ls.LU()).value
+
+
+def linsolve_lu_no_rcond(A, b):
+    return ls.linear_solve(ls.MatrixOperator(A), b, ls.LU(check_condition=False)).value
 
 
 def lineax_lu(A, b):
@@ -308,6 +318,30 @@ def vmap_batches(repeats):
     return header, rows
 
 
+def rcond_cost(sizes, repeats):
+    """What the reciprocal-condition estimate (`sol.stats["rcond"]`, on by default) costs:
+    linsolve's value_and_grad with it and without it (`check_condition=False`) against
+    lineax's, sampled together."""
+    pairs = {
+        "cholesky": (linsolve_cholesky, linsolve_cholesky_no_rcond, lineax_cholesky),
+        "lu": (linsolve_lu, linsolve_lu_no_rcond, lineax_lu),
+    }
+    header = ["family", "n", "ls (rcond)", "ls (no rcond)", "lineax", "rcond/no rcond", "ls (rcond)/lineax",
+              "ls (no rcond)/lineax"]
+    rows = []
+    for n in sizes:
+        A, b = problem(n)
+        for family, fns in pairs.items():
+            calls = {}
+            for i, solve in enumerate(fns):
+                exe, _ = compile_fn(jax.value_and_grad(make_loss(solve), argnums=(0, 1)), A, b)
+                calls[i] = (exe, (A, b))
+            t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+            rows.append([family, n, format_seconds(t[0]), format_seconds(t[1]), format_seconds(t[2]),
+                         ratio(t[0], t[1]), ratio(t[0], t[2]), ratio(t[1], t[2])])
+    return header, rows
+
+
 def ratio(x, y):
     return f"{x / y:.2f}"
 
@@ -420,12 +454,21 @@ def main(argv=None):
         default="1",
         help="BLAS/XLA CPU threads: a number, or 'all' for the library defaults (default 1)",
     )
+    parser.add_argument(
+        "--rcond", action="store_true",
+        help="only time value_and_grad with and without the rcond estimate, against lineax",
+    )
     args = parser.parse_args(argv)
 
     print(environment())
     if args.vmap:
         header, rows = vmap_batches(args.repeats)
         print("vmap(value_and_grad) of a Cholesky solve over a batch of matrices (median):")
+        print(format_table(header, rows, args.markdown))
+        return
+    if args.rcond:
+        header, rows = rcond_cost(args.sizes, args.repeats)
+        print("value_and_grad with / without the rcond estimate (median, sampled together):")
         print(format_table(header, rows, args.markdown))
         return
     if args.kernels:

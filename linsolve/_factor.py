@@ -35,6 +35,16 @@ The last pivot `U[k-1, k-1]` is never divided by, so a square matrix of rank
 `n-1` whose leading `n-1` pivots are nonzero gets finite, correct derivatives
 (the factors are smooth there), where `jax.scipy.linalg.lu` returns NaN.
 
+*Zero pivots* (rank `<= n-2`, or a zero among the leading pivots). Partial
+pivoting meets an exactly zero pivot only when the whole column below it is
+zero after elimination; LAPACK then leaves that column of `L` at zero. Under a
+perturbation that makes the column nonzero, `L`'s column jumps to a ratio of
+perturbations: the factors are not differentiable there. The rule holds that
+column fixed (`M[:, j] = 0` where `U[j, j] == 0`), which is the exact
+derivative along every direction that keeps the column below the pivot zero,
+and finite in every direction. Pivots that are tiny but not zero are divided
+by (the computed factors are differentiable there, with large derivatives).
+
 *Wide* (`m < n`). `U = [U₁ U₂]` with `U₁` square; the square argument applied
 to the first `k` columns gives `M`, and the remaining columns of
 `Y = M U + dU` give `dU₂ = Y₂ − M U₂`, again without inverse. So the
@@ -134,6 +144,25 @@ def _lu_core(A: Array) -> tuple[Array, Array, Array]:
     return perm, L, U
 
 
+def _solve_skipping_zero_pivots(U: Array, Y: Array) -> Array:
+    """`X` with `X U = Y` column by column, except that a column `j` whose pivot
+    `U[j, j]` is exactly zero gets `X[:, j] = 0`: the column of `L` below a zero pivot
+    is held fixed (LAPACK leaves it as eliminated, i.e. zero, rather than dividing by
+    the pivot). That is the exact derivative along every direction that keeps the
+    column below the zero pivot at zero, and finite in every direction (the factors
+    themselves jump there). Linear in `Y`, so reverse mode transposes it."""
+    diag = jnp.diagonal(U, axis1=-2, axis2=-1)
+    zero = diag == 0  # a primal-only mask: masking the tangent stays linear
+    j = np.arange(U.shape[-1])
+    # Unit pivot and no coupling above it in a zero-pivot column, and a zero right-hand
+    # side there, make that column of X exactly zero; later columns then see X[:, j] = 0.
+    col_zero = zero[..., None, :]
+    U_safe = jnp.where(col_zero & (j[:, None] < j[None, :]), 0, U)
+    U_safe = jnp.where(col_zero & (j[:, None] == j[None, :]), 1, U_safe)
+    Y = jnp.where(col_zero, 0, Y)
+    return jax.lax.linalg.triangular_solve(U_safe, Y, left_side=False, lower=False)
+
+
 @_lu_core.defjvp
 def _lu_core_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents
@@ -165,15 +194,13 @@ def _lu_core_jvp(primals, tangents):
         # Tall: M = tril(Y U⁻¹, -1) (its rows below k are kept whole). The
         # rows of L below k genuinely depend on 1 / U[k-1, k-1], so the full
         # U is inverted.
-        X = jax.lax.linalg.triangular_solve(U, Y, left_side=False, lower=False)
+        X = _solve_skipping_zero_pivots(U, Y)
         M = jnp.tril(X, -1)
     elif k > 1:
         # Square/wide: M = strictly_lower(Y[:, :k] U₁⁻¹). Its last column is
         # structurally zero and column j only needs U[:j+1, :j+1], so only
         # U[:k-1, :k-1] is inverted: the last pivot is never divided by.
-        X = jax.lax.linalg.triangular_solve(
-            U[..., : k - 1, : k - 1], Y[..., :, : k - 1], left_side=False, lower=False
-        )
+        X = _solve_skipping_zero_pivots(U[..., : k - 1, : k - 1], Y[..., :, : k - 1])
         M = jnp.tril(X, -1)  # X is k×(k−1): its strictly lower part
         M = jnp.concatenate([M, jnp.zeros(batch + (k, 1), dtype)], axis=-1)
     else:
@@ -205,8 +232,15 @@ def lu(
     `U[k-1, k-1]`: a rank-deficient matrix of rank `n-1` whose leading `n-1`
     pivots are nonzero (e.g. `[[1, 2], [2, 4]]`) gets finite gradients that
     agree with finite differences, where `jax.scipy.linalg.lu` gives NaN. The
-    same holds for wide input. For tall input the rows of `L` below `k` depend
-    on `1 / U[k-1, k-1]`, so there a full-rank `U` is required.
+    same holds for wide input.
+
+    Derivatives are finite for every rank, the zero matrix included. Where a
+    pivot other than the last one is exactly zero (rank `<= n-2`; for tall
+    input any zero pivot) the factors are not differentiable: the column of
+    `L` below it is zero, and jumps under perturbations that make it nonzero.
+    There the derivative holds that column fixed: exact (and
+    finite-difference-correct) along perturbations that keep the column below
+    the zero pivot zero, finite along all others.
 
     **Arguments:**
 

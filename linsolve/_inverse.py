@@ -2,11 +2,14 @@
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact
 
+from ._logdet import finish
 from ._operator import as_operator
+from ._solution import RESULTS, first_failure
 from ._solve import linear_solve
 from ._sparse import selinv
 from ._sparse.operator import SparseOperator
@@ -14,7 +17,20 @@ from ._solver.sparse_cholesky import symbolic_of
 from ._tags import hermitian_tag, symmetric_tag
 
 
-def selected_inverse(operator: Any) -> SparseOperator:
+def _sparse_result(operator: SparseOperator, out: Array) -> Array:
+    """The code of a selected inverse computed as `out`: a failed factorization (not
+    positive definite) or NaN/Inf input makes it NaN throughout; finite input giving a
+    non-finite result otherwise is an overflow."""
+    values = jax.lax.stop_gradient(operator.values)
+    finite_in = jnp.all(jnp.isfinite(values))
+    finite_out = jnp.all(jnp.isfinite(jax.lax.stop_gradient(out)))
+    # Cholesky failure spreads NaN through every entry; overflow leaves Inf, not NaN.
+    failed_factor = jnp.any(jnp.isnan(jax.lax.stop_gradient(out)))
+    code = jnp.where(failed_factor, RESULTS.not_positive_definite, RESULTS.nonfinite_output)
+    return first_failure((~finite_in, RESULTS.nonfinite_input), (~finite_out, code))
+
+
+def selected_inverse(operator: Any, *, throw: bool = True, return_result: bool = False) -> SparseOperator:
     """The entries of `A⁻¹` on the sparsity pattern of the Cholesky factor of `A`
     (Takahashi recurrences on the supernodal factor; never a dense inverse).
 
@@ -22,6 +38,12 @@ def selected_inverse(operator: Any) -> SparseOperator:
 
     - `operator`: a `SparseOperator` tagged `positive_semidefinite_tag` (real symmetric
       or complex hermitian).
+    - `throw`: if `True` (default), a failure raises (also under `jit`), as in
+      [`linsolve.linear_solve`][]; if `False`, the values are returned as computed (NaN
+      where the factorization failed).
+    - `return_result`: if `True`, return `(inverse, result)` with a [`linsolve.RESULTS`][]
+      code: `not_positive_definite` (the factorization failed), `nonfinite_input`, or
+      `nonfinite_output` (an entry overflowed).
 
     **Returns:**
 
@@ -33,14 +55,19 @@ def selected_inverse(operator: Any) -> SparseOperator:
     sym = symbolic_of(operator)
     rows, cols = selinv.l_pattern(sym)
     values = selinv.selected_inverse_on_l(sym, operator.values)
+    result = _sparse_result(operator, values)
+    values = finish("linsolve.selected_inverse", values, result, throw, False)
     order = np.lexsort((rows, cols))  # CSC: by column, then row
     n = operator.shape[0]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
     tag = hermitian_tag if jnp.iscomplexobj(values) else symmetric_tag
-    return SparseOperator(values[order], rows[order], indptr, (n, n), tag)
+    out = SparseOperator(values[order], rows[order], indptr, (n, n), tag)
+    return (out, result) if return_result else out
 
 
-def diag_inverse(operator: Any) -> Inexact[Array, " n"]:
+def diag_inverse(
+    operator: Any, *, throw: bool = True, return_result: bool = False
+) -> Inexact[Array, " n"]:
     """`diag(A⁻¹)`, e.g. the marginal variances of a Gaussian Markov random field with
     precision `A`.
 
@@ -49,6 +76,11 @@ def diag_inverse(operator: Any) -> Inexact[Array, " n"]:
     - `operator`: a positive definite `SparseOperator` (selected inverse, never a dense
       inverse), or any square operator (then `A⁻¹` is formed column by column with
       `linear_solve`, so only for small dense operators).
+    - `throw`: if `True` (default), a failure raises (also under `jit`); if `False`, the
+      values are returned as computed.
+    - `return_result`: if `True`, return `(diag, result)` with a [`linsolve.RESULTS`][]
+      code: for a sparse operator as in [`linsolve.selected_inverse`][], otherwise that of
+      the `linear_solve` (e.g. `singular`).
 
     **Returns:**
 
@@ -56,9 +88,12 @@ def diag_inverse(operator: Any) -> Inexact[Array, " n"]:
     """
     operator = as_operator(operator)
     if isinstance(operator, SparseOperator):
-        return selinv.diag_inverse(symbolic_of(operator), operator.values)
+        out = selinv.diag_inverse(symbolic_of(operator), operator.values)
+        return finish("linsolve.diag_inverse", out, _sparse_result(operator, out), throw, return_result)
     n = operator.shape[0]
     if operator.shape[1] != n:
         raise ValueError(f"diag_inverse needs a square operator; got shape {operator.shape}.")
     eye = jnp.eye(n, dtype=operator.dtype)
-    return jnp.diagonal(linear_solve(operator, eye).value)
+    sol = linear_solve(operator, eye, throw=throw)
+    out = jnp.diagonal(sol.value)
+    return (out, sol.result) if return_result else out

@@ -86,9 +86,8 @@ def cholesky(matrix):
 
 @unbatched_on_cpu(1)
 def lu(matrix):
-    """`(lu, pivots)` of partial-pivoting LU."""
-    out = jax.lax.linalg.lu(matrix)
-    return out[0], out[1]
+    """`(lu, pivots, permutation)` of partial-pivoting LU: `matrix[permutation] = L U`."""
+    return jax.lax.linalg.lu(matrix)
 
 
 @unbatched_on_cpu(1)

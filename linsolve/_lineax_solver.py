@@ -42,6 +42,9 @@ _RESULTS_TO_LINEAX = {
     RESULTS.nonfinite_input: lx.RESULTS.nonfinite_input,
     RESULTS.breakdown: lx.RESULTS.breakdown,
     RESULTS.stagnation: lx.RESULTS.stagnation,
+    # An overflowing solution of finite input: lineax's `singular` names ill-conditioning.
+    RESULTS.nonfinite_output: lx.RESULTS.singular,
+    RESULTS.not_symmetric: lx.RESULTS.singular,  # an unmet promise, as not_positive_definite
 }
 assert set(_RESULTS_TO_LINEAX) == set(RESULTS), "every linsolve result needs a lineax one"
 

@@ -30,6 +30,8 @@ class RESULTS(enum.IntEnum):
     nonfinite_input = 4
     breakdown = 5
     stagnation = 6
+    nonfinite_output = 7
+    not_symmetric = 8
 
     @classmethod
     def message(cls, code: Any) -> str:
@@ -98,6 +100,16 @@ _MESSAGES = {
         "but the true residual ‖b − A x‖ did not, even after restarting from it. The system is "
         "too ill-conditioned for the tolerance in this precision: loosen `rtol`/`atol`, use a "
         "preconditioner, a direct solver, or float64."
+    ),
+    RESULTS.nonfinite_output: (
+        "The operator and the right-hand side are finite but the result is not: it overflowed "
+        "(the operator is singular or badly scaled for this dtype; rescale, or use float64), or "
+        "a matrix-free operator's function produced NaN/Inf."
+    ),
+    RESULTS.not_symmetric: (
+        "The operator is tagged symmetric, hermitian or semidefinite, but the matrix its "
+        "function applies is not symmetric (hermitian) to working precision: the tag's promise "
+        "is broken. Fix the function or drop the tag."
     ),
 }
 

@@ -47,8 +47,10 @@ def _error_messages():
     return [RESULTS.message(code) for code in RESULTS]
 
 
-def _raise_on_failure(x, result, where: str):
-    msgs = [f"linsolve.linear_solve ({where}): {m}" for m in _error_messages()]
+def _raise_on_failure(x, result, where: str, name: str = "linsolve.linear_solve", messages=None):
+    # `messages` overrides RESULTS.message for some codes (other functions' wording).
+    messages = messages or {}
+    msgs = [f"{name} ({where}): {messages.get(c, m)}" for c, m in zip(RESULTS, _error_messages())]
     # The check runs on a scalar that is then added to x, not on x: its error branch is a
     # host callback, and passing x through it would gather a sharded solution onto one
     # device (and replicate the output).
@@ -171,6 +173,19 @@ def _gram_solve(solver, state, operator, w):
     return jax.lax.custom_linear_solve(gram_mv, w, solve, transpose_solve)
 
 
+def _nonfinite_solution_code(operator, failed):
+    """A solution with NaN/Inf from a finite `b` and a solve that reported success: NaN/Inf
+    in the operator, or a finite system whose solution overflowed. The operator is read
+    again only then (inside the `cond`)."""
+    from ._solver.checks import operator_finite
+
+    def diagnose():
+        finite = operator_finite(_stop(operator))
+        return jnp.where(finite, RESULTS.nonfinite_output, RESULTS.nonfinite_input).astype(jnp.int32)
+
+    return jax.lax.cond(failed, diagnose, lambda: jnp.asarray(RESULTS.nonfinite_input, jnp.int32))
+
+
 def _check_inputs(operator: AbstractOperator, vector, y0, adjoint_y0):
     m, n = operator.shape
     if vector.ndim not in (1, 2) or vector.shape[0] != m:
@@ -257,7 +272,7 @@ def linear_solve(
     result = first_failure(
         (~finite_b, RESULTS.nonfinite_input),
         (result != RESULTS.successful, result),
-        (~finite_x, RESULTS.nonfinite_input),
+        (~finite_x, _nonfinite_solution_code(operator, ~finite_x)),
     )
     if throw:
         x = _raise_on_failure(x, result, "solve")

@@ -115,6 +115,8 @@ def numerically_singular(triangular_factor: Array) -> Array:
     exact zero pivot after pivoted elimination, and solving with a rounding-error pivot
     would return a silently wrong, finite answer."""
     diag = jnp.abs(jnp.diagonal(triangular_factor))
+    if diag.size == 0:  # n = 0: nothing to be singular
+        return jnp.asarray(False)
     eps = jnp.finfo(triangular_factor.dtype).eps
     # The largest pivot stands in for max|U| (no O(n²) pass); NaN pivots count as failed.
     return ~jnp.all(diag > max(triangular_factor.shape) * eps * jnp.max(diag))

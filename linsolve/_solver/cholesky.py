@@ -1,29 +1,46 @@
 """Cholesky: positive (or negative) definite operators, real symmetric or complex hermitian."""
 
-from typing import Any
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
-from .._solution import RESULTS
+from .._solution import RESULTS, first_failure, result_code
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
-from .abstract import AbstractSolver, input_check, tag_names
+from . import rcond as _rcond
+from .abstract import AbstractSolver, dense_input, tag_names
+from .auto import is_matrix_free
+from .checks import broken_symmetry
 
 
 class _CholeskyState(eqx.Module):
     factor: Array  # lower L with L Lᴴ = ±A
     negative: bool = eqx.field(static=True)
     result: Array
+    stats: dict
 
 
 class Cholesky(AbstractSolver):
     """Dense Cholesky factorization `A = L Lᴴ` (or `−A = L Lᴴ` for a negative definite
     operator). Needs `positive_semidefinite_tag` or `negative_semidefinite_tag`; reads the
-    lower triangle only. A matrix that is not definite gives
-    `RESULTS.not_positive_definite`."""
+    lower triangle only.
+
+    A matrix that is not definite gives `RESULTS.not_positive_definite`, one that is
+    semidefinite up to rounding (its factorization fails, that of `A + 10 n eps ‖A‖₁ I`
+    does not) `RESULTS.singular`. The reciprocal
+    condition number is estimated from the factor (LAPACK `xPOCON`, O(n²)) and reported as
+    `sol.stats["rcond"]`; below machine epsilon the system is singular to working
+    precision and gives `RESULTS.singular`. A matrix-free operator (materialized here)
+    whose function is not symmetric gives `RESULTS.not_symmetric`.
+
+    **Arguments:**
+
+    - `check_condition`: estimate `rcond` (default `True`). `False` skips the estimate
+      (a few triangular solves), and then only a failed factorization is reported.
+    """
+
+    check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _CholeskyState:
         tags = operator.tags
@@ -35,16 +52,51 @@ class Cholesky(AbstractSolver):
             )
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"Cholesky needs a square operator; got shape {operator.shape}.")
-        # LAPACK/cuSOLVER potrf reads only the lower triangle (so does lax.linalg.cholesky
-        # with symmetrize_input=False): no need to form the mirrored upper one.
-        matrix = operator._lower_matrix()
+        if is_matrix_free(operator):
+            # Materialized in full, so that the symmetry the tag promises can be checked.
+            matrix = jax.lax.stop_gradient(operator.as_matrix())
+            asymmetric = broken_symmetry(operator, matrix)
+        else:
+            # LAPACK/cuSOLVER potrf reads only the lower triangle (so does
+            # lax.linalg.cholesky with symmetrize_input=False): no mirrored upper one.
+            matrix = jax.lax.stop_gradient(operator._lower_matrix())
+            asymmetric = None
         if negative:
             matrix = -matrix
-        factor = _lapack.cholesky(jax.lax.stop_gradient(matrix))  # the state is not differentiated
+        factor = _lapack.cholesky(matrix)  # the state is not differentiated
+        n = operator.shape[0]
+        # ‖A‖₁ (O(n²)) for the estimate; without it, only on failure.
+        norm = _rcond.hermitian_norm1(matrix) if self.check_condition else None
         # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
         failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
-        result = input_check(operator, failed, RESULTS.not_positive_definite)
-        return _CholeskyState(factor, negative, result)
+
+        def diagnose():
+            # Only on failure: NaN/Inf input, or a matrix that is positive semidefinite up
+            # to rounding (the factorization of A + 10 n eps ‖A‖₁ I succeeds: singular to
+            # working precision), or one that is genuinely not definite.
+            finite = jnp.all(jnp.isfinite(dense_input(operator)))
+            eps = jnp.finfo(matrix.dtype).eps
+            norm1 = _rcond.hermitian_norm1(matrix) if norm is None else norm
+            shift = (10 * n * eps * norm1).astype(matrix.dtype)
+            shifted = _lapack.cholesky(matrix + shift * jnp.eye(n, dtype=matrix.dtype))
+            near_psd = jnp.all(jnp.isfinite(jnp.diagonal(shifted)))
+            code = jnp.where(near_psd, RESULTS.singular, RESULTS.not_positive_definite)
+            return jnp.where(finite, code, RESULTS.nonfinite_input).astype(jnp.int32)
+
+        checks = [(failed, jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful)))]
+        if asymmetric is not None:
+            checks.insert(0, (asymmetric, RESULTS.not_symmetric))
+        stats = {}
+        if self.check_condition:
+
+            def solve(v):
+                return _lapack.cho_solve(factor, v)
+
+            rc = _rcond.rcond(norm, solve, solve, n, matrix.dtype)
+            checks.append((_rcond.ill_conditioned(rc, matrix.dtype), RESULTS.singular))
+            stats = {"rcond": rc}
+        result = first_failure(*checks)
+        return _CholeskyState(factor, negative, result, stats)
 
     def _solve(self, state: _CholeskyState, vector):
         x = _lapack.cho_solve(state.factor, vector)
@@ -52,11 +104,11 @@ class Cholesky(AbstractSolver):
 
     def solve(self, state, vector, y0):
         del y0
-        return self._solve(state, vector), state.result, {}
+        return self._solve(state, vector), state.result, dict(state.stats)
 
     def transpose_solve(self, state, vector, y0):
         del y0
         # A is hermitian: Aᵀ = conj(A), so Aᵀ x = b  ⇔  A conj(x) = conj(b).
         if jnp.iscomplexobj(state.factor):
-            return jnp.conj(self._solve(state, jnp.conj(vector))), state.result, {}
-        return self._solve(state, vector), state.result, {}
+            return jnp.conj(self._solve(state, jnp.conj(vector))), state.result, dict(state.stats)
+        return self._solve(state, vector), state.result, dict(state.stats)

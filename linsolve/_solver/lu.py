@@ -6,32 +6,71 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
-from .._solution import RESULTS
+from .._solution import RESULTS, first_failure
+from . import rcond as _rcond
 from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
+from .checks import broken_symmetry
 
 
 class _LUState(eqx.Module):
     lu: Array
     pivots: Array
     result: Array
+    stats: dict
 
 
 class LU(AbstractSolver):
     """Dense LU factorization with partial pivoting, `P A = L U`, for square operators.
-    A pivot that is zero up to rounding gives `RESULTS.singular`."""
+
+    A pivot that is zero up to rounding gives `RESULTS.singular`, and so does a system
+    singular to working precision: the reciprocal condition number is estimated from
+    the factors (LAPACK `xGECON`, O(n²)), reported as `sol.stats["rcond"]`, and below
+    machine epsilon the solve fails. A matrix-free operator tagged symmetric / hermitian /
+    semidefinite whose function is not gives `RESULTS.not_symmetric`.
+
+    **Arguments:**
+
+    - `check_condition`: estimate `rcond` (default `True`); `False` skips it (a few
+      triangular solves) and keeps only the pivot test.
+    """
+
+    check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _LUState:
         if operator.shape[0] != operator.shape[1]:
             raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
-        matrix = dense_input(operator)
-        lu, pivots = _lapack.lu(jax.lax.stop_gradient(matrix))  # the state is not differentiated
-        result = input_check(operator, numerically_singular(lu), RESULTS.singular)
-        return _LUState(lu, pivots, result)
+        matrix = jax.lax.stop_gradient(dense_input(operator))  # the state is not differentiated
+        lu, pivots, perm = _lapack.lu(matrix)
+        checks = [(numerically_singular(lu), RESULTS.singular)]
+        asymmetric = broken_symmetry(operator, matrix)
+        if asymmetric is not None:
+            checks.insert(0, (asymmetric, RESULTS.not_symmetric))
+        stats = {}
+        if self.check_condition:
+            # Solves from the permutation LU already returns (`lu_solve` would rebuild it
+            # from the pivots, a sequential loop, at every call): A⁻¹ = U⁻¹ L⁻¹ P and
+            # A⁻ᴴ = Pᵀ L⁻ᴴ U⁻ᴴ, with (P v) = v[perm].
+            def solve(v):
+                y = _lapack.solve_triangular(lu, v[perm], lower=True, unit_diagonal=True)
+                return _lapack.solve_triangular(lu, y, lower=False)
+
+            def solve_h(v):
+                y = _lapack.solve_triangular(lu, v, trans="C", lower=False)
+                y = _lapack.solve_triangular(lu, y, trans="C", lower=True, unit_diagonal=True)
+                return jnp.zeros_like(y).at[perm].set(y)
+
+            n = operator.shape[0]
+            rc = _rcond.rcond(_rcond.norm1(matrix), solve, solve_h, n, matrix.dtype)
+            checks.append((_rcond.ill_conditioned(rc, matrix.dtype), RESULTS.singular))
+            stats = {"rcond": rc}
+        code = first_failure(*checks)
+        result = input_check(operator, code != RESULTS.successful, code)
+        return _LUState(lu, pivots, result, stats)
 
     def solve(self, state, vector, y0):
         del y0
-        return _lapack.lu_solve(state.lu, state.pivots, vector, 0), state.result, {}
+        return _lapack.lu_solve(state.lu, state.pivots, vector, 0), state.result, dict(state.stats)
 
     def transpose_solve(self, state, vector, y0):
         del y0
-        return _lapack.lu_solve(state.lu, state.pivots, vector, 1), state.result, {}
+        return _lapack.lu_solve(state.lu, state.pivots, vector, 1), state.result, dict(state.stats)

@@ -9,8 +9,10 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
-from .._solution import RESULTS
+from .._solution import RESULTS, first_failure
+from . import rcond as _rcond
 from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
+from .checks import broken_symmetry
 
 
 class _QRState(eqx.Module):
@@ -18,25 +20,54 @@ class _QRState(eqx.Module):
     r: Array
     wide: bool = eqx.field(static=True)
     result: Array
+    stats: dict
 
 
 class QR(AbstractSolver):
     """Householder QR. For a square operator it solves `A x = b`; for a tall one
     (full column rank) it returns the least-squares solution; for a wide one (full row
     rank) the minimum-norm solution. Derivatives are those of the pseudo-inverse
-    solution. A diagonal entry of `R` that is zero up to rounding gives `RESULTS.singular`."""
+    solution.
+
+    A diagonal entry of `R` that is zero up to rounding gives `RESULTS.singular`, and so
+    does an `R` singular to working precision: its reciprocal condition number is
+    estimated (LAPACK `xTRCON`, O(n²)) and reported as `sol.stats["rcond"]` (`R` has the
+    2-norm condition number of `A`; in the 1-norm the two agree within a factor `n`), and
+    below machine epsilon the solve fails (rank deficiency for a non-square `A`).
+
+    **Arguments:**
+
+    - `check_condition`: estimate `rcond` (default `True`); `False` skips it (a few
+      triangular solves) and keeps only the test on `R`'s diagonal.
+    """
 
     supports_nonsquare: ClassVar[bool] = True
+    check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _QRState:
-        matrix = dense_input(operator)
+        matrix = jax.lax.stop_gradient(dense_input(operator))  # the state is not differentiated
         m, n = operator.shape
         wide = m < n
         # A wide A is factored through Aᴴ = Q R, so both cases use a tall QR.
-        matrix = jax.lax.stop_gradient(matrix)  # the state is not differentiated
         q, r = _lapack.qr(jnp.conj(matrix.T) if wide else matrix)
-        result = input_check(operator, numerically_singular(r), RESULTS.singular)
-        return _QRState(q, r, wide, result)
+        checks = [(numerically_singular(r), RESULTS.singular)]
+        asymmetric = broken_symmetry(operator, matrix)
+        if asymmetric is not None:
+            checks.insert(0, (asymmetric, RESULTS.not_symmetric))
+        stats = {}
+        if self.check_condition:
+            rc = _rcond.rcond(
+                _rcond.triangular_norm1(r),
+                lambda v: _lapack.solve_triangular(r, v, lower=False),
+                lambda v: _lapack.solve_triangular(r, v, trans="C", lower=False),
+                r.shape[0],
+                r.dtype,
+            )
+            checks.append((_rcond.ill_conditioned(rc, r.dtype), RESULTS.singular))
+            stats = {"rcond": rc}
+        code = first_failure(*checks)
+        result = input_check(operator, code != RESULTS.successful, code)
+        return _QRState(q, r, wide, result, stats)
 
     def solve(self, state, vector, y0):
         del y0
@@ -45,7 +76,7 @@ class QR(AbstractSolver):
             x = q @ _lapack.solve_triangular(r, vector, trans="C", lower=False)
         else:  # A = Q R: x = R⁻¹ Qᴴ b
             x = _lapack.solve_triangular(r, jnp.conj(q.T) @ vector, lower=False)
-        return x, state.result, {}
+        return x, state.result, dict(state.stats)
 
     def gram_solve(self, state, vector):
         """Solve with the Gram matrix `AᴴA` (tall) or `AAᴴ` (wide), both `= RᴴR`."""
@@ -59,4 +90,4 @@ class QR(AbstractSolver):
             y = _lapack.solve_triangular(jnp.conj(r), q.T @ vector, lower=False)
         else:  # Aᵀ = Rᵀ Qᵀ, wide: y = conj(Q) R⁻ᵀ c
             y = jnp.conj(q) @ _lapack.solve_triangular(r, vector, trans="T", lower=False)
-        return y, state.result, {}
+        return y, state.result, dict(state.stats)
