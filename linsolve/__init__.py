@@ -22,6 +22,7 @@ from ._operator import (
     ScaledOperator as ScaledOperator,
     TransposedOperator as TransposedOperator,
 )
+from ._recycle import RecycleSpace as RecycleSpace
 from ._sparse.operator import SparseOperator as SparseOperator
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import linear_solve as linear_solve

@@ -12,7 +12,7 @@ How derivatives work here (and nowhere else):
   operator flows through whatever the operator reads: under the structure convention,
   folded into the read triangle and exactly zero on unread entries.
 - `y0` and `adjoint_y0` are inputs whose tangents are ignored: their derivative is exactly
-  zero, traced or not.
+  zero, traced or not. So is a `recycle` space's: it is attached to the stopped state.
 - `throw` holds for the derivative's solves too: with `throw=True` a failed tangent or
   transposed solve raises. With `throw=False` a failed transposed solve makes the
   gradient NaN (reverse mode has no other way to report it), while the tangent solve
@@ -32,6 +32,7 @@ import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
 from ._operator import AbstractOperator, as_operator
+from ._recycle import RecycleSpace
 from ._solution import RESULTS, Solution, first_failure
 from ._solver.abstract import AbstractSolver
 from ._solver.auto import AutoSolver
@@ -224,6 +225,7 @@ def linear_solve(
     *,
     y0: Inexact[ArrayLike, " n"] | Inexact[ArrayLike, "n k"] | None = None,
     adjoint_y0: Inexact[ArrayLike, " m"] | Inexact[ArrayLike, "m k"] | None = None,
+    recycle: RecycleSpace | None = None,
     throw: bool = True,
 ) -> Solution:
     """Solve `operator @ x = vector`, differentiably.
@@ -238,6 +240,11 @@ def linear_solve(
     - `adjoint_y0`: initial guess for the transposed solve of reverse mode. The gradient
       w.r.t. `vector` *is* that transposed solution, so an optimisation loop can carry the
       previous step's gradient here. Derivative exactly zero.
+    - `recycle`: a [`linsolve.RecycleSpace`][] (e.g. the previous solve's
+      `sol.stats["recycle"]`) for `CG(recycle=m)` or `MINRES(recycle=m)`: the forward
+      solve and the derivative's solves are deflated by it, and the refreshed space is
+      returned in `sol.stats["recycle"]`. It changes iteration counts only, never the
+      solution; derivative exactly zero. Other solvers raise.
     - `throw`: if `True`, a failed solve raises (also under `jit`, and also for the
       transposed solve of reverse mode); if `False`, check `sol.result`.
 
@@ -264,6 +271,9 @@ def linear_solve(
         )
 
     state = _stop(solver.init(operator))
+    if recycle is not None:
+        # A preconditioner, not an input: attached to the (stopped) state, outside the rule.
+        state = _stop(solver.recycle_state(state, recycle, vector.shape))
     y0 = None if y0 is None else jax.lax.stop_gradient(y0)
     adjoint_y0 = None if adjoint_y0 is None else jax.lax.stop_gradient(adjoint_y0)
     x, result, stats = _solve(solver, state, operator, vector, y0, adjoint_y0, throw=throw)

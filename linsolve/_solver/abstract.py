@@ -73,6 +73,15 @@ class AbstractSolver(eqx.Module):
         del stats
         return state
 
+    def recycle_state(self, state: Any, space: Any, vector_shape: tuple) -> Any:
+        """The state with a user's recycle space (`linear_solve(..., recycle=space)`)
+        attached; only Krylov solvers that recycle (CG, MINRES) take one."""
+        del state, space, vector_shape
+        raise TypeError(
+            f"linear_solve: {type(self).__name__} does not take a recycle space; "
+            "linsolve.CG(recycle=m) and linsolve.MINRES(recycle=m) do."
+        )
+
 
 def _lineax_misuse(solver: "AbstractSolver", method: str):
     name = type(solver).__name__

@@ -23,6 +23,13 @@ Recycling (`CG(recycle=m)`), in two halves:
   Guyomarc'h, 2000): every search direction is kept `A`-conjugate to `W`, which removes the
   recycled eigenvalues from the spectrum CG sees.
 
+Across solves (`linear_solve(..., recycle=space)`, see `linsolve/_recycle.py`): the forward
+solve orthonormalises the given space to `Q`, computes `AQ` (`m` products), starts from
+the Galerkin projection onto `Q` and runs deflated while collecting in the window; at the
+end a Rayleigh–Ritz step over `Q` and the window's Ritz vectors (`m` products more) gives
+the refreshed space `stats["recycle"]` and its image, which the derivative's solves then
+use without further products.
+
 Memory: the state holds `W` and `AW`, `2m` vectors; the forward solve works in a window of
 `4m`. Work: about `8m` flops per entry and iteration for the window restarts in the forward
 solve and `4m` for the deflation in the derivative's solves — worth it when a
@@ -34,6 +41,15 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._recycle import (
+    RecycleSpace,
+    Recycled,
+    attach,
+    from_image,
+    refresh,
+    ritz_rows,
+    window_restart,
+)
 from .._solution import RESULTS, result_code
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
 from .abstract import tag_names
@@ -52,25 +68,6 @@ from .krylov import (
 )
 
 
-class Recycled(eqx.Module):
-    """A recycled subspace: basis `W` (n, m), its image `AW`, and `(WᴴAW)⁺`."""
-
-    basis: Array
-    image: Array
-    gram_pinv: Array
-
-
-def _hermitian_pinv(matrix: Array) -> Array:
-    """Pseudo-inverse of a hermitian positive semidefinite matrix; tiny eigenvalues (zero
-    columns of a short solve's basis, or rounding) are dropped."""
-    matrix = 0.5 * (matrix + jnp.conj(jnp.swapaxes(matrix, -1, -2)))
-    lam, q = jnp.linalg.eigh(matrix)
-    eps = jnp.finfo(lam.dtype).eps
-    keep = lam > matrix.shape[-1] * eps * jnp.max(lam, axis=-1, keepdims=True)
-    inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    return (q * inv[..., None, :]) @ jnp.conj(jnp.swapaxes(q, -1, -2))
-
-
 class CG(AbstractKrylovSolver):
     """Preconditioned conjugate gradients for operators tagged `positive_semidefinite_tag`
     (or `negative_semidefinite_tag`: CG then runs on `−A`), real symmetric or complex
@@ -86,9 +83,13 @@ class CG(AbstractKrylovSolver):
       the solves of the derivative (reverse mode's transposed solve, forward mode's tangent
       solve). Memory: `W` and `AW` in the state (`2m` vectors) and a window of `4m` vectors
       during the forward solve. `AW` costs `m` products, made only when differentiating.
+      With `linear_solve(..., recycle=space)` ([`linsolve.RecycleSpace`][] of `m`
+      vectors, e.g. the previous solve's `stats["recycle"]`) the forward solve is deflated
+      by the space too and refreshes it: `2m` products per forward solve, none for `AW`.
 
     `sol.stats` has `num_steps` and `residual_norm` (per column for a `(n, k)` right-hand
-    side) and, with `recycle`, `recycle_basis`: the `(n, m)` Ritz vectors `W`. A
+    side) and, with `recycle`, `recycle` (the [`linsolve.RecycleSpace`][] to carry to the
+    next solve) and `recycle_basis`, its `(n, m)` basis `W`. A
     non-positive curvature `pᴴAp <= 0` (the operator is not definite) gives
     `RESULTS.breakdown`.
     """
@@ -109,8 +110,13 @@ class CG(AbstractKrylovSolver):
         return self._make_state(operator, negate=negative)
 
     def solve(self, state: KrylovState, vector, y0):
-        collect = self.recycle > 0 and state.recycled is None
+        # A primal solve collects (and refreshes a given space); the derivative's solves,
+        # whose state comes from `adjoint_state`, only use theirs.
+        collect = self.recycle > 0 and (state.recycled is None or state.recycled.collect)
         return self._solve(state, vector, y0, collect, "CG")
+
+    def recycle_state(self, state: KrylovState, space: RecycleSpace, vector_shape) -> KrylovState:
+        return attach(self, state, space, vector_shape, matvec(state), definite=True)
 
     def transpose_solve(self, state: KrylovState, vector, y0):
         # A is hermitian: Aᵀ = conj(A), so Aᵀ x = b  ⇔  A conj(x) = conj(b). The
@@ -126,10 +132,13 @@ class CG(AbstractKrylovSolver):
             return state
         basis = stats["recycle_basis"]
         mv = matvec(state)
-        image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
+        if "recycle_image" in stats:  # refreshed from a given space: AW is known
+            image = stats["recycle_image"]
+        else:
+            image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
         # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
-        gram = jnp.conj(jnp.swapaxes(basis, -1, -2)) @ image
-        recycled = Recycled(basis, image, _hermitian_pinv(gram))
+        make = lambda w, aw: from_image(w, aw, definite=True)  # noqa: E731
+        recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
             state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
             state.negate, recycled,
@@ -146,41 +155,6 @@ class CG(AbstractKrylovSolver):
             return _cg(state, b, x0, rec, m, self.verbose, label)
 
         return map_columns(single, vector, y0, recycled, extra_batched=batched)
-
-
-def _window_restart(window, tri, m):
-    """eigCG restart of a full window (rows `v_0 … v_{s−1}`, `tri = VᴴAV` padded to
-    `(s+1, s+1)`, its last row holding the coupling to the next Lanczos vector): keep the
-    span of the `m` smallest Ritz vectors of `tri[:s, :s]` and of `tri[:s−1, :s−1]`."""
-    s = window.shape[0]
-    coupling = tri[s, s - 1]
-    t = tri[:s, :s]
-    _, y = jnp.linalg.eigh(t)
-    _, y_lead = jnp.linalg.eigh(t[: s - 1, : s - 1])
-    y_lead = jnp.concatenate([y_lead[:, :m], jnp.zeros((1, m), t.dtype)], axis=0)
-    q, _ = jnp.linalg.qr(jnp.concatenate([y[:, :m], y_lead], axis=1))  # (s, 2m), orthonormal
-    keep = 2 * m
-    new_window = jnp.zeros_like(window).at[:keep].set((q.T @ window).astype(window.dtype))
-    new_tri = jnp.zeros_like(tri).at[:keep, :keep].set(q.T @ t @ q)
-    # Lanczos relation A V = V T + coupling · v_next e_lastᵀ: the kept vectors couple to
-    # the next Lanczos vector through the last row of q.
-    arrow = coupling * q[s - 1]
-    new_tri = new_tri.at[keep, :keep].set(arrow).at[:keep, keep].set(arrow)
-    return new_window, new_tri
-
-
-def _ritz_basis(window, tri, count, m):
-    """The `m` Ritz vectors of the smallest Ritz values from the first `count` rows of the
-    window, as rows; zero rows where fewer than `m` exist."""
-    s = window.shape[0]
-    valid = jnp.arange(s, dtype=jnp.result_type(count)) < count  # strict promotion: one int type
-    t = jnp.where(valid[:, None] & valid[None, :], tri[:s, :s], 0)
-    # Unused slots get a diagonal above every eigenvalue of the used block (Gershgorin).
-    big = 2 * jnp.max(jnp.sum(jnp.abs(t), axis=1)) + 1
-    t = t + jnp.diag(jnp.where(valid, 0, big))
-    _, y = jnp.linalg.eigh(t)
-    y = jnp.where(valid[:, None], y[:, :m], 0)
-    return (y.T @ window).astype(window.dtype)
 
 
 @eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
@@ -228,7 +202,14 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         return x, result, stats(k, r_norm)
     basis = best[0]
     basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
-    return x, result, stats(k, r_norm, recycle_basis=basis)
+    if recycled is None:
+        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis))
+    else:
+        # Cross-step recycling: Rayleigh–Ritz over the old space and the new Ritz vectors
+        # (m products for their image); the new image comes free for the derivative.
+        basis, image = refresh(w, aw, basis, mv(basis), pre, m, definite=True)
+        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis), recycle_image=image)
+    return x, result, stats(k, r_norm, **extra)
 
 
 def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, m, verbose, label):
@@ -300,7 +281,7 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
         window, tri, count = c[8], c[9], c[10]
         window, tri, count = jax.lax.cond(
             count == s,
-            lambda w, t: (*_window_restart(w, t, m), jnp.asarray(2 * m, jnp.int32)),
+            lambda w, t: (*window_restart(w, t, m), jnp.asarray(2 * m, jnp.int32)),
             lambda w, t: (w, t, count),
             window,
             tri,
@@ -311,7 +292,7 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
              jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
     k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
-    basis = _ritz_basis(window, tri, count, m).T
+    basis = ritz_rows(window, tri, count, m).T
     longer = k - k0 > best[1]
     best = (jnp.where(longer, basis, best[0]), jnp.where(longer, k - k0, best[1]))
     return x, code, res2, k, best
