@@ -45,6 +45,7 @@ from .._recycle import (
     RecycleSpace,
     Recycled,
     attach,
+    stable,
     from_image,
     refresh,
     ritz_rows,
@@ -217,15 +218,17 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         report(verbose, label, k + 1, jnp.sqrt(res2), goal)
         return x, r, z_new, p, rz_new, res2, code, alpha, beta
 
+    def body(c):
+        k, x, r, p, rz, _, code = c
+        x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
+        return k + 1, x, r, p, rz, res2, code
+
+    def plain_loop(carry):
+        return jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+
     if m == 0:
-
-        def body(c):
-            k, x, r, p, rz, _, code = c
-            x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
-            return k + 1, x, r, p, rz, res2, code
-
         carry = (jnp.asarray(0, jnp.int32), x, r, p, rz, res2, code)
-        k, x, _, _, _, res2, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+        k, x, _, _, _, res2, code = plain_loop(carry)
         return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2))
 
     # Collecting: an inner loop fills the window, the outer loop restarts it. (A restart
@@ -261,16 +264,28 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
 
     carry = (jnp.asarray(0, jnp.int32), x, r, z, p, rz, res2, code, window, tri,
              jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
-    carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
-    k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
-    basis = ritz_rows(window, tri, count, m).T
     if recycled is None:
+        carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
+        k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
+        basis = ritz_rows(window, tri, count, m).T
         basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
         extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis))
-    else:
-        # Cross-step recycling: Rayleigh–Ritz over the old space and the new Ritz vectors
-        # (m products for their image); the new image comes free for the derivative.
-        basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)
-        basis, image = refresh(w, aw, basis, mv(basis), pre, m, definite=True)
-        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis), recycle_image=image)
+        return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), **extra)
+
+    # Cross-step recycling. A space that is already converged is kept as it is (no window,
+    # no refresh, its image known); otherwise collect with restarts and refresh it.
+    keep, kept_values = stable(recycled, recycled.values, pre, definite=True)
+    carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & ~keep, outer_body, carry)
+    k, x, r, _, p, rz, res2, code, window, tri, count, _ = carry
+    k, x, _, _, _, res2, code = plain_loop((k, x, r, p, rz, res2, code))
+
+    def refreshed():
+        # Rayleigh–Ritz over the old space and the new Ritz vectors (m products for their
+        # image); the new image comes free for the derivative.
+        y = ritz_rows(window, tri, count, m).T
+        y = jnp.where(jnp.all(jnp.isfinite(y)), y, 0)
+        return refresh(w, aw, y, mv(y), pre, m, definite=True)
+
+    basis, image, values = jax.lax.cond(keep, lambda: (w, aw, kept_values), refreshed)
+    extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis, values), recycle_image=image)
     return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), **extra)

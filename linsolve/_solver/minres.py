@@ -227,8 +227,8 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str,
         else:
             # Harmonic Rayleigh–Ritz over the old space and the new Ritz vectors (m
             # products for their image); the new image comes free for the derivative.
-            basis, image = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
-            extra = dict(recycle=RecycleSpace(basis), recycle_image=image)
+            basis, image, values = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
+            extra = dict(recycle=RecycleSpace(basis, values), recycle_image=image)
     return x, final_result(state, out["code"], out["phibar"] <= goal), stats(out["k"], out["phibar"], **extra)
 
 
