@@ -39,16 +39,15 @@ matrix-vector product costs more than that.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
 from .._recycle import (
-    RecycleSpace,
     Recycled,
+    RecycleSpace,
     attach,
-    stable,
     from_image,
     refresh,
     ritz_rows,
+    stable,
     window_restart,
 )
 from .._solution import RESULTS, result_code
@@ -140,7 +139,9 @@ class CG(AbstractKrylovSolver):
         else:
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
         # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
-        make = lambda w, aw: from_image(w, aw, definite=True)  # noqa: E731
+        def make(w, aw):
+            return from_image(w, aw, definite=True)
+
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
             state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
@@ -269,7 +270,7 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
         basis = ritz_rows(window, tri, count, m).T
         basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
-        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis))
+        extra = {"recycle_basis": basis, "recycle": RecycleSpace(basis)}
         return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), **extra)
 
     # Cross-step recycling. A space that is already converged is kept as it is (no window,
@@ -287,5 +288,5 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         return refresh(w, aw, y, mv(y), pre, m, definite=True)
 
     basis, image, values = jax.lax.cond(keep, lambda: (w, aw, kept_values), refreshed)
-    extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis, values), recycle_image=image)
+    extra = {"recycle_basis": basis, "recycle": RecycleSpace(basis, values), "recycle_image": image}
     return x, final_result(state, code, res2 <= goal2), stats(k, jnp.sqrt(res2), **extra)

@@ -14,7 +14,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._recycle import RecycleSpace, Recycled, attach, from_image, refresh, ritz_rows, window_restart
+from .._recycle import (
+    Recycled,
+    RecycleSpace,
+    attach,
+    from_image,
+    refresh,
+    ritz_rows,
+    window_restart,
+)
 from .._solution import RESULTS, result_code
 from .._tags import is_hermitian, is_self_adjoint
 from .abstract import tag_names
@@ -103,7 +111,9 @@ class MINRES(AbstractKrylovSolver):
         else:
             mv = matvec(state)
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)
-        make = lambda w, aw: from_image(w, aw, definite=False)  # noqa: E731
+        def make(w, aw):
+            return from_image(w, aw, definite=False)
+
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
             state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
@@ -223,12 +233,12 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str,
         basis = ritz_rows(out["window"], out["tri"], out["count"], m, by_magnitude=True).T
         basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
         if recycled is None:
-            extra = dict(recycle=RecycleSpace(basis))
+            extra = {"recycle": RecycleSpace(basis)}
         else:
             # Harmonic Rayleigh–Ritz over the old space and the new Ritz vectors (m
             # products for their image); the new image comes free for the derivative.
             basis, image, values = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
-            extra = dict(recycle=RecycleSpace(basis, values), recycle_image=image)
+            extra = {"recycle": RecycleSpace(basis, values), "recycle_image": image}
     return x, final_result(state, out["code"], out["phibar"] <= goal), stats(out["k"], out["phibar"], **extra)
 
 
