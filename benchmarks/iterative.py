@@ -25,12 +25,25 @@ jax.scipy.
    1.0 x the faster anchor.
 3. **A plot** (`--plot`): residual norm against iteration for the forward and adjoint
    solves of one gradient-descent step, cold against warm + recycled.
+4. **Recycling across steps** (`--cross`): total operator products (forward + backward,
+   counted with a host callback) and wall time of a `--cross-steps` step gradient-descent
+   loop, four variants — `cold`; `warm` (`y0`, `adjoint_y0`); `within` (warm and
+   `CG(recycle=m)`: the adjoint solve recycles the forward one's Ritz vectors); `cross`
+   (warm and the `RecycleSpace` of each step's solve carried into the next
+   `linear_solve(..., recycle=space)`) — on two problems: the Poisson inverse problem of
+   part 1 (a fixed operator, the source moves) and a slowly drifting operator
+   `A_k = −∇·(κ_k ∇) + c_k I` (a conductivity field that translates by `side/200` cells per
+   step, a shift growing by 1% of the smallest eigenvalue per step; the source is
+   optimised as in part 1, so the adjoint right-hand side moves too). Targets: `cross`
+   total products <= 0.4 x cold, wall time <= 0.6 x cold. `--cross-plot PATH` draws the
+   products per step of the four variants.
 
 Usage:
 
     python benchmarks/iterative.py                       # side 100 (n = 10⁴), 50 steps
     python benchmarks/iterative.py --side 64 --steps 20  # quicker
     python benchmarks/iterative.py --markdown --plot docs/iterative_residuals.png
+    python benchmarks/iterative.py --cross --side 64 --cross-steps 40 --skip-descent --skip-per-solve
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples,
 one thread by default).
@@ -332,6 +345,145 @@ def plot(histories, path, side, at_step):
     print(f"plot written to {path}")
 
 
+# --- 4. recycling across the steps of a loop ------------------------------------------
+
+
+CROSS_VARIANTS = ("cold", "warm", "within", "cross")
+
+
+def drifting_operator(side: int, counter: MatvecCounter | None = None):
+    """`(kappa, shift) ↦ A = −∇·(κ∇) + shift·I` (finite volumes, κ at the nodes, arithmetic
+    means on the faces, Dirichlet boundary), matrix-free."""
+    inv_h2 = float((side + 1) ** 2)
+
+    def make(kappa, shift):
+        k = jnp.pad(kappa.reshape(side, side), 1, mode="edge")
+        kx = 0.5 * (k[1:, 1:-1] + k[:-1, 1:-1])
+        ky = 0.5 * (k[1:-1, 1:] + k[1:-1, :-1])
+
+        def apply(u):
+            grid = jnp.pad(u.reshape(side, side), 1)
+            fx = kx * (grid[1:, 1:-1] - grid[:-1, 1:-1])
+            fy = ky * (grid[1:-1, 1:] - grid[1:-1, :-1])
+            out = ((fx[:-1] - fx[1:]) + (fy[:, :-1] - fy[:, 1:])).reshape(-1) * inv_h2
+            return out + shift * u
+
+        fn = apply if counter is None else counter.wrap(apply)
+        return ls.FunctionOperator(fn, jnp.zeros(side * side), PSD)
+
+    return make
+
+
+def drift_schedule(side: int, steps: int):
+    """Per step: the conductivity field (a smooth field translating slowly) and the shift."""
+    grid = np.linspace(0, 1, side + 2)[1:-1]
+    xx, yy = np.meshgrid(grid, grid, indexing="ij")
+    lam_min = smallest_eigenvalue(side)
+    out = []
+    for k in range(steps):
+        phase = k / 200
+        kappa = np.exp(0.7 * np.sin(2 * np.pi * (xx - phase)) * np.cos(np.pi * (yy + 0.5 * phase)))
+        out.append((jnp.asarray(kappa.reshape(-1)), jnp.asarray(0.5 * lam_min * (1 + 0.02 * k))))
+    return out
+
+
+def make_cross_step(make_op, solver, warm: bool, cross: bool, u_obs, alpha, lr):
+    @eqx.filter_jit
+    def step(params, f, u_prev, lam_prev, space):
+        op = make_op(*params)
+
+        def loss(f):
+            sol = ls.linear_solve(op, f, solver, y0=u_prev if warm else None,
+                                  adjoint_y0=lam_prev if warm else None, recycle=space if cross else None)
+            u = sol.value
+            value = 0.5 * jnp.sum((u - u_obs) ** 2) + 0.5 * alpha * jnp.sum(f**2)
+            return value, (u, sol.stats.get("recycle", space))
+
+        (value, (u, new_space)), g = jax.value_and_grad(loss, has_aux=True)(f)
+        return f - lr * g, u, g - alpha * f, value, new_space
+
+    return step
+
+
+def run_cross(step, schedule, n, m, counter=None):
+    f, u, lam = jnp.zeros(n), jnp.zeros(n), jnp.zeros(n)
+    space = ls.RecycleSpace.empty(n, m)
+    per_step, losses = [], []
+    for params in schedule:
+        if counter is not None:
+            counter.count = 0
+        f, u, lam, value, space = step(params, f, u, lam, space)
+        if counter is not None:
+            value.block_until_ready()
+            jax.effects_barrier()
+            per_step.append(counter.count)
+        losses.append(value)
+    jax.block_until_ready(f)
+    return per_step, [float(v) for v in losses]
+
+
+def measure_cross(problem, side, steps, rtol, m, repeats):
+    """Products per step and loop wall time of the four variants on one problem."""
+    n = side * side
+    u_obs, alpha, lr = inverse_problem(side)
+    counter = MatvecCounter()
+    if problem == "poisson":
+        fixed = laplacian(side)
+        make_counted = lambda: ls.FunctionOperator(counter.wrap(fixed), jnp.zeros(n), PSD)  # noqa: E731
+        make_plain = lambda: ls.FunctionOperator(fixed, jnp.zeros(n), PSD)  # noqa: E731
+        schedule = [()] * steps
+    else:
+        make_counted = drifting_operator(side, counter)
+        make_plain = drifting_operator(side)
+        schedule = drift_schedule(side, steps)
+        # The drifting problem's operator is larger (κ up to e^0.7 and a shift): a safe step.
+        lr = 0.5 * lr
+    rows = {}
+    for variant in CROSS_VARIANTS:
+        warm = variant != "cold"
+        solver = ls.CG(rtol=rtol, recycle=m if variant in ("within", "cross") else 0, max_steps=20 * n)
+        cross = variant == "cross"
+        counted = make_cross_step(make_counted, solver, warm, cross, u_obs, alpha, lr)
+        per_step, losses = run_cross(counted, schedule, n, m, counter)
+        plain = make_cross_step(make_plain, solver, warm, cross, u_obs, alpha, lr)
+        run_cross(plain, schedule[:1], n, m)  # compile
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run_cross(plain, schedule, n, m)
+            times.append(time.perf_counter() - start)
+        rows[variant] = dict(per_step=per_step, total=sum(per_step), time=statistics.median(times),
+                             final_loss=losses[-1])
+    return rows
+
+
+def plot_cross(results, path, side, m):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    titles = {"poisson": "Poisson inverse problem (fixed operator)",
+              "drift": "drifting operator −∇·(κ_k∇) + c_k I"}
+    styles = {"cold": "tab:gray", "warm": "tab:orange", "within": "tab:green", "cross": "tab:blue"}
+    labels = {"cold": "cold", "warm": "warm (y0, adjoint_y0)", "within": f"warm + CG(recycle={m}), within a step",
+              "cross": f"warm + RecycleSpace carried across steps (m = {m})"}
+    fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.2), squeeze=False)
+    for ax, (problem, rows) in zip(axes[0], results.items()):
+        for variant, row in rows.items():
+            ax.plot(np.arange(1, len(row["per_step"]) + 1), row["per_step"], color=styles[variant],
+                    label=labels[variant])
+        ax.set_xlabel("gradient-descent step")
+        ax.set_ylabel("operator products (forward + adjoint)")
+        ax.set_title(f"{titles[problem]}, n = {side * side}", fontsize="medium")
+        ax.set_ylim(bottom=0)
+        ax.grid(True, alpha=0.3)
+    axes[0][0].legend(fontsize="small")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"plot written to {path}")
+
+
 # --- main ------------------------------------------------------------------------------
 
 
@@ -349,6 +501,10 @@ def main(argv=None):
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--skip-descent", action="store_true")
     parser.add_argument("--skip-per-solve", action="store_true")
+    parser.add_argument("--cross", action="store_true", help="part 4: recycling across steps")
+    parser.add_argument("--cross-steps", type=int, default=40)
+    parser.add_argument("--cross-problems", default="poisson,drift")
+    parser.add_argument("--cross-plot", default=None, help="write part 4's products-per-step plot here")
     parser.add_argument("--threads", default="1")
     args = parser.parse_args(argv)
     n = args.side**2
@@ -401,6 +557,23 @@ def main(argv=None):
             print(f"3. step {args.plot_step}, {variant}: forward {len(h['forward']) - 1} iterations, "
                   f"adjoint {len(h['adjoint']) - 1} iterations")
         plot(hist, args.plot, args.side, args.plot_step)
+    if args.cross:
+        results = {}
+        for problem in args.cross_problems.split(","):
+            rows = measure_cross(problem, args.side, args.cross_steps, args.rtol, args.recycle, args.descent_repeats)
+            results[problem] = rows
+            cold = rows["cold"]
+            table = [[v, rows[v]["total"], f"{rows[v]['total'] / cold['total']:.2f}", format_seconds(rows[v]["time"]),
+                      f"{rows[v]['time'] / cold['time']:.2f}", f"{rows[v]['final_loss']:.6e}"] for v in CROSS_VARIANTS]
+            print(f"4. {problem}: n = {n}, {args.cross_steps} gradient-descent steps, CG rtol = {args.rtol:g}, "
+                  f"m = {args.recycle}")
+            print(format_table(["variant", "products (fwd + adj)", "products / cold", "loop wall time",
+                                "time / cold", "final loss"], table, markdown=args.markdown))
+            print(f"targets: cross products / cold <= 0.40 (got {rows['cross']['total'] / cold['total']:.2f}), "
+                  f"time / cold <= 0.60 (got {rows['cross']['time'] / cold['time']:.2f})")
+            print()
+        if args.cross_plot:
+            plot_cross(results, args.cross_plot, args.side, args.recycle)
 
 
 if __name__ == "__main__":

@@ -20,15 +20,24 @@ The point of the example: an optimiser moves `m` a little per step, so
   next transposed solve. `λ` is the gradient w.r.t. the right-hand side `f`, so asking
   `jax.vjp` for the gradient w.r.t. `f` too hands it over for free.
 
-Both guesses have derivative exactly zero inside linsolve, so they are passed without
-`stop_gradient`. At every point L-BFGS evaluates, the same evaluation is also run cold
-(both guesses zero) and warm with `CG(recycle=8)` (the adjoint solve starts from, and is
-deflated against, 8 Ritz vectors of the forward solve), to count the operator
-applications of each, forward and adjoint separately. The optimisation path itself is the
-warm one; the three gradients agree up to the effect of the solver tolerance (printed).
+- the Krylov space the solves explored — the slow, smallest-eigenvalue modes of the
+  operator — changes little too: `CG(recycle=8)` returns a `ls.RecycleSpace` in
+  `sol.stats["recycle"]`, and the next evaluation passes it back
+  (`linear_solve(..., recycle=space)`): its forward solve and the adjoint solve of
+  reverse mode are deflated by it, and refresh it.
+
+The guesses and the space have derivative exactly zero inside linsolve, so they are
+passed without `stop_gradient`. At every point L-BFGS evaluates, the same evaluation is
+run four ways, to count the operator applications of each, forward and adjoint
+separately: cold (no guesses), warm (`y0`, `adjoint_y0`), within (warm, and
+`CG(recycle=8)`: the adjoint solve starts from and is deflated against 8 Ritz vectors of
+the forward solve) and cross (warm, and the recycle space carried from evaluation to
+evaluation). The optimisation path itself is the cross one; the four gradients agree up
+to the effect of the solver tolerance (printed).
 
 Writes `examples/pde_inverse.png`: true and recovered κ, and the operator applications
-per solve at every L-BFGS iteration. About a minute on 2 CPU cores.
+per solve at every L-BFGS iteration; and `examples/pde_inverse_recycling.png`: the
+applications (forward + adjoint) per evaluation of the four variants. About a minute on 2 CPU cores.
 
     python examples/pde_inverse.py [--iters 30] [--plot PATH]
 """
@@ -54,6 +63,8 @@ N = 48  # interior grid points per direction
 n = N * N
 h = 1.0 / (N + 1)
 RTOL = 1e-6  # CG tolerance of every solve (forward and adjoint): ample for L-BFGS
+RECYCLE = 8  # vectors in the recycle space (per source)
+VARIANTS = ("cold", "warm", "within", "cross")
 
 # Operator applications, counted by a host callback (for this demonstration only).
 applications = [0]
@@ -122,23 +133,24 @@ beta = 20.0  # smoothness weight, chosen by eye
 
 
 # --8<-- [start:objective]
-def objective(m, f, u_prev, lam_prev, recycle):
+def objective(m, f, u_prev, lam_prev, recycle, space):
     kappa = jnp.exp(m)
     op, diagonal = diffusion(kappa)
     # A preconditioner built from the traced κ: fine, it gets no derivative.
     solver = ls.CG(rtol=RTOL, preconditioner=ls.DiagonalOperator(1 / diagonal), recycle=recycle)
-    u = ls.linear_solve(op, f, solver, y0=u_prev, adjoint_y0=lam_prev).value
+    sol = ls.linear_solve(op, f, solver, y0=u_prev, adjoint_y0=lam_prev, recycle=space)
+    u = sol.value
     grid = m.reshape(N, N)
     smooth = jnp.sum(jnp.diff(grid, axis=0) ** 2) + jnp.sum(jnp.diff(grid, axis=1) ** 2)
-    return 0.5 * jnp.sum((u - data) ** 2) / sigma**2 + 0.5 * beta * smooth, u
+    return 0.5 * jnp.sum((u - data) ** 2) / sigma**2 + 0.5 * beta * smooth, (u, sol.stats.get("recycle"))
 
 
 @eqx.filter_jit
-def forward(m, u_prev, lam_prev, recycle):
+def forward(m, u_prev, lam_prev, recycle, space):
     """The forward solve, and the pullback that runs the adjoint solve."""
-    f = lambda m, f: objective(m, f, u_prev, lam_prev, recycle)  # noqa: E731
-    value, pullback, u = jax.vjp(f, m, sources, has_aux=True)
-    return value, u, pullback
+    f = lambda m, f: objective(m, f, u_prev, lam_prev, recycle, space)  # noqa: E731
+    value, pullback, (u, new_space) = jax.vjp(f, m, sources, has_aux=True)
+    return value, u, new_space, pullback
 
 
 @eqx.filter_jit
@@ -148,15 +160,16 @@ def backward(pullback):
 # --8<-- [end:objective]
 
 
-def evaluate(m, u_prev, lam_prev, recycle=0):
-    """J, ∂J/∂m, u, λ and the operator applications of the forward and the adjoint solve."""
+def evaluate(m, u_prev, lam_prev, recycle=0, space=None):
+    """J, ∂J/∂m, u, λ, the operator applications of the forward and the adjoint solve, and
+    the refreshed recycle space."""
     take_count()
-    value, u, pullback = forward(m, u_prev, lam_prev, recycle)
+    value, u, new_space, pullback = forward(m, u_prev, lam_prev, recycle, space)
     value.block_until_ready()
     fwd = take_count()
     grad_m, lam = backward(pullback)
     grad_m.block_until_ready()
-    return float(value), grad_m, u, lam, fwd, take_count()
+    return float(value), grad_m, u, lam, fwd, take_count(), new_space
 
 
 # -- L-BFGS (two-loop recursion, Armijo backtracking) -----------------------------------
@@ -180,26 +193,29 @@ def lbfgs_direction(grad, pairs):
 def run(iters: int):
     zeros = jnp.zeros((n, k))
     m = jnp.zeros(n)  # start from κ = 1
-    warm = dict(u=zeros, lam=zeros)
+    # One recycle space per source (column), carried like u and λ; an empty one to start.
+    warm = dict(u=zeros, lam=zeros, space=ls.RecycleSpace.empty(n, RECYCLE, columns=k))
     # Per L-BFGS iteration: (forward, adjoint) applications, summed over its line search.
-    counts = {key: [] for key in ("cold", "warm", "recycle")}
+    counts = {key: [] for key in VARIANTS}
     evaluations = []  # evaluations (line-search trials) per iteration
     worst_gap = [0.0]
 
     def measured(m):
-        """The warm evaluation that drives the optimisation, plus the cold and recycled
-        ones at the same point, for the counts."""
-        out = evaluate(m, warm["u"], warm["lam"])
+        """The evaluation that drives the optimisation (warm starts and the carried
+        recycle space), plus the cold, warm and within-solve recycled ones at the same
+        point, for the counts."""
+        out = evaluate(m, warm["u"], warm["lam"], recycle=RECYCLE, space=warm["space"])
         cold = evaluate(m, None, None)  # no initial guesses
-        recycled = evaluate(m, warm["u"], warm["lam"], recycle=8)
-        for other in (cold, recycled):  # same gradient, up to the solver tolerance
+        plain = evaluate(m, warm["u"], warm["lam"])
+        within = evaluate(m, warm["u"], warm["lam"], recycle=RECYCLE)
+        for other in (cold, plain, within):  # same gradient, up to the solver tolerance
             gap = float(jnp.linalg.norm(other[1] - out[1]) / jnp.linalg.norm(out[1]))
             worst_gap[0] = max(worst_gap[0], gap)
-        warm["u"], warm["lam"] = out[2], out[3]
-        return out, cold, recycled
+        warm["u"], warm["lam"], warm["space"] = out[2], out[3], out[6]
+        return out, cold, plain, within
 
     def tally(per_iteration, results):
-        for key, ev in zip(("warm", "cold", "recycle"), results):
+        for key, ev in zip(("cross", "cold", "warm", "within"), results):
             per_iteration[key][0] += ev[4]
             per_iteration[key][1] += ev[5]
 
@@ -230,9 +246,9 @@ def run(iters: int):
         evaluations.append(trials)
         error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
         print(f"iteration {it + 1:3d}  J = {value:.6e}  ‖m − m_true‖/‖m_true‖ = {error:.3f}  "
-              f"adjoint applications cold/warm/recycle = {per_iteration['cold'][1]}/"
-              f"{per_iteration['warm'][1]}/{per_iteration['recycle'][1]}")
-    print(f"largest relative difference between the cold, warm and recycled gradients: "
+              "applications (forward + adjoint) cold/warm/within/cross = "
+              + "/".join(str(sum(per_iteration[key])) for key in VARIANTS))
+    print(f"largest relative difference between the four variants' gradients: "
           f"{worst_gap[0]:.1e}")
     return m, counts, evaluations
 
@@ -260,12 +276,12 @@ def plot(m, counts, evaluations, path):
     trials = np.asarray(evaluations)
     styles = {"cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
               "warm": ("tab:blue", "warm (previous u, previous λ)"),
-              "recycle": ("tab:green", "warm + CG(recycle=8)")}
+              "within": ("tab:green", "warm + CG(recycle=8)")}
     for key in ("cold", "warm"):
         color, label = styles[key]
         ax.plot(its, np.array([c[0] for c in counts[key]]) / trials, color=color, ls="--",
                 label=f"forward, {label}")
-    for key in ("cold", "warm", "recycle"):
+    for key in ("cold", "warm", "within"):
         color, label = styles[key]
         ax.plot(its, np.array([c[1] for c in counts[key]]) / trials, color=color, ls="-",
                 label=f"adjoint, {label}")
@@ -277,6 +293,34 @@ def plot(m, counts, evaluations, path):
     ax.set_ylabel(f"operator applications per solve (all {k} sources)")
     ax.set_title("CG work per forward / adjoint solve")
     ax.set_ylim(bottom=0)
+    ax.legend(fontsize=8)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    print(f"wrote {path}")
+    plot_recycling(counts, evaluations, path.replace(".png", "_recycling.png"))
+
+
+def plot_recycling(counts, evaluations, path):
+    """Operator applications (forward + adjoint) per evaluation, the four variants."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7.5, 4.3))
+    its = np.arange(1, len(counts["cold"]) + 1)
+    trials = np.asarray(evaluations)
+    styles = {"cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
+              "warm": ("tab:orange", "warm (previous u, previous λ)"),
+              "within": ("tab:green", f"warm + CG(recycle={RECYCLE}) within an evaluation"),
+              "cross": ("tab:blue", f"warm + RecycleSpace carried across evaluations (m = {RECYCLE})")}
+    for key in VARIANTS:
+        color, label = styles[key]
+        ax.plot(its, np.array([c[0] + c[1] for c in counts[key]]) / trials, color=color, label=label)
+    ax.set_xlabel("L-BFGS iteration")
+    ax.set_ylabel(f"operator applications, forward + adjoint (all {k} sources)")
+    ax.set_title("CG work per evaluation: warm starts and Krylov recycling")
+    ax.set_ylim(bottom=0)
+    ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
     fig.savefig(path, dpi=110, bbox_inches="tight")
     print(f"wrote {path}")
@@ -298,13 +342,15 @@ def main():
     totals = {key: np.sum(counts[key], axis=0) for key in counts}
     print(f"\noperator applications over {args.iters} iterations ({sum(evaluations)} evaluations "
           "in the line searches), forward and adjoint:")
-    for key in ("cold", "warm", "recycle"):
+    for key in VARIANTS:
         fwd, adj = totals[key]
         print(f"  {key:8s} forward {fwd:7d} ({fwd / totals['cold'][0]:.2f}×)   "
-              f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)")
+              f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)   "
+              f"total {fwd + adj:7d} ({(fwd + adj) / sum(totals['cold']):.2f}×)")
     last = {key: np.sum(counts[key][-5:], axis=0) for key in counts}
-    print("last 5 iterations, warm / cold: forward "
-          f"{last['warm'][0] / last['cold'][0]:.2f}×, adjoint {last['warm'][1] / last['cold'][1]:.2f}×")
+    for key in ("warm", "cross"):
+        print(f"last 5 iterations, {key} / cold: forward {last[key][0] / last['cold'][0]:.2f}×, "
+              f"adjoint {last[key][1] / last['cold'][1]:.2f}×")
     error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
     print(f"relative error of log κ: {error:.3f};  {time.perf_counter() - start:.1f} s")
     if args.plot:

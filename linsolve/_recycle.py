@@ -48,15 +48,34 @@ class RecycleSpace(eqx.Module):
     - `basis`: `W`, of shape `(n, m)`; or `(k, n, m)`, one space per column of an `(n, k)`
       right-hand side (what a block solve returns). An `(n, m)` space given to an `(n, k)`
       solve serves every column.
+    - `values`: the Ritz values of `W` when it was made (shape `(m,)` or `(k, m)`; `inf`
+      where unknown, the default). A CG solve whose space still has these Ritz values
+      (within `STABLE`, relative) on its operator keeps the space as it is and skips the
+      collection and the refresh (`m` products and the window's work saved); a moving
+      operator makes it collect again.
     """
 
     basis: Inexact[Array, "n m"] | Inexact[Array, "k n m"]
+    values: Array
+
+    def __init__(self, basis, values=None):
+        self.basis = basis
+        if values is None:
+            values = jnp.full(jnp.shape(basis)[:-2] + jnp.shape(basis)[-1:], jnp.inf,
+                              jnp.finfo(jnp.result_type(basis)).dtype)
+        self.values = values
 
     def __check_init__(self):
         if jnp.ndim(self.basis) not in (2, 3):
             raise ValueError(
                 "RecycleSpace: `basis` must have shape (n, m) or (k, n, m); got "
                 f"{jnp.shape(self.basis)}."
+            )
+        shape = jnp.shape(self.basis)
+        if jnp.shape(self.values) != shape[:-2] + shape[-1:]:
+            raise ValueError(
+                f"RecycleSpace: `values` must have shape {shape[:-2] + shape[-1:]} for a basis "
+                f"of shape {shape}; got {jnp.shape(self.values)}."
             )
 
     @property
@@ -85,12 +104,13 @@ class RecycleSpace(eqx.Module):
 
 class Recycled(eqx.Module):
     """A deflation space ready for a solve: basis `Q` (n, m), its image `AQ`, and
-    `(QᴴAQ)⁺`. `collect`: the solve also refreshes it (a primal solve), rather than only
-    using it (the derivative's solves)."""
+    `(QᴴAQ)⁺`; the user's space's Ritz `values`. `collect`: the solve also refreshes it (a
+    primal solve), rather than only using it (the derivative's solves)."""
 
     basis: Array
     image: Array
     gram_pinv: Array
+    values: Array | None = None
     collect: bool = eqx.field(static=True, default=False)
 
 
@@ -140,19 +160,20 @@ def orthonormal_coefficients(z: Array) -> Array:
     return jnp.where(finite, c, 0)
 
 
-def deflation(basis: Array, mv, definite: bool) -> Recycled:
-    """The `Recycled` of a user's basis (n, m), for a primal solve that also refreshes it:
-    orthonormalised, with `AQ` (`m` products, one block product) and `(QᴴAQ)⁺`."""
+def deflation(basis: Array, values: Array, mv, definite: bool) -> Recycled:
+    """The `Recycled` of a user's basis (n, m) and Ritz values, for a primal solve that
+    also refreshes it: orthonormalised, with `AQ` (`m` products, one block product) and
+    `(QᴴAQ)⁺`."""
     basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # NaN · 0 is NaN
     q = basis @ orthonormal_coefficients(basis)
     aq = mv(q)
-    return Recycled(q, aq, hermitian_pinv(_ct(q) @ aq, definite), True)
+    return Recycled(q, aq, hermitian_pinv(_ct(q) @ aq, definite), values, True)
 
 
 def from_image(basis: Array, image: Array, definite: bool) -> Recycled:
     """The `Recycled` of a basis whose image `AW` is already known (no products): the
     refreshed space, for the derivative's solves on the same operator as the primal."""
-    return Recycled(basis, image, hermitian_pinv(_ct(basis) @ image, definite), False)
+    return Recycled(basis, image, hermitian_pinv(_ct(basis) @ image, definite), None, False)
 
 
 def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
@@ -167,10 +188,11 @@ def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
         )
     basis = jax.lax.stop_gradient(check_space(space, state.operator.shape, vector_shape,
                                               state.operator.dtype, f"{name}(recycle={m})", m))
+    values = jax.lax.stop_gradient(space.values)
     if basis.ndim == 3:
-        recycled = jax.vmap(lambda w: deflation(w, mv, definite))(basis)
+        recycled = jax.vmap(lambda w, v: deflation(w, v, mv, definite))(basis, values)
     else:
-        recycled = deflation(basis, mv, definite)
+        recycled = deflation(basis, values, mv, definite)
     return eqx.tree_at(lambda s: s.recycled, state, recycled, is_leaf=lambda x: x is None)
 
 
@@ -220,24 +242,15 @@ def ritz_rows(window: Array, tri: Array, count, m: int, by_magnitude: bool = Fal
     return (y.T @ window).astype(window.dtype)
 
 
-def refresh(q: Array, aq: Array, y: Array, ay: Array, pre, m: int, definite: bool):
-    """The next recycle space: Rayleigh–Ritz over `Z = [Q, Y]` for the eigenvectors of
-    `M A` (M the preconditioner, `pre` applies it to a block) with the smallest eigenvalues
-    (`definite`, CG: the pencil `(ZᴴAMAZ, ZᴴAZ)`, i.e. Rayleigh–Ritz in the `A`-inner
-    product, in which `MA` is self-adjoint) or the smallest in magnitude (MINRES: harmonic
-    Ritz, the pencil `(ZᴴAZ, ZᴴAMAZ)` and its largest `|1/θ|`). Every product is explicit,
-    so nothing assumes the Lanczos vectors stayed orthogonal. Returns `(W, AW)`, unit
-    columns (zero columns where fewer than `m` directions exist)."""
-    z = jnp.concatenate([q, y], axis=1)
-    az = jnp.concatenate([aq, ay], axis=1)
-    finite = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(az))
-    z, az = jnp.where(finite, z, 0), jnp.where(finite, az, 0)  # e.g. after a breakdown
-    c = orthonormal_coefficients(z)
-    z, az = z @ c, az @ c
+def _ritz_pairs(z: Array, az: Array, maz: Array, definite: bool):
+    """Wanted-first Ritz pairs of `M A` over the span of `z` (orthonormal or zero columns),
+    as `(θ, coefficients)`: for `definite` (CG) the pencil `(ZᴴAMAZ, ZᴴAZ)` — Rayleigh–Ritz in
+    the `A`-inner product, in which `MA` is self-adjoint — smallest `θ` first; otherwise
+    (MINRES) harmonic Ritz, the pencil `(ZᴴAZ, ZᴴAMAZ)` with eigenvalues `1/θ`, smallest
+    `|θ|` first. Solved through `S^{-1/2}` on the numerically nonzero part of the
+    semidefinite matrix `S`; missing directions get `θ = inf` and zero coefficients."""
     zaz = _ct(z) @ az
-    amaz = _ct(az) @ pre(az)
-    # Generalized hermitian problem H g = θ S g with S semidefinite, through S^{-1/2} on the
-    # numerically nonzero part of S.
+    amaz = _ct(az) @ maz
     h, s = (amaz, zaz) if definite else (zaz, amaz)
     s = 0.5 * (s + _ct(s))
     h = 0.5 * (h + _ct(h))
@@ -252,17 +265,52 @@ def refresh(q: Array, aq: Array, y: Array, ay: Array, pre, m: int, definite: boo
         big = 2 * jnp.max(jnp.sum(jnp.abs(k), axis=1)) + 1
         k = k + jnp.diag(jnp.where(keep, 0, big)).astype(k.dtype)
         lam, g = jnp.linalg.eigh(k)
-        idx = jnp.argsort(lam)[:m]
+        idx = jnp.argsort(lam)
+        theta = jnp.where(jnp.abs(lam[idx]) < 0.75 * big, lam[idx], jnp.inf)
     else:
         lam, g = jnp.linalg.eigh(k)  # dropped directions have eigenvalue 0: chosen last
-        idx = jnp.argsort(-jnp.abs(lam))[:m]
-    coef = root @ g[:, idx]
+        idx = jnp.argsort(-jnp.abs(lam))
+        theta = jnp.where(lam[idx] != 0, 1 / jnp.where(lam[idx] != 0, lam[idx], 1), jnp.inf)
+    return theta, root @ g[:, idx]
+
+
+def refresh(q: Array, aq: Array, y: Array, ay: Array, pre, m: int, definite: bool):
+    """The next recycle space: Rayleigh–Ritz (`_ritz_pairs`) over `Z = [Q, Y]` for the `m`
+    wanted eigenvectors of `M A` (M the preconditioner, `pre` applies it to a block). Every
+    product is explicit, so nothing assumes the Lanczos vectors stayed orthogonal. Returns
+    `(W, AW)`, unit columns (zero columns where fewer than `m` directions exist)."""
+    z = jnp.concatenate([q, y], axis=1)
+    az = jnp.concatenate([aq, ay], axis=1)
+    finite = jnp.all(jnp.isfinite(z)) & jnp.all(jnp.isfinite(az))
+    z, az = jnp.where(finite, z, 0), jnp.where(finite, az, 0)  # e.g. after a breakdown
+    c = orthonormal_coefficients(z)
+    z, az = z @ c, az @ c
+    theta, coef = _ritz_pairs(z, az, pre(az), definite)
+    coef = coef[:, :m]
     w, aw = z @ coef, az @ coef
     norms = jnp.sqrt(jnp.sum(jnp.abs(w) ** 2, axis=0))
     scale = jnp.where(norms > 0, 1 / jnp.where(norms > 0, norms, 1), 0).astype(w.dtype)
     w, aw = w * scale, aw * scale
-    ok = jnp.all(jnp.isfinite(w)) & jnp.all(jnp.isfinite(aw))  # e.g. after a breakdown
-    return jnp.where(ok, w, 0), jnp.where(ok, aw, 0)
+    ok = jnp.all(jnp.isfinite(w)) & jnp.all(jnp.isfinite(aw))
+    theta = theta[:m].astype(jnp.finfo(w.dtype).dtype)
+    return jnp.where(ok, w, 0), jnp.where(ok, aw, 0), jnp.where(ok, theta, jnp.inf)
+
+
+#: A given space whose Ritz values on the new operator are within this (relative) of the
+#: ones it was made with is kept: the solve skips the window and the refresh.
+STABLE = 0.01
+
+
+def stable(recycled: Recycled, values: Array, pre, definite: bool):
+    """Whether a given space can be kept as it is: full rank, and its Ritz values on this
+    operator within `STABLE` of `values`, those it was made with — the refreshes have
+    stopped improving it, and the operator has not moved it (eigCG's incremental variant
+    stops collecting in the same way). Also returns the Ritz values, the kept space's."""
+    q, aq = recycled.basis, recycled.image
+    theta, _ = _ritz_pairs(q, aq, pre(aq), definite)
+    theta = theta[: q.shape[-1]].astype(values.dtype)
+    close = jnp.abs(theta - values) <= STABLE * jnp.abs(values)
+    return jnp.all(jnp.isfinite(theta)) & jnp.all(close), theta
 
 
 def check_space(space: Any, operator_shape, vector_shape, dtype, solver_name: str, m: int) -> Array:
@@ -282,6 +330,11 @@ def check_space(space: Any, operator_shape, vector_shape, dtype, solver_name: st
             f"linear_solve: the recycle space has basis of shape {basis.shape}, but the operator "
             f"has shape {tuple(operator_shape)}, the right-hand side shape {tuple(vector_shape)} "
             f"and the solver {solver_name} keeps m = {m} vectors: expected {expected}."
+        )
+    if space.values.shape != basis.shape[:-2] + basis.shape[-1:]:
+        raise ValueError(
+            f"linear_solve: the recycle space's values have shape {space.values.shape}; its "
+            f"basis has shape {basis.shape}."
         )
     if basis.dtype != dtype:
         raise TypeError(

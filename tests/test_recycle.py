@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
+from helpers import fd_grad
 
 import linsolve as ls
-from helpers import fd_grad
 
 PSD = ls.positive_semidefinite_tag
 SYM = ls.symmetric_tag
@@ -219,8 +219,8 @@ def test_gradients_under_vmap(name):
     grad = jax.jit(jax.vmap(jax.grad(lambda a, b, s: _loss(name, solver, s)(a, b), argnums=(0, 1)),
                             in_axes=(None, 0, 0)))
     ga, gb = grad(a, bs, spaces)
+    f = _loss(name, make(rtol=1e-13, atol=0.0), None)
     for i in range(3):
-        f = _loss(name, make(rtol=1e-13, atol=0.0), None)
         np.testing.assert_allclose(gb[i], fd_grad(lambda b: f(jnp.asarray(a), b), bs[i]), rtol=1e-5, atol=1e-7)
         ea, _ = jax.grad(f, argnums=(0, 1))(a, bs[i])
         np.testing.assert_allclose(ga[i], ea, rtol=1e-8, atol=1e-10)
@@ -309,7 +309,7 @@ def test_adjoint_solve_uses_the_refreshed_space():
 
     def run(solver, space):
         count[0] = 0
-        x, g = products(solver, space)
+        _, g = products(solver, space)
         jax.block_until_ready(g)
         jax.effects_barrier()
         return count[0], g

@@ -39,15 +39,15 @@ matrix-vector product costs more than that.
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array
 
 from .._recycle import (
-    RecycleSpace,
     Recycled,
+    RecycleSpace,
     attach,
     from_image,
     refresh,
     ritz_rows,
+    stable,
     window_restart,
 )
 from .._solution import RESULTS, result_code
@@ -137,7 +137,9 @@ class CG(AbstractKrylovSolver):
         else:
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
         # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
-        make = lambda w, aw: from_image(w, aw, definite=True)  # noqa: E731
+        def make(w, aw):
+            return from_image(w, aw, definite=True)
+
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
             state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
@@ -174,6 +176,11 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         def deflate(z):  # z − W (WᴴAW)⁻¹ (AW)ᴴ z: A-conjugate to W (A is hermitian)
             return z - w @ (e_pinv @ (jnp.conj(aw.T) @ z))
 
+    keep = jnp.asarray(False)
+    if recycled is not None and m > 0:
+        # A given space whose Ritz values have stopped moving is kept: no collection.
+        keep, kept_values = stable(recycled, recycled.values, pre, definite=True)
+
     def cycle(k, x, r, r_norm, goal, code, best):
         if recycled is not None:
             # Galerkin projection onto W of the residual left by the current iterate.
@@ -189,7 +196,7 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         code = jnp.where(rz < 0, result_code(RESULTS.breakdown), code)
         report(verbose, label, k, jnp.sqrt(res2), goal)
         x, code, res2, k, best = _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code,
-                                           best, m, verbose, label)
+                                           best, keep, m, verbose, label)
         return k, x, code, res2 <= goal2, best
 
     n = b.shape[0]
@@ -205,14 +212,17 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     if recycled is None:
         extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis))
     else:
-        # Cross-step recycling: Rayleigh–Ritz over the old space and the new Ritz vectors
-        # (m products for their image); the new image comes free for the derivative.
-        basis, image = refresh(w, aw, basis, mv(basis), pre, m, definite=True)
-        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis), recycle_image=image)
+        # Cross-step recycling. A converged space is kept as it is (its image known); otherwise Rayleigh–Ritz
+        # over the old space and the new Ritz vectors (m products for their image).
+        def refreshed():
+            return refresh(w, aw, basis, mv(basis), pre, m, definite=True)
+
+        basis, image, values = jax.lax.cond(keep, lambda: (w, aw, kept_values), refreshed)
+        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis, values), recycle_image=image)
     return x, result, stats(k, r_norm, **extra)
 
 
-def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, m, verbose, label):
+def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, keep, m, verbose, label):
     """The CG recurrence from `(x, r)` until its residual meets `goal`, it fails, or
     `max_steps`; with `m > 0` collecting Ritz vectors, kept in `best` if this cycle is the
     longest so far. Returns `(x, code, res2, k, best)`."""
@@ -246,15 +256,16 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
         report(verbose, label, k + 1, jnp.sqrt(res2), goal)
         return x, r, z_new, p, rz_new, res2, code, alpha, beta
 
+    def body(c):
+        k, x, r, p, rz, _, code = c
+        x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
+        return k + 1, x, r, p, rz, res2, code
+
+    def plain_loop(carry):
+        return jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+
     if m == 0:
-
-        def body(c):
-            k, x, r, p, rz, _, code = c
-            x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
-            return k + 1, x, r, p, rz, res2, code
-
-        carry = (k, x, r, p, rz, res2, code)
-        k, x, _, _, _, res2, code = jax.lax.while_loop(lambda c: running(c[0], c[5], c[6]), body, carry)
+        k, x, _, _, _, res2, code = plain_loop((k, x, r, p, rz, res2, code))
         return x, code, res2, k, best
 
     # Collecting: an inner loop fills the window, the outer loop restarts it. (A restart
@@ -290,8 +301,10 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
 
     carry = (k, x, r, z, p, rz, res2, code, window, tri,
              jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
-    carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]), outer_body, carry)
-    k, x, _, _, _, _, res2, code, window, tri, count, _ = carry
+    # A given space that is already converged (`keep`) is used as it is: no window.
+    carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & ~keep, outer_body, carry)
+    k, x, r, _, p, rz, res2, code, window, tri, count, _ = carry
+    k, x, _, _, _, res2, code = plain_loop((k, x, r, p, rz, res2, code))
     basis = ritz_rows(window, tri, count, m).T
     longer = k - k0 > best[1]
     best = (jnp.where(longer, basis, best[0]), jnp.where(longer, k - k0, best[1]))

@@ -14,7 +14,15 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from .._recycle import RecycleSpace, Recycled, attach, from_image, refresh, ritz_rows, window_restart
+from .._recycle import (
+    Recycled,
+    RecycleSpace,
+    attach,
+    from_image,
+    refresh,
+    ritz_rows,
+    window_restart,
+)
 from .._solution import RESULTS, result_code
 from .._tags import is_hermitian, is_self_adjoint
 from .abstract import tag_names
@@ -102,7 +110,9 @@ class MINRES(AbstractKrylovSolver):
         else:
             mv = matvec(state)
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)
-        make = lambda w, aw: from_image(w, aw, definite=False)  # noqa: E731
+        def make(w, aw):
+            return from_image(w, aw, definite=False)
+
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
             state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
@@ -183,8 +193,8 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str,
         else:
             # Harmonic Rayleigh–Ritz over the old space and the new Ritz vectors (m
             # products for their image); the new image comes free for the derivative.
-            basis, image = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
-            extra = dict(recycle=RecycleSpace(basis), recycle_image=image)
+            basis, image, values = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
+            extra = dict(recycle=RecycleSpace(basis, values), recycle_image=image)
     return x, result, stats(k, r_norm, **extra)
 
 
