@@ -70,7 +70,7 @@ def _hermitian_pinv(matrix: Array) -> Array:
     eps = jnp.finfo(lam.dtype).eps
     keep = lam > matrix.shape[-1] * eps * jnp.max(lam, axis=-1, keepdims=True)
     inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    return (q * inv[..., None, :]) @ jnp.conj(jnp.swapaxes(q, -1, -2))
+    return (q * inv.astype(q.dtype)[..., None, :]) @ jnp.conj(jnp.swapaxes(q, -1, -2))
 
 
 class CG(AbstractKrylovSolver):
