@@ -175,7 +175,7 @@ def _lu_core_jvp(primals, tangents):
 
     # Pᵀ dA as a matmul with the (constant) permutation matrix: cheaper to
     # compile and transpose than a gather/scatter pair at these sizes.
-    Pt = (perm[..., :, None] == np.arange(m)).astype(dtype)
+    Pt = (perm[..., :, None] == np.arange(m, dtype=perm.dtype)).astype(dtype)
     PtdA = Pt @ dA
 
     # L̃ = [L | (0; I)], the m×m unit-lower completion of L (L̃ = L if m ≤ n).
@@ -267,5 +267,5 @@ def lu(
     perm, L, U = _lu_core(A)
     m = A.shape[-2]
     # P[r, i] = 1 iff perm[i] == r, so that (P @ L @ U)[perm] = L @ U.
-    P = (perm[..., None, :] == np.arange(m)[:, None]).astype(A.dtype)
+    P = (perm[..., None, :] == np.arange(m, dtype=perm.dtype)[:, None]).astype(A.dtype)
     return P, L, U

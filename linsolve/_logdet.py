@@ -85,7 +85,11 @@ def _slogdet_and_inverse_lu_jvp(primals, tangents):
     (matrix,), (t_matrix,) = primals, tangents
     sign, logabsdet, inverse = _slogdet_and_inverse_lu(matrix)
     t = _trace_product(inverse, t_matrix)
-    t_sign = sign * 1j * jnp.imag(t) if jnp.iscomplexobj(t) else jnp.zeros_like(sign)
+    if jnp.iscomplexobj(t):
+        # i·Im(t) by lax.complex: strict promotion has no float -> complex path.
+        t_sign = sign * jax.lax.complex(jnp.zeros_like(jnp.imag(t)), jnp.imag(t))
+    else:
+        t_sign = jnp.zeros_like(sign)
     return (sign, logabsdet, inverse), (t_sign.astype(sign.dtype), jnp.real(t), _inverse_jvp(inverse, t_matrix))
 
 

@@ -216,7 +216,10 @@ class MatrixOperator(AbstractOperator):
     **Arguments:**
 
     - `matrix`: a 2-D array `(m, n)`.
-    - `tags`: one tag or an iterable of tags.
+    - `tags`: one tag or an iterable of tags. A tag is a linsolve tag object
+      (`linsolve.symmetric_tag`, ...), its name as a string (`"symmetric"`,
+      `"positive_semidefinite"`, with or without the `_tag` suffix), or lineax's tag object
+      (`lineax.symmetric_tag`, ...), translated. The same holds for every operator's `tags`.
     """
 
     matrix: Inexact[Array, "m n"]

@@ -128,7 +128,7 @@ def hermitian_pinv(matrix: Array, definite: bool = True) -> Array:
     size = jnp.abs(lam) if not definite else lam
     keep = size > matrix.shape[-1] * eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
     inv = jnp.where(keep, 1 / jnp.where(keep, lam, 1), 0)
-    return (q * inv[..., None, :]) @ _ct(q)
+    return (q * inv.astype(q.dtype)[..., None, :]) @ _ct(q)  # strict promotion: real weights
 
 
 def _orthonormalize_pass(z: Array, cutoff: float) -> Array:

@@ -135,6 +135,20 @@ def test_gram_solve_under_jit_picks_cholesky_or_cg_and_is_right(kind):
     np.testing.assert_allclose(op.as_matrix() @ x, B, rtol=1e-6, atol=1e-8)
 
 
+def test_tags_reach_lineax_inside_jit():
+    a = ls.MatrixOperator(jnp.asarray(M))
+    seen = []
+
+    @eqx.filter_jit
+    def inside(o):
+        seen.append((lx.is_positive_semidefinite(o), lx.is_symmetric(o)))
+        return lx.linear_solve(o, jnp.asarray(B), ls.as_lineax_solver(ls.AutoSolver())).value
+
+    x = inside(ls.to_lineax(a.T @ a))
+    assert seen == [(True, True)]
+    np.testing.assert_allclose(M.T @ M @ x, B, rtol=1e-8)
+
+
 # -- tags given by name, lineax's tags ---------------------------------------------------------
 
 
@@ -344,6 +358,8 @@ def test_mixed_precision_lobpcg_is_rejected_at_trace_time():
         ls.lobpcg(a32, 2, preconditioner=pre64)
     with pytest.raises(TypeError, match="X0 has dtype float32 but the operator has dtype float64"):
         ls.lobpcg(a64, 2, X0=_f32(rng.standard_normal((N, 2))))
+    with pytest.raises(TypeError, match="eigh: `B` has dtype float32 but the operator has dtype float64"):
+        ls.eigh(a64, b32)
     # Same dtypes: fine, in float32 too.
     pairs = ls.lobpcg(a32, 2, B=b32, preconditioner=ls.DiagonalOperator(_f32(1 / np.diagonal(SPD)), PSD))
     assert pairs.eigenvalues.dtype == jnp.float32

@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
+from .._dtype import check_same_dtype
 from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, first_failure
 from .adjoint import eigenpair_tangents
@@ -92,7 +93,8 @@ def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) 
         B = _check_operator(B, "B")
         if B.shape != op.shape:
             raise ValueError(f"eigh: `B` has shape {B.shape}, the operator {op.shape}.")
-    dtype = op.dtype if B is None else jnp.result_type(op.dtype, B.dtype)
+        check_same_dtype(op.dtype, B.dtype, "the operator", "eigh: `B`")
+    dtype = op.dtype
     rtol = float(jnp.finfo(dtype).eps) ** 0.5 if degeneracy_rtol is None else float(degeneracy_rtol)
     values, vectors = _eigh(op, B, rtol=rtol)
     finite = jnp.all(jnp.isfinite(jax.lax.stop_gradient(values))) & jnp.all(
