@@ -45,9 +45,9 @@ jax.config.update("jax_enable_x64", True)
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _needs import require  # noqa: E402
 
 import linsolve as ls  # noqa: E402
-from _needs import require  # noqa: E402
 
 
 N = 48  # interior grid points per direction
@@ -101,8 +101,13 @@ def bump(cx, cy, width):
 kappa_true = np.exp(np.log(4.0) * bump(0.32, 0.64, 0.09) + np.log(0.3) * bump(0.68, 0.32, 0.07))
 m_true = jnp.asarray(np.log(kappa_true).reshape(-1))
 sources = jnp.asarray(
-    np.stack([100 * bump(cx, cy, 0.08).reshape(-1)
-              for cx, cy in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))], axis=1)
+    np.stack(
+        [
+            100 * bump(cx, cy, 0.08).reshape(-1)
+            for cx, cy in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
+        ],
+        axis=1,
+    )
 )  # (n, 4): four experiments, one block right-hand side
 k = sources.shape[1]
 
@@ -145,6 +150,8 @@ def forward(m, u_prev, lam_prev, recycle):
 def backward(pullback):
     """`(∂J/∂m, ∂J/∂f)`; `∂J/∂f` is the adjoint solution λ (J depends on f only through u)."""
     return pullback(jnp.ones(()))
+
+
 # --8<-- [end:objective]
 
 
@@ -229,11 +236,15 @@ def run(iters: int):
             counts[key].append(tuple(per_iteration[key]))
         evaluations.append(trials)
         error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
-        print(f"iteration {it + 1:3d}  J = {value:.6e}  ‖m − m_true‖/‖m_true‖ = {error:.3f}  "
-              f"adjoint applications cold/warm/recycle = {per_iteration['cold'][1]}/"
-              f"{per_iteration['warm'][1]}/{per_iteration['recycle'][1]}")
-    print(f"largest relative difference between the cold, warm and recycled gradients: "
-          f"{worst_gap[0]:.1e}")
+        print(
+            f"iteration {it + 1:3d}  J = {value:.6e}  ‖m − m_true‖/‖m_true‖ = {error:.3f}  "
+            f"adjoint applications cold/warm/recycle = {per_iteration['cold'][1]}/"
+            f"{per_iteration['warm'][1]}/{per_iteration['recycle'][1]}"
+        )
+    print(
+        f"largest relative difference between the cold, warm and recycled gradients: "
+        f"{worst_gap[0]:.1e}"
+    )
     return m, counts, evaluations
 
 
@@ -246,8 +257,10 @@ def plot(m, counts, evaluations, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), gridspec_kw=dict(width_ratios=[1, 1, 1.5]))
     vmin, vmax = float(kappa_true.min()), float(kappa_true.max())
     extent = (0, 1, 0, 1)
-    for ax, field, title in ((axes[0], kappa_true, "true κ"),
-                             (axes[1], np.exp(np.asarray(m)).reshape(N, N), "recovered κ")):
+    for ax, field, title in (
+        (axes[0], kappa_true, "true κ"),
+        (axes[1], np.exp(np.asarray(m)).reshape(N, N), "recovered κ"),
+    ):
         im = ax.imshow(field.T, origin="lower", extent=extent, vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_title(title)
         ax.set_xlabel("x")
@@ -258,21 +271,38 @@ def plot(m, counts, evaluations, path):
     ax = axes[2]
     its = np.arange(1, len(counts["cold"]) + 1)
     trials = np.asarray(evaluations)
-    styles = {"cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
-              "warm": ("tab:blue", "warm (previous u, previous λ)"),
-              "recycle": ("tab:green", "warm + CG(recycle=8)")}
+    styles = {
+        "cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
+        "warm": ("tab:blue", "warm (previous u, previous λ)"),
+        "recycle": ("tab:green", "warm + CG(recycle=8)"),
+    }
     for key in ("cold", "warm"):
         color, label = styles[key]
-        ax.plot(its, np.array([c[0] for c in counts[key]]) / trials, color=color, ls="--",
-                label=f"forward, {label}")
+        ax.plot(
+            its,
+            np.array([c[0] for c in counts[key]]) / trials,
+            color=color,
+            ls="--",
+            label=f"forward, {label}",
+        )
     for key in ("cold", "warm", "recycle"):
         color, label = styles[key]
-        ax.plot(its, np.array([c[1] for c in counts[key]]) / trials, color=color, ls="-",
-                label=f"adjoint, {label}")
+        ax.plot(
+            its,
+            np.array([c[1] for c in counts[key]]) / trials,
+            color=color,
+            ls="-",
+            label=f"adjoint, {label}",
+        )
     backtracked = its[trials > 1]
     if backtracked.size:
-        ax.plot(backtracked, np.zeros(backtracked.size) + 8, "k^", ms=5,
-                label="iteration with a line-search backtrack")
+        ax.plot(
+            backtracked,
+            np.zeros(backtracked.size) + 8,
+            "k^",
+            ms=5,
+            label="iteration with a line-search backtrack",
+        )
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"operator applications per solve (all {k} sources)")
     ax.set_title("CG work per forward / adjoint solve")
@@ -296,15 +326,21 @@ def main():
     start = time.perf_counter()
     m, counts, evaluations = run(args.iters)
     totals = {key: np.sum(counts[key], axis=0) for key in counts}
-    print(f"\noperator applications over {args.iters} iterations ({sum(evaluations)} evaluations "
-          "in the line searches), forward and adjoint:")
+    print(
+        f"\noperator applications over {args.iters} iterations ({sum(evaluations)} evaluations "
+        "in the line searches), forward and adjoint:"
+    )
     for key in ("cold", "warm", "recycle"):
         fwd, adj = totals[key]
-        print(f"  {key:8s} forward {fwd:7d} ({fwd / totals['cold'][0]:.2f}×)   "
-              f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)")
+        print(
+            f"  {key:8s} forward {fwd:7d} ({fwd / totals['cold'][0]:.2f}×)   "
+            f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)"
+        )
     last = {key: np.sum(counts[key][-5:], axis=0) for key in counts}
-    print("last 5 iterations, warm / cold: forward "
-          f"{last['warm'][0] / last['cold'][0]:.2f}×, adjoint {last['warm'][1] / last['cold'][1]:.2f}×")
+    print(
+        "last 5 iterations, warm / cold: forward "
+        f"{last['warm'][0] / last['cold'][0]:.2f}×, adjoint {last['warm'][1] / last['cold'][1]:.2f}×"
+    )
     error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
     print(f"relative error of log κ: {error:.3f};  {time.perf_counter() - start:.1f} s")
     if args.plot:
