@@ -11,7 +11,7 @@ def require(*modules: str) -> None:
     if missing:
         script = Path(sys.argv[0]).name
         raise SystemExit(
-            f"{script} needs {', '.join(missing)}, which is not installed. From the "
+            f"{script} needs {' and '.join(missing)}, not installed. From the "
             'repository root: pip install ".[examples]"   (or: pip install '
             f"{' '.join(missing)})"
         )

@@ -83,7 +83,9 @@ def main():
         return tau * (kappa**4 * v_eye + 2 * kappa**2 * v_lap + v_lap2)
 
     def operator(values):
-        return ls.SparseOperator(values, pattern.indices, pattern.indptr, (n, n), ls.positive_semidefinite_tag)
+        return ls.SparseOperator(
+            values, pattern.indices, pattern.indptr, (n, n), ls.positive_semidefinite_tag
+        )
 
     # Synthetic truth: x = K^-1 z / sqrt(tau) has covariance (tau K K)^-1 = Q^-1.
     K = (TRUE["kappa"] ** 2 * eye + lap).tocsc()
@@ -118,6 +120,7 @@ def main():
             - 0.5 * ls.logdet(operator(q_post))
         )
         return -log_p / k
+
     # --8<-- [end:marginal]
 
     theta0 = jnp.log(jnp.array([1.0, 1.0, 0.5]))
@@ -129,7 +132,9 @@ def main():
     theta = fit.value
     seconds = time.perf_counter() - start
     est = dict(zip(["kappa", "tau", "sigma"], np.exp(np.asarray(theta))))
-    print(f"fit in {seconds:.1f} s (compilation included), {int(fit.stats['num_steps'])} BFGS steps")
+    print(
+        f"fit in {seconds:.1f} s (compilation included), {int(fit.stats['num_steps'])} BFGS steps"
+    )
     for name in TRUE:
         print(f"  {name:6s} true {TRUE[name]:.3f}  estimated {est[name]:.3f}")
 

@@ -52,6 +52,7 @@ import linsolve as ls  # noqa: E402
 
 
 K = 6  # λ₂ … λ₇
+PLOT = Path(__file__).resolve().parent / "graph_spectral.png"  # next to this script
 STEPS = int(os.environ.get("STEPS", 150))
 TOL = float(os.environ.get("TOL", 1e-9))
 
@@ -97,6 +98,8 @@ def deflated(w):
         lambda x: lap(x) + sigma * jnp.mean(x), jnp.zeros(n), ls.positive_semidefinite_tag
     )
     return op, ls.DiagonalOperator(1 / (degree + sigma / n))
+
+
 # --8<-- [end:deflated]
 
 
@@ -131,14 +134,16 @@ def adam_step(theta, state, targets, x0):
     v = 0.999 * v + 0.001 * grad**2
     step = 0.05 * (m / (1 - 0.9**t)) / (jnp.sqrt(v / (1 - 0.999**t)) + 1e-8)
     return theta - step, (m, v, t), value, eig
+
+
 # --8<-- [end:step]
 
 
-def main(path=Path(__file__).resolve().parent / "graph_spectral.png"):
+def main(path=PLOT):
     theta = jnp.zeros(n_edges)  # all weights 1
     before = dense_spectrum(weights(theta))
     targets = jnp.full(K, 1.8 * before[1])
-    print(f"graph: n = {n} nodes, {n_edges} edges; λ₂…λ₇ = {np.round(before[1:K + 1], 4)}")
+    print(f"graph: n = {n} nodes, {n_edges} edges; λ₂…λ₇ = {np.round(before[1 : K + 1], 4)}")
     print(f"targets: {np.asarray(targets)[0]:.4f} (all six)")
 
     state = (jnp.zeros(n_edges), jnp.zeros(n_edges), jnp.zeros((), jnp.int32))
@@ -158,17 +163,23 @@ def main(path=Path(__file__).resolve().parent / "graph_spectral.png"):
         if i % 25 == 0 or i == STEPS - 1:
             print(f"step {i:3d}  loss {history[-1]:.3e}  LOBPCG iterations {iterations[-1]}")
     elapsed = time.perf_counter() - compiled
-    print(f"{STEPS} steps: first (with compilation) {compiled - start:.1f} s, "
-          f"the rest {elapsed:.1f} s; LOBPCG iterations: first step {iterations[0]}, "
-          f"median of the warm-started ones {int(np.median(iterations[1:]))}")
+    print(
+        f"{STEPS} steps: first (with compilation) {compiled - start:.1f} s, "
+        f"the rest {elapsed:.1f} s; LOBPCG iterations: first step {iterations[0]}, "
+        f"median of the warm-started ones {int(np.median(iterations[1:]))}"
+    )
 
     w = np.asarray(weights(theta))
     after = dense_spectrum(w)
-    print(f"λ₂…λ₇ after: {np.round(after[1:K + 1], 4)} (targets {float(targets[0]):.4f}); "
-          f"weights from {w.min():.3f} to {w.max():.3f}, total {w.sum():.1f}")
+    print(
+        f"λ₂…λ₇ after: {np.round(after[1 : K + 1], 4)} (targets {float(targets[0]):.4f}); "
+        f"weights from {w.min():.3f} to {w.max():.3f}, total {w.sum():.1f}"
+    )
     check = dense_spectrum(weights(theta_in))[1 : K + 1]
-    print(f"check: last step's lobpcg eigenvalues vs dense eigh, max |Δλ| = "
-          f"{np.max(np.abs(np.asarray(eig.eigenvalues) - check)):.1e}")
+    print(
+        f"check: last step's lobpcg eigenvalues vs dense eigh, max |Δλ| = "
+        f"{np.max(np.abs(np.asarray(eig.eigenvalues) - check)):.1e}"
+    )
     _plot(path, before, after, np.asarray(targets), history, w)
 
 
@@ -195,8 +206,12 @@ def _plot(path, before, after, targets, history, w):
     ax = axes[2]
     segments = np.stack([points[src], points[dst]], axis=1)
     order = np.argsort(w)
-    lines = LineCollection(segments[order], linewidths=0.4 + 1.6 * w[order] / w.max(),
-                           cmap="viridis", norm=matplotlib.colors.LogNorm())
+    lines = LineCollection(
+        segments[order],
+        linewidths=0.4 + 1.6 * w[order] / w.max(),
+        cmap="viridis",
+        norm=matplotlib.colors.LogNorm(),
+    )
     lines.set_array(w[order])
     ax.add_collection(lines)
     ax.scatter(points[:, 0], points[:, 1], s=2, color="k")

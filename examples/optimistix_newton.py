@@ -40,7 +40,9 @@ require("optimistix")  # before the work, not after it
 # hold (the dense row ran ~50× slower). Remove these lines to use every core.
 for _var in ("OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS", "OMP_NUM_THREADS"):
     os.environ.setdefault(_var, "1")
-os.environ.setdefault("XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1")
+os.environ.setdefault(
+    "XLA_FLAGS", "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+)
 
 import jax  # noqa: E402
 
@@ -81,11 +83,19 @@ def make_solve(residual, side: int, solver, tol: float = 1e-11):
 
     def solve(theta):
         sol = optx.root_find(
-            residual, newton, jnp.zeros((side, side)), theta, adjoint=adjoint, tags=tags, max_steps=50
+            residual,
+            newton,
+            jnp.zeros((side, side)),
+            theta,
+            adjoint=adjoint,
+            tags=tags,
+            max_steps=50,
         )
         return sol.value, sol.stats["num_steps"]
 
     return solve
+
+
 # --8<-- [end:solve]
 
 
@@ -129,7 +139,9 @@ def main(side: int, plot: str | None):
         run = float(np.median(runs))
         # Central differences of the whole Newton solve, relative step 1e-5.
         steps_fd = 1e-5 * theta
-        fd = np.array([(q(theta + e) - q(theta - e)) / (2 * e[i]) for i, e in enumerate(jnp.diag(steps_fd))])
+        fd = np.array(
+            [(q(theta + e) - q(theta - e)) / (2 * e[i]) for i, e in enumerate(jnp.diag(steps_fd))]
+        )
         err = np.max(np.abs(np.asarray(grad) - fd) / np.abs(fd))
         res = float(jnp.max(jnp.abs(residual(u, theta))))
         print(
@@ -151,8 +163,10 @@ def main(side: int, plot: str | None):
         fd_field = (solve(theta + e)[0] - solve(theta - e)[0]) / (2 * e[i])
         deviation = jnp.max(jnp.abs(sens[..., i] - fd_field)) / jnp.max(jnp.abs(fd_field))
         field_err = max(field_err, float(deviation))
-    print(f"\n∂u/∂θ by jax.jacfwd (forward mode): max relative deviation from central differences "
-          f"{field_err:.1e}")
+    print(
+        f"\n∂u/∂θ by jax.jacfwd (forward mode): max relative deviation from central differences "
+        f"{field_err:.1e}"
+    )
     assert field_err < 1e-6
 
     if plot:

@@ -54,9 +54,9 @@ jax.config.update("jax_enable_x64", True)
 import equinox as eqx  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
+from _needs import require  # noqa: E402
 
 import linsolve as ls  # noqa: E402
-from _needs import require  # noqa: E402
 
 
 N = 48  # interior grid points per direction
@@ -112,8 +112,13 @@ def bump(cx, cy, width):
 kappa_true = np.exp(np.log(4.0) * bump(0.32, 0.64, 0.09) + np.log(0.3) * bump(0.68, 0.32, 0.07))
 m_true = jnp.asarray(np.log(kappa_true).reshape(-1))
 sources = jnp.asarray(
-    np.stack([100 * bump(cx, cy, 0.08).reshape(-1)
-              for cx, cy in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))], axis=1)
+    np.stack(
+        [
+            100 * bump(cx, cy, 0.08).reshape(-1)
+            for cx, cy in ((0.25, 0.25), (0.75, 0.25), (0.25, 0.75), (0.75, 0.75))
+        ],
+        axis=1,
+    )
 )  # (n, 4): four experiments, one block right-hand side
 k = sources.shape[1]
 
@@ -157,6 +162,8 @@ def forward(m, u_prev, lam_prev, recycle, space):
 def backward(pullback):
     """`(∂J/∂m, ∂J/∂f)`; `∂J/∂f` is the adjoint solution λ (J depends on f only through u)."""
     return pullback(jnp.ones(()))
+
+
 # --8<-- [end:objective]
 
 
@@ -262,8 +269,10 @@ def plot(m, counts, evaluations, path):
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.3), gridspec_kw=dict(width_ratios=[1, 1, 1.5]))
     vmin, vmax = float(kappa_true.min()), float(kappa_true.max())
     extent = (0, 1, 0, 1)
-    for ax, field, title in ((axes[0], kappa_true, "true κ"),
-                             (axes[1], np.exp(np.asarray(m)).reshape(N, N), "recovered κ")):
+    for ax, field, title in (
+        (axes[0], kappa_true, "true κ"),
+        (axes[1], np.exp(np.asarray(m)).reshape(N, N), "recovered κ"),
+    ):
         im = ax.imshow(field.T, origin="lower", extent=extent, vmin=vmin, vmax=vmax, cmap="viridis")
         ax.set_title(title)
         ax.set_xlabel("x")
@@ -283,12 +292,22 @@ def plot(m, counts, evaluations, path):
                 label=f"forward, {label}")
     for key in ("cold", "warm", "within"):
         color, label = styles[key]
-        ax.plot(its, np.array([c[1] for c in counts[key]]) / trials, color=color, ls="-",
-                label=f"adjoint, {label}")
+        ax.plot(
+            its,
+            np.array([c[1] for c in counts[key]]) / trials,
+            color=color,
+            ls="-",
+            label=f"adjoint, {label}",
+        )
     backtracked = its[trials > 1]
     if backtracked.size:
-        ax.plot(backtracked, np.zeros(backtracked.size) + 8, "k^", ms=5,
-                label="iteration with a line-search backtrack")
+        ax.plot(
+            backtracked,
+            np.zeros(backtracked.size) + 8,
+            "k^",
+            ms=5,
+            label="iteration with a line-search backtrack",
+        )
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"operator applications per solve (all {k} sources)")
     ax.set_title("CG work per forward / adjoint solve")

@@ -1,6 +1,6 @@
 """linsolve quickstart: solves, gradients, initial guesses, log-determinants.
 
-Run with `python examples/quickstart.py`; it takes a few seconds on a CPU.
+Run with `python examples/quickstart.py`; mostly XLA compilation (minutes on a loaded 2-core machine).
 
 1. Solve with a positive definite dense operator and check the gradient w.r.t. the
    matrix and the right-hand side against central finite differences.
@@ -73,8 +73,10 @@ fdb = central_fd(lambda v: loss(A, v), b)
 print(f"loss = {float(value):.6f}")
 # FD perturbs every stored entry, the upper triangle included: moving an entry that is
 # never read changes nothing, and its gradient is exactly zero.
-print(f"max |dloss/dA - FD| = {np.max(np.abs(gA - fdA)):.1e}   (upper triangle of dloss/dA: "
-      f"{float(jnp.max(jnp.abs(jnp.triu(gA, 1)))):.1f}, it is never read)")
+print(
+    f"max |dloss/dA - FD| = {np.max(np.abs(gA - fdA)):.1e}   (upper triangle of dloss/dA: "
+    f"{float(jnp.max(jnp.abs(jnp.triu(gA, 1)))):.1f}, it is never read)"
+)
 print(f"max |dloss/db - FD| = {np.max(np.abs(gb - fdb)):.1e}")
 
 
@@ -151,6 +153,7 @@ grid = jnp.linspace(0.0, 1.0, side)
 target = jnp.outer(jnp.sin(jnp.pi * grid), jnp.sin(2 * jnp.pi * grid)).reshape(-1)
 
 
+# --8<-- [start:guesses]
 def fit(f, y0, adjoint_y0):
     """Loss of the field u = A⁻¹ f against a target; y0 / adjoint_y0 start the forward
     and the transposed (reverse-mode) CG solves."""
@@ -161,8 +164,11 @@ def fit(f, y0, adjoint_y0):
 f0 = jnp.ones(side * side)
 # Guesses computed from traced values are fine: their derivative is exactly zero.
 g_y0, g_adj = jax.jit(jax.grad(lambda y, a: fit(f0, y, a)[0], argnums=(0, 1)))(f0 / 4, f0)
-print(f"d loss/d y0: max |.| = {float(jnp.max(jnp.abs(g_y0)))}, "
-      f"d loss/d adjoint_y0: max |.| = {float(jnp.max(jnp.abs(g_adj)))}")
+print(
+    f"d loss/d y0: max |.| = {float(jnp.max(jnp.abs(g_y0)))}, "
+    f"d loss/d adjoint_y0: max |.| = {float(jnp.max(jnp.abs(g_adj)))}"
+)
+# --8<-- [end:guesses]
 
 # Gradient descent on f. The gradient w.r.t. the right-hand side f *is* the adjoint
 # solution, so each step can start its transposed solve from the previous gradient, and
@@ -179,25 +185,30 @@ def count(fn, *args):
 
 
 totals = {}
+# --8<-- [start:warm]
 print(f"{'step':>4s} {'loss':>9s}   forward cold/warm   adjoint cold/warm")
 for warm in (False, True):
     f, u, lam, rows = jnp.zeros(side * side), None, None, []
-    for step in range(8):
+    for _ in range(8):
         guesses = (u, lam) if warm else (None, None)
         _, fwd = count(forward, f, *guesses)
         ((loss_value, u), lam), both = count(value_and_grad, f, *guesses)
         rows.append((float(loss_value), fwd, both - fwd))
         f = f - 6e-4 * lam
     totals[warm] = rows
+# --8<-- [end:warm]
 for step, (cold, warm) in enumerate(zip(totals[False], totals[True])):
     print(f"{step:4d} {warm[0]:9.3f}   {cold[1]:8d} {warm[1]:5d}    {cold[2]:10d} {warm[2]:5d}")
-fwd_ratio, adj_ratio = (sum(r[i] for r in totals[True]) / sum(r[i] for r in totals[False])
-                        for i in (1, 2))
+fwd_ratio, adj_ratio = (
+    sum(r[i] for r in totals[True]) / sum(r[i] for r in totals[False]) for i in (1, 2)
+)
 gap = max(abs(c[0] - w[0]) / c[0] for c, w in zip(totals[False], totals[True]))
-print(f"warm / cold over 8 steps: forward {fwd_ratio:.2f}x, adjoint {adj_ratio:.2f}x; "
-      f"losses cold vs warm agree to {gap:.0e} (CG's tolerance).\n"
-      "Each step moves f by a sizeable part of itself, so the forward guess saves little;\n"
-      "the adjoint right-hand side u - target changes less, and its guess saves more.")
+print(
+    f"warm / cold over 8 steps: forward {fwd_ratio:.2f}x, adjoint {adj_ratio:.2f}x; "
+    f"losses cold vs warm agree to {gap:.0e} (CG's tolerance).\n"
+    "Each step moves f by a sizeable part of itself, so the forward guess saves little;\n"
+    "the adjoint right-hand side u - target changes less, and its guess saves more."
+)
 
 
 # --- 4. Log-determinant -----------------------------------------------------------------
@@ -213,5 +224,7 @@ fd_ld = central_fd(logdet_loss, A)
 expected = 2 * jnp.tril(jnp.linalg.inv(A), -1) + jnp.diag(jnp.diag(jnp.linalg.inv(A)))
 print(f"logdet = {float(ld):.6f} (numpy: {float(np.linalg.slogdet(np.asarray(A))[1]):.6f})")
 print(f"max |dlogdet/dA - FD| = {np.max(np.abs(g_ld - fd_ld)):.1e}")
-print(f"max |dlogdet/dA - (A^-1 folded into the lower triangle)| = "
-      f"{float(jnp.max(jnp.abs(g_ld - expected))):.1e}")
+print(
+    f"max |dlogdet/dA - (A^-1 folded into the lower triangle)| = "
+    f"{float(jnp.max(jnp.abs(g_ld - expected))):.1e}"
+)

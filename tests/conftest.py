@@ -1,4 +1,5 @@
 import os
+import re
 
 import jax
 import pytest
@@ -7,12 +8,52 @@ import pytest
 jax.config.update("jax_enable_x64", True)
 
 
-# Tests that take long (big compiles, many parametrized cases, subprocesses), by node-id
-# prefix ("tests/test_x.py" for a whole file, "tests/test_x.py::test_y" for one test and
-# all its parameters). Listed here rather than marked in the files, so that the list can
-# change without touching them; a test may also carry `@pytest.mark.slow` itself.
-# They are skipped on a user's machine and run in CI (CI=true) or with --runslow.
-SLOW = ()
+# Tests that take long (big compiles, many parametrized cases, subprocesses), as node-id
+# patterns ("*" matches anything; brackets are literal). Listed here rather than marked in
+# the files, so that the list can change without touching them; a test may also carry
+# `@pytest.mark.slow` itself. Skipped on a user's machine, run in CI (CI=true) or with
+# --runslow. Chosen from per-test durations measured on a loaded 2-core machine.
+_TRANSFORMS = "tests/test_solve_transforms.py::"
+SLOW = (
+    # The derivative tests of the central table, every row ...
+    _TRANSFORMS + "test_check_grads_jit[*",
+    _TRANSFORMS + "test_entrywise_fd_with_garbage[*",
+    _TRANSFORMS + "test_nan_in_unread_entries[*",
+    _TRANSFORMS + "test_vmap[*",
+    _TRANSFORMS + "test_y0_and_adjoint_y0_have_zero_derivative[*",
+    # LOBPCG derivatives against dense references, and every eigenpair test but the
+    # input checks; the sparse Cholesky's derivative tests.
+    "tests/test_lobpcg.py::*",
+    "tests/test_sparse_cholesky.py::*gradients*",
+    "tests/test_sparse_cholesky.py::*derivatives*",
+    "tests/test_sparse_cholesky.py::test_vmap*",
+    # Krylov recycling on a 2-D Poisson problem.
+    "tests/test_iterative.py::test_exact_adjoint_y0_needs_at_most_two_steps_and_recycling_saves",
+    "tests/test_iterative.py::test_recycle*",
+    # Subprocesses: a fresh JAX with 4 host devices, or a hang check with a timeout.
+    "tests/test_sharding_krylov.py::*",
+    "tests/test_sharding_lobpcg.py::*",
+    "tests/test_vmap_lapack.py::test_vmapped_likelihood_with_two_factorizations_does_not_hang",
+    "tests/test_vmap_lapack.py::test_vmapped_lobpcg*",
+)
+# ... except these, which keep a representative of each in the fast subset: a dense
+# Cholesky row, a dense LU row, a Krylov row, a sparse row of the central table, and the
+# LOBPCG input checks.
+FAST = (
+    _TRANSFORMS + "*[cholesky-psd-*]",
+    _TRANSFORMS + "*[lu-float64]",
+    _TRANSFORMS + "*[cg-preconditioned-*]",
+    _TRANSFORMS + "*[sparse-cholesky-psd-*]",
+    "tests/test_lobpcg.py::test_input_errors",
+)
+
+
+def _matches(nodeid: str, patterns) -> bool:
+    return any(re.fullmatch(re.escape(p).replace(r"\*", ".*"), nodeid) for p in patterns)
+
+
+def is_slow(nodeid: str) -> bool:
+    return _matches(nodeid, SLOW) and not _matches(nodeid, FAST)
 
 
 def pytest_addoption(parser):
@@ -34,7 +75,7 @@ def run_slow(config) -> bool:
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     for item in items:
-        if item.nodeid.startswith(SLOW):
+        if is_slow(item.nodeid):
             item.add_marker(pytest.mark.slow)
     if run_slow(config):
         return
