@@ -30,6 +30,10 @@ SLOW = (
     # Krylov recycling on a 2-D Poisson problem.
     "tests/test_iterative.py::test_exact_adjoint_y0_needs_at_most_two_steps_and_recycling_saves",
     "tests/test_iterative.py::test_recycle*",
+    # Every solver under strict dtype promotion (values, gradients, JVPs, real and
+    # complex), and Krylov recycling across solves: many compiles each.
+    "tests/test_strict_promotion.py::*",
+    "tests/test_recycle.py::*",
     # Subprocesses: a fresh JAX with 4 host devices, or a hang check with a timeout.
     "tests/test_sharding_krylov.py::*",
     "tests/test_sharding_lobpcg.py::*",
@@ -45,6 +49,10 @@ FAST = (
     _TRANSFORMS + "*[cg-preconditioned-*]",
     _TRANSFORMS + "*[sparse-cholesky-psd-*]",
     "tests/test_lobpcg.py::test_input_errors",
+    "tests/test_strict_promotion.py::test_dense_and_krylov_solvers[cg-float64]",
+    "tests/test_strict_promotion.py::test_operator_algebra[*",
+    "tests/test_recycle.py::test_any_space_gives_the_same_solution[*",
+    "tests/test_recycle.py::test_clear_errors",
 )
 
 
