@@ -27,8 +27,8 @@ class Cholesky(AbstractSolver):
     lower triangle only.
 
     A matrix that is not definite gives `RESULTS.not_positive_definite`, one that is
-    semidefinite up to rounding (its factorization fails, that of `A + 10 n eps ‖A‖₁ I`
-    does not) `RESULTS.singular`. The reciprocal
+    semidefinite up to rounding (its factorization fails, but no eigenvalue is below
+    `−10 n eps ‖A‖₁`) `RESULTS.singular`. The reciprocal
     condition number is estimated from the factor (LAPACK `xPOCON`, O(n²)) and reported as
     `sol.stats["rcond"]`; below machine epsilon the system is singular to working
     precision and gives `RESULTS.singular`. A matrix-free operator (materialized here)
@@ -72,14 +72,14 @@ class Cholesky(AbstractSolver):
 
         def diagnose():
             # Only on failure: NaN/Inf input, or a matrix that is positive semidefinite up
-            # to rounding (the factorization of A + 10 n eps ‖A‖₁ I succeeds: singular to
-            # working precision), or one that is genuinely not definite.
+            # to rounding (no eigenvalue below −10 n eps ‖A‖₁: singular to working
+            # precision), or one that is genuinely not definite. An eigensolver, not a
+            # second Cholesky: the solve keeps exactly one factorization.
             finite = jnp.all(jnp.isfinite(dense_input(operator)))
             eps = jnp.finfo(matrix.dtype).eps
             norm1 = _rcond.hermitian_norm1(matrix) if norm is None else norm
-            shift = (10 * n * eps * norm1).astype(matrix.dtype)
-            shifted = _lapack.cholesky(matrix + shift * jnp.eye(n, dtype=matrix.dtype))
-            near_psd = jnp.all(jnp.isfinite(jnp.diagonal(shifted)))
+            safe = jnp.where(finite, matrix, 0)  # NaN input: answered by `finite` alone
+            near_psd = jnp.min(_lapack.eigvalsh_lower(safe)) >= -10 * n * eps * norm1
             code = jnp.where(near_psd, RESULTS.singular, RESULTS.not_positive_definite)
             return jnp.where(finite, code, RESULTS.nonfinite_input).astype(jnp.int32)
 
