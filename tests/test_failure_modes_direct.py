@@ -487,7 +487,7 @@ def bad_square(draw, n=4):
     elif kind == "low_rank":
         a = np.outer(a[0], a[1]) + np.outer(a[2], a[3])
     else:
-        a = a + 10 * np.eye(n)
+        a = a / 2 + 10 * np.eye(n)  # spectral radius of a / 2 ≤ 8: |eigenvalues| ≥ 2
     return kind, a
 
 
