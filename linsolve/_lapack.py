@@ -103,6 +103,13 @@ def eigh(matrix):
 
 
 @unbatched_on_cpu(1)
+def eigvalsh_lower(matrix):
+    """Eigenvalues of the hermitian matrix whose lower triangle is that of `matrix` (the
+    upper triangle is not read)."""
+    return jax.lax.linalg.eigh(matrix, lower=True, symmetrize_input=False)[1]
+
+
+@unbatched_on_cpu(1)
 def svd(matrix):
     """Reduced SVD `(u, s, vh)`."""
     return jnp.linalg.svd(matrix, full_matrices=False)

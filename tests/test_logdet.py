@@ -82,7 +82,12 @@ def test_logdet_other_kinds():
     fn = ls.FunctionOperator(lambda v: jnp.asarray(big) @ v, jnp.zeros(70), PSD)
     np.testing.assert_allclose(ls.logdet(fn), np.linalg.slogdet(big)[1], rtol=1e-12)
     np.testing.assert_allclose(ls.logdet(ls.MatrixOperator(-a)), np.linalg.slogdet(a)[1], rtol=1e-12)  # n even
-    assert np.isnan(ls.logdet(ls.MatrixOperator(np.diag([1.0, -1.0, 1.0, 1.0]))))
+    negative = ls.MatrixOperator(np.diag([1.0, -1.0, 1.0, 1.0]))
+    assert np.isnan(ls.logdet(negative, throw=False))  # a negative determinant: NaN, named
+    value, result = ls.logdet(negative, throw=False, return_result=True)
+    assert np.isnan(value) and int(result) == ls.RESULTS.not_positive_definite
+    with pytest.raises(Exception, match="determinant is negative"):
+        jax.block_until_ready(ls.logdet(negative))
     singular = np.ones((3, 3))
     assert ls.slogdet(ls.MatrixOperator(singular))[0] == 0
 

@@ -9,7 +9,7 @@ from .. import _lapack
 from .._solution import RESULTS, first_failure, result_code
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
 from . import rcond as _rcond
-from .abstract import AbstractSolver, dense_input, tag_names
+from .abstract import AbstractSolver, tag_names
 from .auto import is_matrix_free
 from .checks import broken_symmetry
 
@@ -21,14 +21,38 @@ class _CholeskyState(eqx.Module):
     stats: dict
 
 
+@_lapack.unbatched_on_cpu(2)
+def _failure_code(failed, matrix, norm):
+    """The code of a Cholesky factorization that `failed`, worked out only then (inside
+    the `cond`; under `vmap` on CPU, member by member, so that a batch of good matrices
+    never pays for it): NaN/Inf in the lower triangle, or a matrix positive semidefinite
+    up to rounding (no eigenvalue below −10 n eps ‖A‖₁: singular to working precision),
+    or one genuinely not definite. An eigensolver, not a second Cholesky: a solve keeps
+    exactly one factorization. `norm` is ‖A‖₁, or 0 if not computed yet."""
+
+    def diagnose():
+        n = matrix.shape[0]
+        row, col = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
+        lower = jnp.where(row >= col, matrix, 0)
+        finite = jnp.all(jnp.isfinite(lower))
+        eps = jnp.finfo(matrix.dtype).eps
+        norm1 = jnp.where(norm > 0, norm, _rcond.hermitian_norm1(matrix))
+        safe = jnp.where(finite, matrix, 0)  # NaN input: answered by `finite` alone
+        near_psd = jnp.min(_lapack.eigvalsh_lower(safe)) >= -10 * n * eps * norm1
+        code = jnp.where(near_psd, RESULTS.singular, RESULTS.not_positive_definite)
+        return jnp.where(finite, code, RESULTS.nonfinite_input).astype(jnp.int32)
+
+    return jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful))
+
+
 class Cholesky(AbstractSolver):
     """Dense Cholesky factorization `A = L Lᴴ` (or `−A = L Lᴴ` for a negative definite
     operator). Needs `positive_semidefinite_tag` or `negative_semidefinite_tag`; reads the
     lower triangle only.
 
     A matrix that is not definite gives `RESULTS.not_positive_definite`, one that is
-    semidefinite up to rounding (its factorization fails, that of `A + 10 n eps ‖A‖₁ I`
-    does not) `RESULTS.singular`. The reciprocal
+    semidefinite up to rounding (its factorization fails, but no eigenvalue is below
+    `−10 n eps ‖A‖₁`) `RESULTS.singular`. The reciprocal
     condition number is estimated from the factor (LAPACK `xPOCON`, O(n²)) and reported as
     `sol.stats["rcond"]`; below machine epsilon the system is singular to working
     precision and gives `RESULTS.singular`. A matrix-free operator (materialized here)
@@ -70,20 +94,9 @@ class Cholesky(AbstractSolver):
         # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
         failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
 
-        def diagnose():
-            # Only on failure: NaN/Inf input, or a matrix that is positive semidefinite up
-            # to rounding (the factorization of A + 10 n eps ‖A‖₁ I succeeds: singular to
-            # working precision), or one that is genuinely not definite.
-            finite = jnp.all(jnp.isfinite(dense_input(operator)))
-            eps = jnp.finfo(matrix.dtype).eps
-            norm1 = _rcond.hermitian_norm1(matrix) if norm is None else norm
-            shift = (10 * n * eps * norm1).astype(matrix.dtype)
-            shifted = _lapack.cholesky(matrix + shift * jnp.eye(n, dtype=matrix.dtype))
-            near_psd = jnp.all(jnp.isfinite(jnp.diagonal(shifted)))
-            code = jnp.where(near_psd, RESULTS.singular, RESULTS.not_positive_definite)
-            return jnp.where(finite, code, RESULTS.nonfinite_input).astype(jnp.int32)
-
-        checks = [(failed, jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful)))]
+        if norm is None:
+            norm = jnp.zeros((), jnp.finfo(matrix.dtype).dtype)  # computed on failure only
+        checks = [(failed, _failure_code(failed, matrix, norm))]
         if asymmetric is not None:
             checks.insert(0, (asymmetric, RESULTS.not_symmetric))
         stats = {}
