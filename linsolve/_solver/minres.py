@@ -28,16 +28,20 @@ class MINRES(AbstractKrylovSolver):
     operator tagged only `symmetric_tag` is complex-symmetric, not self-adjoint: use
     GMRES or BiCGStab). Indefinite operators are fine. One matrix-vector product per
     iteration; the residual norm it monitors is the one MINRES minimizes, so it needs no
-    extra product.
+    extra product (but one per restart for the true residual).
 
     **Arguments:**
 
     - `rtol`, `atol`, `max_steps`, `preconditioner`, `verbose`: as for [`linsolve.CG`][]
-      (`‖b − A x‖ <= atol + rtol ‖b‖`). The preconditioner must be positive definite;
-      with one, both norms are the preconditioner's norm `‖v‖_M = √(vᴴ M v)`.
+      (`‖b − A x‖₂ <= atol + rtol ‖b‖₂`, checked on the true residual). The
+      preconditioner must be positive definite. With one, MINRES minimizes the residual
+      in the preconditioner's norm `‖v‖_M = √(vᴴ M v)` and is asked for the reduction
+      the 2-norm needs.
 
-    `sol.stats` has `num_steps` and `residual_norm`. A preconditioner that is not positive
-    definite gives `RESULTS.breakdown`.
+    `sol.stats` has `num_steps` and `residual_norm` (of the true residual, 2-norm). A
+    preconditioner that is not positive definite, or one that annihilates the residual
+    (zero, or singular: its norm is blind to part of the residual, which then never
+    decreases), gives `RESULTS.breakdown`.
     """
 
     def init(self, operator) -> KrylovState:
