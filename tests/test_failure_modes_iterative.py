@@ -5,7 +5,6 @@ lobpcg, eigh} × {eager, jit, vmap} × throw. Sizes are tiny: most of the time i
 compilation. See docs/failure-modes.md.
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -61,9 +60,10 @@ def test_krylov_never_claims_success_from_a_drifted_residual(seed, tiny):
             assert float(sol.stats["residual_norm"]) > rtol * float(jnp.linalg.norm(b))
 
 
-def test_cg_reference_case_reports_stagnation():
+def test_cg_reference_case_reports_failure():
     """The reference case: seeds where CG used to report success with a true relative
-    residual of 0.2-0.4 now give `stagnation` (and raise with throw=True)."""
+    residual of 0.2-0.4 now give `stagnation` or `max_steps_reached` (and raise with
+    throw=True)."""
     codes = []
     for seed in range(20):
         rng = np.random.default_rng(seed)
@@ -74,9 +74,11 @@ def test_cg_reference_case_reports_stagnation():
         sol = ls.linear_solve(ls.MatrixOperator(a, PSD), jnp.asarray(b), ls.CG(), throw=False)
         _check_honest(a, sol, b, 1e-11)
         codes.append(int(sol.result))
-    assert codes.count(R.stagnation) >= 10  # it was `successful` in all 20
-    with pytest.raises(Exception, match="stagnated"):
-        rng = np.random.default_rng(codes.index(R.stagnation))
+    failed = [c for c in codes if c != R.successful]
+    assert len(failed) >= 10  # it was `successful` in all 20
+    assert set(failed) <= {R.stagnation, R.max_steps_reached}
+    with pytest.raises(Exception, match="stagnated|did not converge"):
+        rng = np.random.default_rng(codes.index(failed[0]))
         q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
         a = q @ np.diag([1.0, 0.5, 1e-16]) @ q.T
         ls.linear_solve(ls.MatrixOperator(0.5 * (a + a.T), PSD), jnp.asarray(rng.normal(size=3)), ls.CG())
@@ -255,5 +257,5 @@ def test_lobpcg_nonconvergence_throw_under_jit_and_vmap():
                          throw=False).result
 
     np.testing.assert_array_equal(jax.vmap(f)(jnp.array([1.0, 2.0])), R.max_steps_reached)
-    with pytest.raises(eqx.EquinoxRuntimeError, match="did not converge"):
+    with pytest.raises(Exception, match="did not converge"):
         jax.jit(lambda: ls.lobpcg(ls.MatrixOperator(op_mat, SYM), 2, tol=0.0, max_steps=5).eigenvalues)()
