@@ -48,13 +48,15 @@ class MINRES(AbstractKrylovSolver):
     operator tagged only `symmetric_tag` is complex-symmetric, not self-adjoint: use
     GMRES or BiCGStab). Indefinite operators are fine. One matrix-vector product per
     iteration; the residual norm it monitors is the one MINRES minimizes, so it needs no
-    extra product.
+    extra product (but one per restart for the true residual).
 
     **Arguments:**
 
     - `rtol`, `atol`, `max_steps`, `preconditioner`, `verbose`: as for [`linsolve.CG`][]
-      (`‖b − A x‖ <= atol + rtol ‖b‖`). The preconditioner must be positive definite;
-      with one, both norms are the preconditioner's norm `‖v‖_M = √(vᴴ M v)`.
+      (`‖b − A x‖₂ <= atol + rtol ‖b‖₂`, checked on the true residual). The
+      preconditioner must be positive definite. With one, MINRES minimizes the residual
+      in the preconditioner's norm `‖v‖_M = √(vᴴ M v)` and is asked for the reduction
+      the 2-norm needs.
 
     - `recycle`: the size `m` of the [`linsolve.RecycleSpace`][] that
       `linear_solve(..., recycle=space)` takes, deflates with and refreshes (harmonic Ritz
@@ -62,8 +64,10 @@ class MINRES(AbstractKrylovSolver):
       space. Work: `2m` products per solve, a window of `4m` vectors. With `recycle=m` and
       no space, the solve starts one (`stats["recycle"]`).
 
-    `sol.stats` has `num_steps` and `residual_norm` (and, with `recycle`, `recycle`, the
-    space to carry to the next solve). A preconditioner that is not positive definite
+    `sol.stats` has `num_steps` and `residual_norm` (of the true residual, 2-norm; and,
+    with `recycle`, `recycle`, the space to carry to the next solve). A preconditioner
+    that is not positive definite, or one that annihilates the residual (zero, or
+    singular: its norm is blind to part of the residual, which then never decreases),
     gives `RESULTS.breakdown`.
     """
 
