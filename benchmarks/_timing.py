@@ -54,6 +54,7 @@ def limit_threads(threads: int | None) -> None:
         flags += " --xla_cpu_multi_thread_eigen=false"
     os.environ["XLA_FLAGS"] = (flags + f" intra_op_parallelism_threads={threads}").strip()
 
+
 def threads_from_argv(argv: Sequence[str]) -> int | None:
     """The `--threads N|all` option of a benchmark script (default 1), read before JAX
     is imported: thread counts are fixed when XLA and BLAS load."""
@@ -177,7 +178,9 @@ def count_primitives(fn: Callable, *args, names: Iterable[str]) -> dict[str, int
     return counts
 
 
-def compiled_op_counts(fn: Callable, *args, full_shape: tuple[int, ...] | None = None) -> collections.Counter:
+def compiled_op_counts(
+    fn: Callable, *args, full_shape: tuple[int, ...] | None = None
+) -> collections.Counter:
     """What XLA actually runs: counts of custom-call targets (LAPACK/BLAS kernels such as
     `lapack_dpotrf_ffi`, `lapack_dtrsm_ffi`, host callbacks) and of a few HLO opcodes
     (`copy`, `transpose`, `dot`, `fusion`, `while`, `conditional`) in the optimised HLO of
@@ -215,14 +218,18 @@ def format_seconds(seconds: float) -> str:
     return f"{seconds:.2f} s"
 
 
-def format_table(header: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool = False) -> str:
+def format_table(
+    header: Sequence[str], rows: Sequence[Sequence[Any]], markdown: bool = False
+) -> str:
     """A plain-text (or Markdown) table; numbers should already be formatted as strings."""
     cells = [list(map(str, header))] + [list(map(str, row)) for row in rows]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     if markdown:
         lines = ["| " + " | ".join(c.ljust(w) for c, w in zip(cells[0], widths)) + " |"]
         lines.append("| " + " | ".join("-" * w for w in widths) + " |")
-        lines += ["| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells[1:]]
+        lines += [
+            "| " + " | ".join(c.ljust(w) for c, w in zip(row, widths)) + " |" for row in cells[1:]
+        ]
         return "\n".join(lines)
     lines = ["  ".join(c.ljust(w) for c, w in zip(cells[0], widths))]
     lines.append("  ".join("-" * w for w in widths))
@@ -248,7 +255,9 @@ def _version(package: str) -> str:
         return "not installed"
 
 
-def environment(packages: Iterable[str] = ("linsolve", "jax", "jaxlib", "equinox", "lineax")) -> str:
+def environment(
+    packages: Iterable[str] = ("linsolve", "jax", "jaxlib", "equinox", "lineax"),
+) -> str:
     """One paragraph describing where and with what a benchmark ran."""
     import jax
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import os
 
+
 for _var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
     os.environ[_var] = "1"
 
@@ -38,6 +39,7 @@ import time  # noqa: E402
 
 import numpy as np  # noqa: E402
 import scipy.sparse as sp  # noqa: E402
+
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
@@ -122,7 +124,9 @@ def main(argv=None) -> None:
     ap.add_argument("--grids", type=int, nargs="*", default=[256, 512, 1024])
     ap.add_argument("--cubes", type=int, nargs="*", default=[64])
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--orderings", nargs="*", default=["auto", "amd"], help="linsolve orderings to time")
+    ap.add_argument(
+        "--orderings", nargs="*", default=["auto", "amd"], help="linsolve orderings to time"
+    )
     ap.add_argument("--no-nnz", action="store_true", help="skip CHOLMOD's nnz(L)")
     args = ap.parse_args(argv)
 

@@ -68,7 +68,9 @@ import linsolve as ls  # noqa: E402
 
 
 def linsolve_cholesky(A, b):
-    return ls.linear_solve(ls.MatrixOperator(A, ls.positive_semidefinite_tag), b, ls.Cholesky()).value
+    return ls.linear_solve(
+        ls.MatrixOperator(A, ls.positive_semidefinite_tag), b, ls.Cholesky()
+    ).value
 
 
 def linsolve_cholesky_no_rcond(A, b):
@@ -161,7 +163,12 @@ FAMILIES = {
         "bare kernels (floor)": bare_lu,
     },
 }
-JSP = ("jax.scipy cho_factor+cho_solve", "jax.scipy solve(pos)", "jax.scipy lu_factor+lu_solve", "jax.scipy solve")
+JSP = (
+    "jax.scipy cho_factor+cho_solve",
+    "jax.scipy solve(pos)",
+    "jax.scipy lu_factor+lu_solve",
+    "jax.scipy solve",
+)
 FLOOR = "bare kernels (floor)"
 
 
@@ -238,13 +245,17 @@ def measure(sizes, repeats, compile_repeats, families):
                     exe, seconds = compile_fn(fn, A, b)
                     compile_samples[key].append(seconds)
                     compiled[key] = exe
-            timings = time_interleaved({key: (exe, (A, b)) for key, exe in compiled.items()}, repeats=repeats)
+            timings = time_interleaved(
+                {key: (exe, (A, b)) for key, exe in compiled.items()}, repeats=repeats
+            )
             for name in methods:
                 results[(family, n, name)] = {
                     "forward": timings[(name, "forward")].median,
                     "value_and_grad": timings[(name, "value_and_grad")].median,
                     "compile_forward": float(np.median(compile_samples[(name, "forward")])),
-                    "compile_value_and_grad": float(np.median(compile_samples[(name, "value_and_grad")])),
+                    "compile_value_and_grad": float(
+                        np.median(compile_samples[(name, "value_and_grad")])
+                    ),
                 }
             print(f"  measured {family} n={n}", file=sys.stderr, flush=True)
     return results
@@ -253,7 +264,17 @@ def measure(sizes, repeats, compile_repeats, families):
 def kernel_counts(families, n):
     """What XLA runs for value_and_grad, per method: LAPACK kernels and data movement."""
     A, b = problem(n)
-    header = ["family", "method", "potrf/getrf", "trsm", "host callbacks", "n×n ops", "copy", "transpose", "fusion"]
+    header = [
+        "family",
+        "method",
+        "potrf/getrf",
+        "trsm",
+        "host callbacks",
+        "n×n ops",
+        "copy",
+        "transpose",
+        "fusion",
+    ]
     rows = []
     for family in families:
         for name, solve in FAMILIES[family].items():
@@ -261,8 +282,17 @@ def kernel_counts(families, n):
             c = compiled_op_counts(fn, A, b, full_shape=(n, n))
             factor = c["lapack_dpotrf_ffi"] + c["lapack_dgetrf_ffi"]
             rows.append(
-                [family, name, factor, c["lapack_dtrsm_ffi"], c["xla_ffi_python_cpu_callback"],
-                 c["full_size_ops"], c["copy"], c["transpose"], c["fusion"]]
+                [
+                    family,
+                    name,
+                    factor,
+                    c["lapack_dtrsm_ffi"],
+                    c["xla_ffi_python_cpu_callback"],
+                    c["full_size_ops"],
+                    c["copy"],
+                    c["transpose"],
+                    c["fusion"],
+                ]
             )
     return header, rows
 
@@ -271,8 +301,18 @@ def kernel_share(sizes, repeats):
     """The LAPACK kernels alone — potrf, getrf and the four triangular solves, each jitted
     on its own — against lineax's whole value_and_grad, sampled together: how much of
     that time any method could still save."""
-    header = ["n", "potrf", "4 × trsm", "getrf", "lineax v&g chol", "lineax v&g lu",
-              "(potrf + 4 trsm) / lineax chol", "getrf / lineax lu", "ls/lineax chol", "ls/lineax lu"]
+    header = [
+        "n",
+        "potrf",
+        "4 × trsm",
+        "getrf",
+        "lineax v&g chol",
+        "lineax v&g lu",
+        "(potrf + 4 trsm) / lineax chol",
+        "getrf / lineax lu",
+        "ls/lineax chol",
+        "ls/lineax lu",
+    ]
     rows = []
     for n in sizes:
         A, b = problem(n)
@@ -290,11 +330,20 @@ def kernel_share(sizes, repeats):
                 calls[(family, name)] = (jax.jit(fn).lower(A, b).compile(), (A, b))
         t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
         lx_c, lx_l = t[("cholesky", "lineax")], t[("lu", "lineax")]
-        rows.append([
-            n, format_seconds(t["potrf"]), format_seconds(t["trsm"]), format_seconds(t["getrf"]),
-            format_seconds(lx_c), format_seconds(lx_l), ratio(t["potrf"] + t["trsm"], lx_c),
-            ratio(t["getrf"], lx_l), ratio(t[("cholesky", "linsolve")], lx_c), ratio(t[("lu", "linsolve")], lx_l),
-        ])
+        rows.append(
+            [
+                n,
+                format_seconds(t["potrf"]),
+                format_seconds(t["trsm"]),
+                format_seconds(t["getrf"]),
+                format_seconds(lx_c),
+                format_seconds(lx_l),
+                ratio(t["potrf"] + t["trsm"], lx_c),
+                ratio(t["getrf"], lx_l),
+                ratio(t[("cholesky", "linsolve")], lx_c),
+                ratio(t[("lu", "linsolve")], lx_l),
+            ]
+        )
     return header, rows
 
 
@@ -313,8 +362,15 @@ def vmap_batches(repeats):
             fn = jax.vmap(jax.value_and_grad(make_loss(FAMILIES["cholesky"][name]), argnums=(0, 1)))
             calls[name] = (jax.jit(fn).lower(A, b).compile(), (A, b))
         t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
-        rows.append([f"{batch} × {n}", format_seconds(t["linsolve"]), format_seconds(t["lineax"]),
-                     format_seconds(t["jax.scipy cho_factor+cho_solve"]), ratio(t["linsolve"], t["lineax"])])
+        rows.append(
+            [
+                f"{batch} × {n}",
+                format_seconds(t["linsolve"]),
+                format_seconds(t["lineax"]),
+                format_seconds(t["jax.scipy cho_factor+cho_solve"]),
+                ratio(t["linsolve"], t["lineax"]),
+            ]
+        )
     return header, rows
 
 
@@ -326,8 +382,16 @@ def rcond_cost(sizes, repeats):
         "cholesky": (linsolve_cholesky, linsolve_cholesky_no_rcond, lineax_cholesky),
         "lu": (linsolve_lu, linsolve_lu_no_rcond, lineax_lu),
     }
-    header = ["family", "n", "ls (rcond)", "ls (no rcond)", "lineax", "rcond/no rcond", "ls (rcond)/lineax",
-              "ls (no rcond)/lineax"]
+    header = [
+        "family",
+        "n",
+        "ls (rcond)",
+        "ls (no rcond)",
+        "lineax",
+        "rcond/no rcond",
+        "ls (rcond)/lineax",
+        "ls (no rcond)/lineax",
+    ]
     rows = []
     for n in sizes:
         A, b = problem(n)
@@ -337,8 +401,18 @@ def rcond_cost(sizes, repeats):
                 exe, _ = compile_fn(jax.value_and_grad(make_loss(solve), argnums=(0, 1)), A, b)
                 calls[i] = (exe, (A, b))
             t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
-            rows.append([family, n, format_seconds(t[0]), format_seconds(t[1]), format_seconds(t[2]),
-                         ratio(t[0], t[1]), ratio(t[0], t[2]), ratio(t[1], t[2])])
+            rows.append(
+                [
+                    family,
+                    n,
+                    format_seconds(t[0]),
+                    format_seconds(t[1]),
+                    format_seconds(t[2]),
+                    ratio(t[0], t[1]),
+                    ratio(t[0], t[2]),
+                    ratio(t[1], t[2]),
+                ]
+            )
     return header, rows
 
 
@@ -426,11 +500,17 @@ def report(results, sizes, families, markdown):
                     "met" if max(cvg_ratio, cf_ratio) <= 1.0 else "MISSED",
                 ]
             )
-    out.append("\nRatios (ls = linsolve; best jsp = the faster jax.scipy variant; floor = bare kernels):")
+    out.append(
+        "\nRatios (ls = linsolve; best jsp = the faster jax.scipy variant; floor = bare kernels):"
+    )
     out.append(format_table(header, rows, markdown))
     out.append("\nTargets: v&g <= 0.9x lineax; v&g/fwd <= 1.1; compile (fwd and v&g) <= lineax:")
     out.append(
-        format_table(["family", "n", "v&g <= 0.9 lineax", "v&g/fwd <= 1.1", "compile <= lineax"], verdicts, markdown)
+        format_table(
+            ["family", "n", "v&g <= 0.9 lineax", "v&g/fwd <= 1.1", "compile <= lineax"],
+            verdicts,
+            markdown,
+        )
     )
     return "\n".join(out)
 
@@ -439,14 +519,19 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 500, 2000])
     parser.add_argument("--repeats", type=int, default=7, help="timed samples per function")
-    parser.add_argument("--compile-repeats", type=int, default=3, help="cold compilations per function")
+    parser.add_argument(
+        "--compile-repeats", type=int, default=3, help="cold compilations per function"
+    )
     parser.add_argument("--families", nargs="+", default=list(FAMILIES), choices=list(FAMILIES))
     parser.add_argument("--markdown", action="store_true", help="print Markdown tables")
     parser.add_argument(
-        "--vmap", action="store_true", help="only time vmapped value_and_grad over batches of matrices"
+        "--vmap",
+        action="store_true",
+        help="only time vmapped value_and_grad over batches of matrices",
     )
     parser.add_argument(
-        "--kernels", action="store_true",
+        "--kernels",
+        action="store_true",
         help="only time the bare LAPACK kernels against lineax's value_and_grad (21 samples)",
     )
     parser.add_argument(
@@ -455,7 +540,8 @@ def main(argv=None):
         help="BLAS/XLA CPU threads: a number, or 'all' for the library defaults (default 1)",
     )
     parser.add_argument(
-        "--rcond", action="store_true",
+        "--rcond",
+        action="store_true",
         help="only time value_and_grad with and without the rcond estimate, against lineax",
     )
     args = parser.parse_args(argv)
@@ -476,7 +562,9 @@ def main(argv=None):
         print("LAPACK kernels alone vs value_and_grad (median, sampled together):")
         print(format_table(header, rows, args.markdown))
         return
-    print(f"float64; sizes {args.sizes}; {args.repeats} timed samples, {args.compile_repeats} cold compiles each\n")
+    print(
+        f"float64; sizes {args.sizes}; {args.repeats} timed samples, {args.compile_repeats} cold compiles each\n"
+    )
     header, rows = kernel_counts(args.families, min(args.sizes))
     print(f"Kernels and ops in the optimised HLO of value_and_grad (n = {min(args.sizes)}):")
     print(format_table(header, rows, args.markdown))

@@ -161,7 +161,9 @@ class Problem:
             return None
         shape, h = (self.n_side, self.n_side), self.h
         return ls.FunctionOperator(
-            lambda x: _mass(x.reshape(shape), h).reshape(-1), jnp.zeros(self.n), ls.positive_semidefinite_tag
+            lambda x: _mass(x.reshape(shape), h).reshape(-1),
+            jnp.zeros(self.n),
+            ls.positive_semidefinite_tag,
         )
 
     def preconditioner(self):
@@ -169,7 +171,8 @@ class Problem:
             return None
         shape, lam = (self.n_side, self.n_side), self.lam
         return ls.FunctionOperator(
-            lambda x: _fast_poisson(x.reshape(shape), lam).reshape(-1), jnp.zeros(self.n),
+            lambda x: _fast_poisson(x.reshape(shape), lam).reshape(-1),
+            jnp.zeros(self.n),
             ls.positive_semidefinite_tag,
         )
 
@@ -182,13 +185,22 @@ class Problem:
         cols = np.repeat(np.arange(self.n), np.diff(low.indptr))
         diag = np.flatnonzero(rows == cols)
         values = jnp.asarray(low.data).at[diag].add(c[cols[diag]])
-        return ls.SparseOperator(values, low.indices, low.indptr, (self.n, self.n), tags=ls.symmetric_tag)
+        return ls.SparseOperator(
+            values, low.indices, low.indptr, (self.n, self.n), tags=ls.symmetric_tag
+        )
 
     def linsolve_eig(self, c, sparse=False):
         op = self.sparse_operator(c) if sparse else self.operator(c)
         return ls.lobpcg(
-            op, K, B=self.mass(), X0=self.x0, tol=TOL, max_steps=20000,
-            preconditioner=self.preconditioner(), throw=False, block_size=BLOCK,
+            op,
+            K,
+            B=self.mass(),
+            X0=self.x0,
+            tol=TOL,
+            max_steps=20000,
+            preconditioner=self.preconditioner(),
+            throw=False,
+            block_size=BLOCK,
         )
 
     def loss(self, c):
@@ -239,7 +251,9 @@ def _timings(calls, repeats):
     slow problems) times one call of each, without the warm-up and calibration calls of
     `time_interleaved` (the jitted functions are compiled ahead of time already)."""
     if repeats > 1:
-        return {name: t.median for name, t in time_interleaved(calls, repeats=repeats, warmup=1).items()}
+        return {
+            name: t.median for name, t in time_interleaved(calls, repeats=repeats, warmup=1).items()
+        }
     out = {}
     for name, (fn, args) in calls.items():
         start = time.perf_counter()
@@ -281,8 +295,16 @@ def measure(problem: Problem, repeats: int, grad: bool):
     pre = problem.scipy_preconditioner()
 
     def scipy_run():
-        return spla.lobpcg(problem.A, x0, B=problem.B, M=pre, largest=False, tol=tol_s, maxiter=20000,
-                           retResidualNormsHistory=True)
+        return spla.lobpcg(
+            problem.A,
+            x0,
+            B=problem.B,
+            M=pre,
+            largest=False,
+            tol=tol_s,
+            maxiter=20000,
+            retResidualNormsHistory=True,
+        )
 
     jax_fn = None
     if problem.kind == "laplace" and not problem.precondition:
@@ -307,30 +329,52 @@ def measure(problem: Problem, repeats: int, grad: bool):
 
     ours = problem.backward_errors(values, vectors)
     rows.append(
-        dict(method="linsolve.lobpcg", forward=timings["fwd"], iters=int(steps),
-             error=float(ours.max()), compile=fwd_compile,
-             vg=timings["vg"] if grad else None, vg_compile=vg_compile, values=np.asarray(values))
+        dict(
+            method="linsolve.lobpcg",
+            forward=timings["fwd"],
+            iters=int(steps),
+            error=float(ours.max()),
+            compile=fwd_compile,
+            vg=timings["vg"] if grad else None,
+            vg_compile=vg_compile,
+            values=np.asarray(values),
+        )
     )
     if sparse_fn is not None:
         s_values, s_vectors, s_steps, _ = sparse_fn(c)
         rows.append(
-            dict(method="linsolve.lobpcg (SparseOperator)", forward=timings["sparse"], iters=int(s_steps),
-                 error=float(problem.backward_errors(s_values, s_vectors).max()), compile=sparse_compile,
-                 values=np.asarray(s_values))
+            dict(
+                method="linsolve.lobpcg (SparseOperator)",
+                forward=timings["sparse"],
+                iters=int(s_steps),
+                error=float(problem.backward_errors(s_values, s_vectors).max()),
+                compile=sparse_compile,
+                values=np.asarray(s_values),
+            )
         )
     order = np.argsort(w_s)
     rows.append(
-        dict(method="scipy lobpcg", forward=t_scipy, iters=len(hist) - 1,
-             error=float(problem.backward_errors(w_s[order], v_s[:, order]).max()), values=np.sort(w_s))
+        dict(
+            method="scipy lobpcg",
+            forward=t_scipy,
+            iters=len(hist) - 1,
+            error=float(problem.backward_errors(w_s[order], v_s[:, order]).max()),
+            values=np.sort(w_s),
+        )
     )
     if jax_fn is not None:
         theta, u, iters = jax_fn(jnp.asarray(x0))
         w_j = SIGMA - np.asarray(theta)
         order = np.argsort(w_j)
         rows.append(
-            dict(method="jax lobpcg_standard (σI − A)", forward=timings["jax"], iters=int(iters),
-                 error=float(problem.backward_errors(w_j[order], np.asarray(u)[:, order]).max()),
-                 compile=jax_compile, values=w_j[order])
+            dict(
+                method="jax lobpcg_standard (σI − A)",
+                forward=timings["jax"],
+                iters=int(iters),
+                error=float(problem.backward_errors(w_j[order], np.asarray(u)[:, order]).max()),
+                compile=jax_compile,
+                values=w_j[order],
+            )
         )
     return rows
 
@@ -347,7 +391,9 @@ def measure_dense(n_side, repeats):
         return out.eigenvalues, out.eigenvectors
 
     fwd, _ = compile_fn(forward, c)
-    eigh, _ = compile_fn(lambda a: ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag)).eigenvalues[:K], a)
+    eigh, _ = compile_fn(
+        lambda a: ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag)).eigenvalues[:K], a
+    )
     a_np = np.asarray(a)
     subset = (lambda: (scipy.linalg.eigh(a_np, subset_by_index=[0, K - 1]), None)[1], ())
     timings = time_interleaved(
@@ -363,11 +409,22 @@ def measure_dense(n_side, repeats):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--sizes", type=int, nargs="+", default=[100, 316], help="grid sides N (n = N²)")
-    parser.add_argument("--problems", nargs="+", default=["laplace", "fem"], choices=["laplace", "fem"])
-    parser.add_argument("--preconditioners", nargs="+", default=["none", "dst"], choices=["none", "dst"])
+    parser.add_argument(
+        "--sizes", type=int, nargs="+", default=[100, 316], help="grid sides N (n = N²)"
+    )
+    parser.add_argument(
+        "--problems", nargs="+", default=["laplace", "fem"], choices=["laplace", "fem"]
+    )
+    parser.add_argument(
+        "--preconditioners", nargs="+", default=["none", "dst"], choices=["none", "dst"]
+    )
     parser.add_argument("--repeats", type=int, default=5, help="timed samples per method")
-    parser.add_argument("--dense-size", type=int, default=40, help="grid side of the dense-eigh comparison (0: skip)")
+    parser.add_argument(
+        "--dense-size",
+        type=int,
+        default=40,
+        help="grid side of the dense-eigh comparison (0: skip)",
+    )
     parser.add_argument("--no-grad", action="store_true")
     parser.add_argument("--markdown", action="store_true")
     parser.add_argument("--threads", default="1", help="BLAS/XLA CPU threads, or 'all' (default 1)")
@@ -375,8 +432,18 @@ def main(argv=None):
 
     print(environment(("linsolve", "jax", "jaxlib", "equinox", "scipy", "numpy")))
     print(f"float64, k = {K} smallest, tol = {TOL}; {args.repeats} timed samples\n")
-    header = ["problem", "method", "iterations", "worst backward error", "forward", "fwd / scipy",
-              "value_and_grad", "v&g / fwd", "compile fwd", "compile v&g"]
+    header = [
+        "problem",
+        "method",
+        "iterations",
+        "worst backward error",
+        "forward",
+        "fwd / scipy",
+        "value_and_grad",
+        "v&g / fwd",
+        "compile fwd",
+        "compile v&g",
+    ]
     table, verdicts = [], []
     for n_side in args.sizes:
         for kind in args.problems:
@@ -387,19 +454,32 @@ def main(argv=None):
                 ref = next(r["values"] for r in rows if r["method"] == "scipy lobpcg")
                 for r in rows:
                     if np.max(np.abs(r["values"] - ref) / np.abs(ref)) > 1e-6:
-                        print(f"WARNING: {r['method']} eigenvalues differ on {problem.name}", file=sys.stderr)
+                        print(
+                            f"WARNING: {r['method']} eigenvalues differ on {problem.name}",
+                            file=sys.stderr,
+                        )
                     vg = r.get("vg")
-                    table.append([
-                        problem.name, r["method"], r["iters"], f"{r['error']:.1e}", format_seconds(r["forward"]),
-                        f"{r['forward'] / scipy_time:.2f}",
-                        "" if vg is None else format_seconds(vg),
-                        "" if vg is None else f"{vg / r['forward']:.2f}",
-                        format_seconds(r["compile"]) if r.get("compile") else "",
-                        format_seconds(r["vg_compile"]) if r.get("vg_compile") else "",
-                    ])
+                    table.append(
+                        [
+                            problem.name,
+                            r["method"],
+                            r["iters"],
+                            f"{r['error']:.1e}",
+                            format_seconds(r["forward"]),
+                            f"{r['forward'] / scipy_time:.2f}",
+                            "" if vg is None else format_seconds(vg),
+                            "" if vg is None else f"{vg / r['forward']:.2f}",
+                            format_seconds(r["compile"]) if r.get("compile") else "",
+                            format_seconds(r["vg_compile"]) if r.get("vg_compile") else "",
+                        ]
+                    )
                 ours = rows[0]
                 fwd_ratio = ours["forward"] / scipy_time
-                verdict = [problem.name, f"{fwd_ratio:.2f}", "met" if fwd_ratio <= 1.5 else "MISSED"]
+                verdict = [
+                    problem.name,
+                    f"{fwd_ratio:.2f}",
+                    "met" if fwd_ratio <= 1.5 else "MISSED",
+                ]
                 if ours.get("vg") is not None:
                     vg_ratio = ours["vg"] / ours["forward"]
                     verdict += [f"{vg_ratio:.2f}", "met" if vg_ratio <= 2 else "MISSED"]
@@ -411,8 +491,12 @@ def main(argv=None):
     print("\nTargets: forward <= 1.5x scipy; value_and_grad <= 2x forward:")
     print(format_table(["problem", "fwd / scipy", "", "v&g / fwd", ""], verdicts, args.markdown))
     if args.dense_size:
-        print(f"\nDense eigh vs lobpcg, laplace n = {args.dense_size ** 2} (forward, median):")
-        print(format_table(["method", "time"], measure_dense(args.dense_size, args.repeats), args.markdown))
+        print(f"\nDense eigh vs lobpcg, laplace n = {args.dense_size**2} (forward, median):")
+        print(
+            format_table(
+                ["method", "time"], measure_dense(args.dense_size, args.repeats), args.markdown
+            )
+        )
 
 
 if __name__ == "__main__":

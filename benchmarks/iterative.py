@@ -210,7 +210,10 @@ def measure_descent(side, steps, rtol, recycle, repeats):
             run_descent(step, plain_op, n, steps)
             times.append(time.perf_counter() - start)
         rows[variant] = dict(
-            forward=forward, backward=total - forward, time=statistics.median(times), final_loss=losses[-1]
+            forward=forward,
+            backward=total - forward,
+            time=statistics.median(times),
+            final_loss=losses[-1],
         )
     return rows
 
@@ -254,11 +257,15 @@ def per_solve_functions(side, iters):
 
     def lineax_cg(c, b):
         structure = jax.ShapeDtypeStruct(b.shape, b.dtype)
-        op = lx.FunctionLinearOperator(lambda u: stencil(u) + c * u, structure, lx.positive_semidefinite_tag)
+        op = lx.FunctionLinearOperator(
+            lambda u: stencil(u) + c * u, structure, lx.positive_semidefinite_tag
+        )
         return lx.linear_solve(op, b, lx.CG(rtol=0.0, atol=0.0, max_steps=iters), throw=False).value
 
     def jax_scipy_cg(c, b):
-        return jax.scipy.sparse.linalg.cg(lambda u: stencil(u) + c * u, b, tol=0.0, atol=0.0, maxiter=iters)[0]
+        return jax.scipy.sparse.linalg.cg(
+            lambda u: stencil(u) + c * u, b, tol=0.0, atol=0.0, maxiter=iters
+        )[0]
 
     return {"linsolve": linsolve_cg, "lineax": lineax_cg, "jax.scipy": jax_scipy_cg}
 
@@ -285,7 +292,9 @@ def measure_per_solve(side, iters, repeats):
         for g, r in zip(jax.tree_util.tree_leaves(got), jax.tree_util.tree_leaves(ref)):
             if not np.allclose(g, r, rtol=1e-6, atol=1e-12 * float(jnp.max(jnp.abs(r)))):
                 print(f"WARNING: {name} disagrees with jax.scipy", file=sys.stderr)
-    timings = time_interleaved({key: (exe, (c, b)) for key, exe in compiled.items()}, repeats=repeats)
+    timings = time_interleaved(
+        {key: (exe, (c, b)) for key, exe in compiled.items()}, repeats=repeats
+    )
     return {key: t.median for key, t in timings.items()}
 
 
@@ -302,9 +311,15 @@ def residual_histories(side, rtol, recycle, at_step):
     u_obs, alpha, lr = inverse_problem(side)
     op = ls.FunctionOperator(laplacian(side), jnp.zeros(n), PSD)
     out = {}
-    for variant, m, warm in (("cold", 0, False), ("warm", 0, True), ("warm + recycle", recycle, True)):
+    for variant, m, warm in (
+        ("cold", 0, False),
+        ("warm", 0, True),
+        ("warm + recycle", recycle, True),
+    ):
         quiet = make_step(ls.CG(rtol=rtol, recycle=m, max_steps=20 * n), warm, u_obs, alpha, lr)
-        loud = make_step(ls.CG(rtol=rtol, recycle=m, max_steps=20 * n, verbose=True), warm, u_obs, alpha, lr)
+        loud = make_step(
+            ls.CG(rtol=rtol, recycle=m, max_steps=20 * n, verbose=True), warm, u_obs, alpha, lr
+        )
         f, u, lam = jnp.zeros(n), jnp.zeros(n), jnp.zeros(n)
         for _ in range(at_step):
             f, u, lam, _, _ = quiet(op, f, u, lam)
@@ -336,8 +351,10 @@ def plot(histories, path, side, at_step):
             ax.semilogy(steps, res, dash, color=styles[variant], label=f"{kind}, {variant}")
     ax.set_xlabel("CG iteration")
     ax.set_ylabel("residual norm ‖b − A x‖₂")
-    ax.set_title(f"2-D Poisson inverse problem, n = {side * side}: the solves of gradient-descent step {at_step}",
-                 fontsize="medium")
+    ax.set_title(
+        f"2-D Poisson inverse problem, n = {side * side}: the solves of gradient-descent step {at_step}",
+        fontsize="medium",
+    )
     ax.legend(fontsize="small", ncol=2)
     ax.grid(True, which="both", alpha=0.3)
     fig.tight_layout()
@@ -393,8 +410,14 @@ def make_cross_step(make_op, solver, warm: bool, cross: bool, u_obs, alpha, lr):
         op = make_op(*params)
 
         def loss(f):
-            sol = ls.linear_solve(op, f, solver, y0=u_prev if warm else None,
-                                  adjoint_y0=lam_prev if warm else None, recycle=space if cross else None)
+            sol = ls.linear_solve(
+                op,
+                f,
+                solver,
+                y0=u_prev if warm else None,
+                adjoint_y0=lam_prev if warm else None,
+                recycle=space if cross else None,
+            )
             u = sol.value
             value = 0.5 * jnp.sum((u - u_obs) ** 2) + 0.5 * alpha * jnp.sum(f**2)
             return value, (u, sol.stats.get("recycle", space))
@@ -441,7 +464,9 @@ def measure_cross(problem, side, steps, rtol, m, repeats):
     rows = {}
     for variant in CROSS_VARIANTS:
         warm = variant != "cold"
-        solver = ls.CG(rtol=rtol, recycle=m if variant in ("within", "cross") else 0, max_steps=20 * n)
+        solver = ls.CG(
+            rtol=rtol, recycle=m if variant in ("within", "cross") else 0, max_steps=20 * n
+        )
         cross = variant == "cross"
         counted = make_cross_step(make_counted, solver, warm, cross, u_obs, alpha, lr)
         per_step, losses = run_cross(counted, schedule, n, m, counter)
@@ -452,8 +477,12 @@ def measure_cross(problem, side, steps, rtol, m, repeats):
             start = time.perf_counter()
             run_cross(plain, schedule, n, m)
             times.append(time.perf_counter() - start)
-        rows[variant] = dict(per_step=per_step, total=sum(per_step), time=statistics.median(times),
-                             final_loss=losses[-1])
+        rows[variant] = dict(
+            per_step=per_step,
+            total=sum(per_step),
+            time=statistics.median(times),
+            final_loss=losses[-1],
+        )
     return rows
 
 
@@ -463,16 +492,26 @@ def plot_cross(results, path, side, m):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    titles = {"poisson": "Poisson inverse problem (fixed operator)",
-              "drift": "drifting operator −∇·(κ_k∇) + c_k I"}
+    titles = {
+        "poisson": "Poisson inverse problem (fixed operator)",
+        "drift": "drifting operator −∇·(κ_k∇) + c_k I",
+    }
     styles = {"cold": "tab:gray", "warm": "tab:orange", "within": "tab:green", "cross": "tab:blue"}
-    labels = {"cold": "cold", "warm": "warm (y0, adjoint_y0)", "within": f"warm + CG(recycle={m}), within a step",
-              "cross": f"warm + RecycleSpace carried across steps (m = {m})"}
+    labels = {
+        "cold": "cold",
+        "warm": "warm (y0, adjoint_y0)",
+        "within": f"warm + CG(recycle={m}), within a step",
+        "cross": f"warm + RecycleSpace carried across steps (m = {m})",
+    }
     fig, axes = plt.subplots(1, len(results), figsize=(6.2 * len(results), 4.2), squeeze=False)
     for ax, (problem, rows) in zip(axes[0], results.items()):
         for variant, row in rows.items():
-            ax.plot(np.arange(1, len(row["per_step"]) + 1), row["per_step"], color=styles[variant],
-                    label=labels[variant])
+            ax.plot(
+                np.arange(1, len(row["per_step"]) + 1),
+                row["per_step"],
+                color=styles[variant],
+                label=labels[variant],
+            )
         ax.set_xlabel("gradient-descent step")
         ax.set_ylabel("operator products (forward + adjoint)")
         ax.set_title(f"{titles[problem]}, n = {side * side}", fontsize="medium")
@@ -488,11 +527,15 @@ def plot_cross(results, path, side, m):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--side", type=int, default=100, help="grid side; n = side² (default 100)")
     parser.add_argument("--steps", type=int, default=50, help="gradient-descent steps (default 50)")
     parser.add_argument("--rtol", type=float, default=1e-8)
-    parser.add_argument("--recycle", type=int, default=8, help="recycled Ritz vectors m (default 8)")
+    parser.add_argument(
+        "--recycle", type=int, default=8, help="recycled Ritz vectors m (default 8)"
+    )
     parser.add_argument("--iters", type=int, default=200, help="iterations per solve in part 2")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--descent-repeats", type=int, default=3)
@@ -504,7 +547,9 @@ def main(argv=None):
     parser.add_argument("--cross", action="store_true", help="part 4: recycling across steps")
     parser.add_argument("--cross-steps", type=int, default=40)
     parser.add_argument("--cross-problems", default="poisson,drift")
-    parser.add_argument("--cross-plot", default=None, help="write part 4's products-per-step plot here")
+    parser.add_argument(
+        "--cross-plot", default=None, help="write part 4's products-per-step plot here"
+    )
     parser.add_argument("--threads", default="1")
     args = parser.parse_args(argv)
     n = args.side**2
@@ -516,25 +561,54 @@ def main(argv=None):
         table = []
         for variant in VARIANTS:
             r = rows[variant]
-            table.append([
-                variant, r["forward"], r["backward"], f"{r['backward'] / cold['backward']:.2f}",
-                r["forward"] + r["backward"], f"{(r['forward'] + r['backward']) / (cold['forward'] + cold['backward']):.2f}",
-                format_seconds(r["time"]), f"{r['time'] / cold['time']:.2f}", f"{r['final_loss']:.6e}",
-            ])
-        print(f"1. Poisson inverse problem: n = {n}, {args.steps} gradient-descent steps, CG rtol = "
-              f"{args.rtol:g}, recycle m = {args.recycle}")
-        header = ["variant", "forward matvecs", "backward matvecs", "backward / cold", "total matvecs",
-                  "total / cold", "wall time", "time / cold", "final loss"]
+            table.append(
+                [
+                    variant,
+                    r["forward"],
+                    r["backward"],
+                    f"{r['backward'] / cold['backward']:.2f}",
+                    r["forward"] + r["backward"],
+                    f"{(r['forward'] + r['backward']) / (cold['forward'] + cold['backward']):.2f}",
+                    format_seconds(r["time"]),
+                    f"{r['time'] / cold['time']:.2f}",
+                    f"{r['final_loss']:.6e}",
+                ]
+            )
+        print(
+            f"1. Poisson inverse problem: n = {n}, {args.steps} gradient-descent steps, CG rtol = "
+            f"{args.rtol:g}, recycle m = {args.recycle}"
+        )
+        header = [
+            "variant",
+            "forward matvecs",
+            "backward matvecs",
+            "backward / cold",
+            "total matvecs",
+            "total / cold",
+            "wall time",
+            "time / cold",
+            "final loss",
+        ]
         print(format_table(header, table, markdown=args.markdown))
         best = min(rows[v]["backward"] for v in VARIANTS)
         print(f"best backward / cold = {best / cold['backward']:.2f} (target <= 0.50)")
         print()
         ms = sorted({0, 4, args.recycle, 2 * args.recycle})
-        table = [[m, fwd, inside, outside] for m, fwd, inside, outside in measure_inside_outside(args.side, args.rtol, ms)]
-        print(f"1b. Transposed-solve iterations after one forward solve (n = {n}, rtol = {args.rtol:g}): "
-              "adjoint right-hand side inside (x) and outside (random) the forward Krylov space")
-        print(format_table(["recycle m", "forward iterations", "inside: iterations", "outside: iterations"],
-                           table, markdown=args.markdown))
+        table = [
+            [m, fwd, inside, outside]
+            for m, fwd, inside, outside in measure_inside_outside(args.side, args.rtol, ms)
+        ]
+        print(
+            f"1b. Transposed-solve iterations after one forward solve (n = {n}, rtol = {args.rtol:g}): "
+            "adjoint right-hand side inside (x) and outside (random) the forward Krylov space"
+        )
+        print(
+            format_table(
+                ["recycle m", "forward iterations", "inside: iterations", "outside: iterations"],
+                table,
+                markdown=args.markdown,
+            )
+        )
         print("(with recycling, A·W adds m products, made once per derivative)")
         print()
     if not args.skip_per_solve:
@@ -542,10 +616,15 @@ def main(argv=None):
         table = []
         for mode in ("forward", "value_and_grad"):
             anchor = min(times[("lineax", mode)], times[("jax.scipy", mode)])
-            table.append([
-                mode, format_seconds(times[("linsolve", mode)]), format_seconds(times[("lineax", mode)]),
-                format_seconds(times[("jax.scipy", mode)]), f"{times[('linsolve', mode)] / anchor:.2f}",
-            ])
+            table.append(
+                [
+                    mode,
+                    format_seconds(times[("linsolve", mode)]),
+                    format_seconds(times[("lineax", mode)]),
+                    format_seconds(times[("jax.scipy", mode)]),
+                    f"{times[('linsolve', mode)] / anchor:.2f}",
+                ]
+            )
         print(f"2. Per-solve time: n = {n}, exactly {args.iters} CG iterations per solve (float64)")
         header = ["mode", "linsolve", "lineax", "jax.scipy", "linsolve / faster anchor"]
         print(format_table(header, table, markdown=args.markdown))
@@ -554,23 +633,52 @@ def main(argv=None):
     if args.plot:
         hist = residual_histories(args.side, args.rtol, args.recycle, args.plot_step)
         for variant, h in hist.items():
-            print(f"3. step {args.plot_step}, {variant}: forward {len(h['forward']) - 1} iterations, "
-                  f"adjoint {len(h['adjoint']) - 1} iterations")
+            print(
+                f"3. step {args.plot_step}, {variant}: forward {len(h['forward']) - 1} iterations, "
+                f"adjoint {len(h['adjoint']) - 1} iterations"
+            )
         plot(hist, args.plot, args.side, args.plot_step)
     if args.cross:
         results = {}
         for problem in args.cross_problems.split(","):
-            rows = measure_cross(problem, args.side, args.cross_steps, args.rtol, args.recycle, args.descent_repeats)
+            rows = measure_cross(
+                problem, args.side, args.cross_steps, args.rtol, args.recycle, args.descent_repeats
+            )
             results[problem] = rows
             cold = rows["cold"]
-            table = [[v, rows[v]["total"], f"{rows[v]['total'] / cold['total']:.2f}", format_seconds(rows[v]["time"]),
-                      f"{rows[v]['time'] / cold['time']:.2f}", f"{rows[v]['final_loss']:.6e}"] for v in CROSS_VARIANTS]
-            print(f"4. {problem}: n = {n}, {args.cross_steps} gradient-descent steps, CG rtol = {args.rtol:g}, "
-                  f"m = {args.recycle}")
-            print(format_table(["variant", "products (fwd + adj)", "products / cold", "loop wall time",
-                                "time / cold", "final loss"], table, markdown=args.markdown))
-            print(f"targets: cross products / cold <= 0.40 (got {rows['cross']['total'] / cold['total']:.2f}), "
-                  f"time / cold <= 0.60 (got {rows['cross']['time'] / cold['time']:.2f})")
+            table = [
+                [
+                    v,
+                    rows[v]["total"],
+                    f"{rows[v]['total'] / cold['total']:.2f}",
+                    format_seconds(rows[v]["time"]),
+                    f"{rows[v]['time'] / cold['time']:.2f}",
+                    f"{rows[v]['final_loss']:.6e}",
+                ]
+                for v in CROSS_VARIANTS
+            ]
+            print(
+                f"4. {problem}: n = {n}, {args.cross_steps} gradient-descent steps, CG rtol = {args.rtol:g}, "
+                f"m = {args.recycle}"
+            )
+            print(
+                format_table(
+                    [
+                        "variant",
+                        "products (fwd + adj)",
+                        "products / cold",
+                        "loop wall time",
+                        "time / cold",
+                        "final loss",
+                    ],
+                    table,
+                    markdown=args.markdown,
+                )
+            )
+            print(
+                f"targets: cross products / cold <= 0.40 (got {rows['cross']['total'] / cold['total']:.2f}), "
+                f"time / cold <= 0.60 (got {rows['cross']['time'] / cold['time']:.2f})"
+            )
             print()
         if args.cross_plot:
             plot_cross(results, args.cross_plot, args.side, args.recycle)

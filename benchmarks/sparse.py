@@ -81,7 +81,11 @@ def laplacian(m: int, dim: int) -> sp.csc_matrix:
     if dim == 2:
         a = sp.kron(t, eye) + sp.kron(eye, t)
     else:
-        a = sp.kron(sp.kron(t, eye), eye) + sp.kron(sp.kron(eye, t), eye) + sp.kron(sp.kron(eye, eye), t)
+        a = (
+            sp.kron(sp.kron(t, eye), eye)
+            + sp.kron(sp.kron(eye, t), eye)
+            + sp.kron(sp.kron(eye, eye), t)
+        )
     a = (a + sp.eye(a.shape[0])).tocsc()
     a.sort_indices()
     return a
@@ -271,7 +275,14 @@ def run_problem(name: str, a: sp.csc_matrix, args) -> list[list[str]]:
                 [name, "CHOLMOD factor size (nnz(L) x 8 bytes)", _mb(8 * lnz), "-", "-", "-"]
             )
             rows.append(
-                [name, "linsolve padded factor (nnz_L_padded x 8 bytes)", _mb(8 * sym.nnz_L_padded), "-", "-", "-"]
+                [
+                    name,
+                    "linsolve padded factor (nnz_L_padded x 8 bytes)",
+                    _mb(8 * sym.nnz_L_padded),
+                    "-",
+                    "-",
+                    "-",
+                ]
             )
     return rows
 
@@ -290,7 +301,9 @@ def _cholmod_factor_nnz(a_low: sp.csc_matrix) -> int | None:
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--grids", type=int, nargs="*", default=[128, 256, 512], help="2D grid sides")
+    parser.add_argument(
+        "--grids", type=int, nargs="*", default=[128, 256, 512], help="2D grid sides"
+    )
     parser.add_argument("--cubes", type=int, nargs="*", default=[32], help="3D grid sides")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--skip", nargs="*", default=[], help="linsolve functions not to time")

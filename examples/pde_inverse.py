@@ -147,7 +147,10 @@ def objective(m, f, u_prev, lam_prev, recycle, space):
     u = sol.value
     grid = m.reshape(N, N)
     smooth = jnp.sum(jnp.diff(grid, axis=0) ** 2) + jnp.sum(jnp.diff(grid, axis=1) ** 2)
-    return 0.5 * jnp.sum((u - data) ** 2) / sigma**2 + 0.5 * beta * smooth, (u, sol.stats.get("recycle"))
+    return 0.5 * jnp.sum((u - data) ** 2) / sigma**2 + 0.5 * beta * smooth, (
+        u,
+        sol.stats.get("recycle"),
+    )
 
 
 @eqx.filter_jit
@@ -252,11 +255,12 @@ def run(iters: int):
             counts[key].append(tuple(per_iteration[key]))
         evaluations.append(trials)
         error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
-        print(f"iteration {it + 1:3d}  J = {value:.6e}  ‖m − m_true‖/‖m_true‖ = {error:.3f}  "
-              "applications (forward + adjoint) cold/warm/within/cross = "
-              + "/".join(str(sum(per_iteration[key])) for key in VARIANTS))
-    print(f"largest relative difference between the four variants' gradients: "
-          f"{worst_gap[0]:.1e}")
+        print(
+            f"iteration {it + 1:3d}  J = {value:.6e}  ‖m − m_true‖/‖m_true‖ = {error:.3f}  "
+            "applications (forward + adjoint) cold/warm/within/cross = "
+            + "/".join(str(sum(per_iteration[key])) for key in VARIANTS)
+        )
+    print(f"largest relative difference between the four variants' gradients: {worst_gap[0]:.1e}")
     return m, counts, evaluations
 
 
@@ -283,13 +287,20 @@ def plot(m, counts, evaluations, path):
     ax = axes[2]
     its = np.arange(1, len(counts["cold"]) + 1)
     trials = np.asarray(evaluations)
-    styles = {"cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
-              "warm": ("tab:blue", "warm (previous u, previous λ)"),
-              "within": ("tab:green", "warm + CG(recycle=8)")}
+    styles = {
+        "cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
+        "warm": ("tab:blue", "warm (previous u, previous λ)"),
+        "within": ("tab:green", "warm + CG(recycle=8)"),
+    }
     for key in ("cold", "warm"):
         color, label = styles[key]
-        ax.plot(its, np.array([c[0] for c in counts[key]]) / trials, color=color, ls="--",
-                label=f"forward, {label}")
+        ax.plot(
+            its,
+            np.array([c[0] for c in counts[key]]) / trials,
+            color=color,
+            ls="--",
+            label=f"forward, {label}",
+        )
     for key in ("cold", "warm", "within"):
         color, label = styles[key]
         ax.plot(
@@ -328,13 +339,17 @@ def plot_recycling(counts, evaluations, path):
     fig, ax = plt.subplots(figsize=(7.5, 4.3))
     its = np.arange(1, len(counts["cold"]) + 1)
     trials = np.asarray(evaluations)
-    styles = {"cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
-              "warm": ("tab:orange", "warm (previous u, previous λ)"),
-              "within": ("tab:green", f"warm + CG(recycle={RECYCLE}) within an evaluation"),
-              "cross": ("tab:blue", f"warm + RecycleSpace carried across evaluations (m = {RECYCLE})")}
+    styles = {
+        "cold": ("tab:red", "cold (no y0, no adjoint_y0)"),
+        "warm": ("tab:orange", "warm (previous u, previous λ)"),
+        "within": ("tab:green", f"warm + CG(recycle={RECYCLE}) within an evaluation"),
+        "cross": ("tab:blue", f"warm + RecycleSpace carried across evaluations (m = {RECYCLE})"),
+    }
     for key in VARIANTS:
         color, label = styles[key]
-        ax.plot(its, np.array([c[0] + c[1] for c in counts[key]]) / trials, color=color, label=label)
+        ax.plot(
+            its, np.array([c[0] + c[1] for c in counts[key]]) / trials, color=color, label=label
+        )
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"operator applications, forward + adjoint (all {k} sources)")
     ax.set_title("CG work per evaluation: warm starts and Krylov recycling")
@@ -359,17 +374,23 @@ def main():
     start = time.perf_counter()
     m, counts, evaluations = run(args.iters)
     totals = {key: np.sum(counts[key], axis=0) for key in counts}
-    print(f"\noperator applications over {args.iters} iterations ({sum(evaluations)} evaluations "
-          "in the line searches), forward and adjoint:")
+    print(
+        f"\noperator applications over {args.iters} iterations ({sum(evaluations)} evaluations "
+        "in the line searches), forward and adjoint:"
+    )
     for key in VARIANTS:
         fwd, adj = totals[key]
-        print(f"  {key:8s} forward {fwd:7d} ({fwd / totals['cold'][0]:.2f}×)   "
-              f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)   "
-              f"total {fwd + adj:7d} ({(fwd + adj) / sum(totals['cold']):.2f}×)")
+        print(
+            f"  {key:8s} forward {fwd:7d} ({fwd / totals['cold'][0]:.2f}×)   "
+            f"adjoint {adj:7d} ({adj / totals['cold'][1]:.2f}×)   "
+            f"total {fwd + adj:7d} ({(fwd + adj) / sum(totals['cold']):.2f}×)"
+        )
     last = {key: np.sum(counts[key][-5:], axis=0) for key in counts}
     for key in ("warm", "cross"):
-        print(f"last 5 iterations, {key} / cold: forward {last[key][0] / last['cold'][0]:.2f}×, "
-              f"adjoint {last[key][1] / last['cold'][1]:.2f}×")
+        print(
+            f"last 5 iterations, {key} / cold: forward {last[key][0] / last['cold'][0]:.2f}×, "
+            f"adjoint {last[key][1] / last['cold'][1]:.2f}×"
+        )
     error = float(jnp.linalg.norm(m - m_true) / jnp.linalg.norm(m_true))
     print(f"relative error of log κ: {error:.3f};  {time.perf_counter() - start:.1f} s")
     if args.plot:

@@ -23,7 +23,6 @@ from ._operator import (
     TransposedOperator as TransposedOperator,
 )
 from ._recycle import RecycleSpace as RecycleSpace
-from ._sparse.operator import SparseOperator as SparseOperator
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import linear_solve as linear_solve
 from ._solver.abstract import AbstractSolver as AbstractSolver
@@ -38,6 +37,7 @@ from ._solver.minres import MINRES as MINRES
 from ._solver.qr import QR as QR
 from ._solver.sparse_cholesky import SparseCholesky as SparseCholesky
 from ._solver.triangular import Triangular as Triangular
+from ._sparse.operator import SparseOperator as SparseOperator
 from ._tags import (
     diagonal_tag as diagonal_tag,
     hermitian_tag as hermitian_tag,
@@ -48,5 +48,6 @@ from ._tags import (
     unit_diagonal_tag as unit_diagonal_tag,
     upper_triangular_tag as upper_triangular_tag,
 )
+
 
 __version__ = "0.1.0"

@@ -16,6 +16,7 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
+
 SUPPORTED_DTYPES = tuple(map(np.dtype, ("float32", "float64", "complex64", "complex128")))
 _NAMES = "float32, float64, complex64 and complex128"
 

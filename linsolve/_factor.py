@@ -115,8 +115,7 @@ def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
     A = _as_inexact(A)
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(
-            f"cholesky expects a square matrix of shape (..., n, n), got shape "
-            f"{A.shape}."
+            f"cholesky expects a square matrix of shape (..., n, n), got shape {A.shape}."
         )
     # The structure convention of a PSD-tagged array: lower triangle (hermitian
     # completion, real diagonal for complex). `eff` is exactly hermitian and so is its
@@ -186,9 +185,7 @@ def _lu_core_jvp(primals, tangents):
     else:
         Lt = L
     # Y = L̃⁻¹ Pᵀ dA; unit diagonal, so no pivot is involved.
-    Y = jax.lax.linalg.triangular_solve(
-        Lt, PtdA, left_side=True, lower=True, unit_diagonal=True
-    )
+    Y = jax.lax.linalg.triangular_solve(Lt, PtdA, left_side=True, lower=True, unit_diagonal=True)
 
     if m > n:
         # Tall: M = tril(Y U⁻¹, -1) (its rows below k are kept whole). The
@@ -219,9 +216,7 @@ def _lu_core_jvp(primals, tangents):
 
 def lu(
     A: Inexact[ArrayLike, "... m n"],
-) -> tuple[
-    Inexact[Array, "... m m"], Inexact[Array, "... m k"], Inexact[Array, "... k n"]
-]:
+) -> tuple[Inexact[Array, "... m m"], Inexact[Array, "... m k"], Inexact[Array, "... k n"]]:
     r"""LU decomposition with partial pivoting, `A = P @ L @ U`.
 
     Works for square, tall (`m > n`) and wide (`m < n`) matrices; write
@@ -261,9 +256,7 @@ def lu(
     """
     A = _as_inexact(A)
     if A.ndim < 2:
-        raise ValueError(
-            f"lu expects a matrix of shape (..., m, n), got shape {A.shape}."
-        )
+        raise ValueError(f"lu expects a matrix of shape (..., m, n), got shape {A.shape}.")
     perm, L, U = _lu_core(A)
     m = A.shape[-2]
     # P[r, i] = 1 iff perm[i] == r, so that (P @ L @ U)[perm] = L @ U.

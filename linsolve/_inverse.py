@@ -11,9 +11,9 @@ from ._logdet import finish
 from ._operator import as_operator
 from ._solution import RESULTS, first_failure
 from ._solve import linear_solve
+from ._solver.sparse_cholesky import symbolic_of
 from ._sparse import selinv
 from ._sparse.operator import SparseOperator
-from ._solver.sparse_cholesky import symbolic_of
 from ._tags import hermitian_tag, symmetric_tag
 
 
@@ -30,7 +30,9 @@ def _sparse_result(operator: SparseOperator, out: Array) -> Array:
     return first_failure((~finite_in, RESULTS.nonfinite_input), (~finite_out, code))
 
 
-def selected_inverse(operator: Any, *, throw: bool = True, return_result: bool = False) -> SparseOperator:
+def selected_inverse(
+    operator: Any, *, throw: bool = True, return_result: bool = False
+) -> SparseOperator:
     """The entries of `A⁻¹` on the sparsity pattern of the Cholesky factor of `A`
     (Takahashi recurrences on the supernodal factor; never a dense inverse).
 
@@ -89,7 +91,9 @@ def diag_inverse(
     operator = as_operator(operator)
     if isinstance(operator, SparseOperator):
         out = selinv.diag_inverse(symbolic_of(operator), operator.values)
-        return finish("linsolve.diag_inverse", out, _sparse_result(operator, out), throw, return_result)
+        return finish(
+            "linsolve.diag_inverse", out, _sparse_result(operator, out), throw, return_result
+        )
     n = operator.shape[0]
     if operator.shape[1] != n:
         raise ValueError(f"diag_inverse needs a square operator; got shape {operator.shape}.")

@@ -48,6 +48,7 @@ from ._tags import (
     upper_triangular_tag,
 )
 
+
 # lineax has no hermitian tag: its semidefinite tags mean hermitian for complex dtypes,
 # as linsolve's do, and its symmetric tag is plain (complex-)symmetric, as linsolve's is.
 _TAG_PAIRS = (
@@ -100,7 +101,9 @@ def flat_structure(structure: PyTree[jax.ShapeDtypeStruct], what: str) -> tuple[
     share one dtype (a flat vector has one)."""
     leaves = jax.tree_util.tree_leaves(structure)
     if not leaves or not all(isinstance(leaf, jax.ShapeDtypeStruct) for leaf in leaves):
-        raise ValueError(f"linsolve cannot use a lineax operator with {what} structure {structure}.")
+        raise ValueError(
+            f"linsolve cannot use a lineax operator with {what} structure {structure}."
+        )
     dtypes = {jnp.dtype(leaf.dtype) for leaf in leaves}
     if len(dtypes) != 1:
         raise ValueError(

@@ -32,6 +32,7 @@ from ._solution import RESULTS
 from ._solver.abstract import AbstractSolver
 from ._solver.auto import AutoSolver
 
+
 # lineax has no `not_positive_definite`: its own Cholesky reports `singular` (whose
 # message names an unmet definiteness promise as a cause).
 _RESULTS_TO_LINEAX = {
@@ -201,7 +202,5 @@ def as_lineax_solver(solver: AbstractSolver) -> LineaxSolver:
     if isinstance(solver, LineaxSolver):
         return solver
     if not isinstance(solver, AbstractSolver):
-        raise TypeError(
-            f"as_lineax_solver needs a linsolve solver, got {type(solver).__name__}."
-        )
+        raise TypeError(f"as_lineax_solver needs a linsolve solver, got {type(solver).__name__}.")
     return LineaxSolver(solver)

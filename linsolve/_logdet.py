@@ -18,8 +18,8 @@ from . import _lapack
 from ._operator import as_operator
 from ._solution import RESULTS, first_failure
 from ._solver.abstract import AbstractSolver, dense_input, tag_names
-from ._solver.checks import broken_symmetry, operator_finite
 from ._solver.auto import AutoSolver
+from ._solver.checks import broken_symmetry, operator_finite
 from ._solver.cholesky import Cholesky
 from ._solver.diagonal import Diagonal
 from ._solver.lu import LU
@@ -55,7 +55,10 @@ def _logdet_and_inverse_cholesky(matrix):
 def _logdet_and_inverse_cholesky_jvp(primals, tangents):
     (matrix,), (t_matrix,) = primals, tangents
     logdet, inverse = _logdet_and_inverse_cholesky(matrix)
-    return (logdet, inverse), (jnp.real(_trace_product(inverse, t_matrix)), _inverse_jvp(inverse, t_matrix))
+    return (logdet, inverse), (
+        jnp.real(_trace_product(inverse, t_matrix)),
+        _inverse_jvp(inverse, t_matrix),
+    )
 
 
 def _logdet_cholesky(matrix):
@@ -77,7 +80,11 @@ def _slogdet_and_inverse_lu(matrix):
     """`(sign, log|det A|, A⁻¹)` from one LU factorization (as for Cholesky above)."""
     lu, pivots, _ = _lapack.lu(matrix)
     sign, logabsdet = _lu_slogdet(lu, pivots)
-    return sign, logabsdet, _lapack.lu_solve(lu, pivots, jnp.eye(matrix.shape[-1], dtype=matrix.dtype))
+    return (
+        sign,
+        logabsdet,
+        _lapack.lu_solve(lu, pivots, jnp.eye(matrix.shape[-1], dtype=matrix.dtype)),
+    )
 
 
 @_slogdet_and_inverse_lu.defjvp
@@ -90,7 +97,11 @@ def _slogdet_and_inverse_lu_jvp(primals, tangents):
         t_sign = sign * jax.lax.complex(jnp.zeros_like(jnp.imag(t)), jnp.imag(t))
     else:
         t_sign = jnp.zeros_like(sign)
-    return (sign, logabsdet, inverse), (t_sign.astype(sign.dtype), jnp.real(t), _inverse_jvp(inverse, t_matrix))
+    return (sign, logabsdet, inverse), (
+        t_sign.astype(sign.dtype),
+        jnp.real(t),
+        _inverse_jvp(inverse, t_matrix),
+    )
 
 
 def _slogdet_lu(matrix):
@@ -268,14 +279,19 @@ def logdet(
     if isinstance(solver, AutoSolver):
         solver = solver.select(operator, direct=True)
     sign, logabsdet, result = _slogdet(operator, solver)
-    if isinstance(solver, (Cholesky, SparseCholesky)) and negative_semidefinite_tag not in operator.tags:
+    if (
+        isinstance(solver, (Cholesky, SparseCholesky))
+        and negative_semidefinite_tag not in operator.tags
+    ):
         value = logabsdet  # positive definite: real, even for complex hermitian input
     elif jnp.iscomplexobj(sign):
         value = jnp.log(sign) + logabsdet
     else:
         value = jnp.where(sign > 0, logabsdet, jnp.where(sign == 0, -jnp.inf, jnp.nan))
         negative = jax.lax.stop_gradient(sign) < 0
-        result = first_failure((result != RESULTS.successful, result), (negative, RESULTS.not_positive_definite))
+        result = first_failure(
+            (result != RESULTS.successful, result), (negative, RESULTS.not_positive_definite)
+        )
     messages = {RESULTS.not_positive_definite: _NEGATIVE_DETERMINANT}
     return finish("linsolve.logdet", value, result, throw, return_result, messages)
 

@@ -203,7 +203,9 @@ def _wrap_hint(op: Any) -> str:
 def _check_square_for(tags: frozenset, shape) -> None:
     # Every structural promise (symmetry, triangles, diagonal) is about square matrices.
     if tags and shape[0] != shape[1]:
-        raise ValueError(f"Tags {sorted(map(repr, tags))} need a square operator, got shape {shape}.")
+        raise ValueError(
+            f"Tags {sorted(map(repr, tags))} need a square operator, got shape {shape}."
+        )
 
 
 class MatrixOperator(AbstractOperator):

@@ -61,8 +61,11 @@ class RecycleSpace(eqx.Module):
     def __init__(self, basis, values=None):
         self.basis = basis
         if values is None:
-            values = jnp.full(jnp.shape(basis)[:-2] + jnp.shape(basis)[-1:], jnp.inf,
-                              jnp.finfo(jnp.result_type(basis)).dtype)
+            values = jnp.full(
+                jnp.shape(basis)[:-2] + jnp.shape(basis)[-1:],
+                jnp.inf,
+                jnp.finfo(jnp.result_type(basis)).dtype,
+            )
         self.values = values
 
     def __check_init__(self):
@@ -186,8 +189,16 @@ def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
             f"linear_solve: a recycle space was given to {name}(recycle=0); use "
             f"{name}(recycle=m) with m the space's size ({getattr(getattr(space, 'basis', None), 'shape', '?')})."
         )
-    basis = jax.lax.stop_gradient(check_space(space, state.operator.shape, vector_shape,
-                                              state.operator.dtype, f"{name}(recycle={m})", m))
+    basis = jax.lax.stop_gradient(
+        check_space(
+            space,
+            state.operator.shape,
+            vector_shape,
+            state.operator.dtype,
+            f"{name}(recycle={m})",
+            m,
+        )
+    )
     values = jax.lax.stop_gradient(space.values)
     if basis.ndim == 3:
         recycled = jax.vmap(lambda w, v: deflation(w, v, mv, definite))(basis, values)

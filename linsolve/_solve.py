@@ -29,7 +29,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Inexact
+from jaxtyping import ArrayLike, Inexact
 
 from ._operator import AbstractOperator, as_operator
 from ._recycle import RecycleSpace
@@ -182,7 +182,9 @@ def _nonfinite_solution_code(operator, failed):
 
     def diagnose():
         finite = operator_finite(_stop(operator))
-        return jnp.where(finite, RESULTS.nonfinite_output, RESULTS.nonfinite_input).astype(jnp.int32)
+        return jnp.where(finite, RESULTS.nonfinite_output, RESULTS.nonfinite_input).astype(
+            jnp.int32
+        )
 
     return jax.lax.cond(failed, diagnose, lambda: jnp.asarray(RESULTS.nonfinite_input, jnp.int32))
 
@@ -259,7 +261,9 @@ def linear_solve(
         raise TypeError(f"`solver` must be a linsolve solver, got {type(solver).__name__}.")
     vector = _as_vector(vector, operator.dtype, "the right-hand side")
     y0 = None if y0 is None else _as_vector(y0, operator.dtype, "y0")
-    adjoint_y0 = None if adjoint_y0 is None else _as_vector(adjoint_y0, operator.dtype, "adjoint_y0")
+    adjoint_y0 = (
+        None if adjoint_y0 is None else _as_vector(adjoint_y0, operator.dtype, "adjoint_y0")
+    )
     _check_inputs(operator, vector, y0, adjoint_y0)
     if isinstance(solver, AutoSolver):
         solver = solver.select(operator)

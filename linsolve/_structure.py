@@ -37,7 +37,9 @@ def read_diagonal(d, tags: frozenset):
 def _positions(a):
     """Row and column index grids (iota: no n×n constant in the compiled program)."""
     shape = a.shape[-2:]
-    return jax.lax.broadcasted_iota(jnp.int32, shape, 0), jax.lax.broadcasted_iota(jnp.int32, shape, 1)
+    return jax.lax.broadcasted_iota(jnp.int32, shape, 0), jax.lax.broadcasted_iota(
+        jnp.int32, shape, 1
+    )
 
 
 def _diagonal_value(a, tags: frozenset):
@@ -85,7 +87,9 @@ def effective_matrix(a, tags: frozenset):
     return part(row != col, a) + diag
 
 
-_NARROWING = frozenset({lower_triangular_tag, upper_triangular_tag, diagonal_tag, unit_diagonal_tag})
+_NARROWING = frozenset(
+    {lower_triangular_tag, upper_triangular_tag, diagonal_tag, unit_diagonal_tag}
+)
 
 
 def _split_parts(a, tags: frozenset):

@@ -74,7 +74,7 @@ def _one_tag(tag: Any) -> "_Tag":
     if found is None:
         raise TypeError(
             f"Unknown tag {tag!r}; use the linsolve tag objects (e.g. "
-            "`linsolve.symmetric_tag`), their names (e.g. \"symmetric\") or lineax's tags."
+            '`linsolve.symmetric_tag`), their names (e.g. "symmetric") or lineax\'s tags.'
         )
     return found
 

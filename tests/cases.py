@@ -16,6 +16,7 @@ import numpy as np
 
 import linsolve as ls
 
+
 PSD = ls.positive_semidefinite_tag
 NSD = ls.negative_semidefinite_tag
 
@@ -32,7 +33,9 @@ class Case:
     name: str
     solver: Callable[[], ls.AbstractSolver]
     tags: tuple = ()
-    matrix: str = "general"  # general | spd | nsd | symmetric | hermitian | lower | upper | diagonal
+    matrix: str = (
+        "general"  # general | spd | nsd | symmetric | hermitian | lower | upper | diagonal
+    )
     kind: str = "matrix"  # matrix | function | lineax | diagonal | sparse
     shape: tuple = (4, 4)
     unit: bool = False
@@ -128,8 +131,11 @@ class Case:
             indptr, indices = np.arange(n + 1) * m, np.tile(np.arange(m), n)
             return ls.SparseOperator(stored.T.reshape(-1), indices, indptr, (m, n), tags)
         if self.kind == "lineax":
-            lx_tags = {PSD: lx.positive_semidefinite_tag, NSD: lx.negative_semidefinite_tag,
-                       ls.symmetric_tag: lx.symmetric_tag}
+            lx_tags = {
+                PSD: lx.positive_semidefinite_tag,
+                NSD: lx.negative_semidefinite_tag,
+                ls.symmetric_tag: lx.symmetric_tag,
+            }
             return lx.MatrixLinearOperator(stored, tuple(lx_tags[t] for t in tags))
         raise ValueError(self.kind)
 
@@ -172,28 +178,52 @@ CASES = [
     Case("qr-tall", ls.QR, (), "general", shape=(6, 4)),
     Case("qr-wide", ls.QR, (), "general", shape=(4, 6)),
     Case("triangular-lower", ls.Triangular, (ls.lower_triangular_tag,), "lower"),
-    Case("triangular-upper-unit", ls.Triangular,
-         (ls.upper_triangular_tag, ls.unit_diagonal_tag), "upper", unit=True),
+    Case(
+        "triangular-upper-unit",
+        ls.Triangular,
+        (ls.upper_triangular_tag, ls.unit_diagonal_tag),
+        "upper",
+        unit=True,
+    ),
     Case("diagonal-tagged-matrix", ls.Diagonal, (ls.diagonal_tag,), "diagonal"),
     Case("diagonal-operator", ls.Diagonal, (), "diagonal", kind="diagonal"),
     Case("auto-psd", ls.AutoSolver, (PSD,), "spd"),
-    Case("auto-lower-unit", ls.AutoSolver, (ls.lower_triangular_tag, ls.unit_diagonal_tag),
-         "lower", unit=True),
+    Case(
+        "auto-lower-unit",
+        ls.AutoSolver,
+        (ls.lower_triangular_tag, ls.unit_diagonal_tag),
+        "lower",
+        unit=True,
+    ),
     Case("auto-function-psd", ls.AutoSolver, (PSD,), "spd", kind="function"),
     Case("auto-function-lu", ls.AutoSolver, (), "general", kind="function"),
     Case("auto-lineax-psd", ls.AutoSolver, (PSD,), "spd", kind="lineax"),
     Case("auto-lineax-lu", ls.AutoSolver, (), "general", kind="lineax"),
     Case("sparse-cholesky-psd", ls.Cholesky, (PSD,), "spd", kind="sparse"),
-    Case("sparse-lu-lower-unit", ls.LU, (ls.lower_triangular_tag, ls.unit_diagonal_tag), "lower",
-         kind="sparse", unit=True),
+    Case(
+        "sparse-lu-lower-unit",
+        ls.LU,
+        (ls.lower_triangular_tag, ls.unit_diagonal_tag),
+        "lower",
+        kind="sparse",
+        unit=True,
+    ),
     # Krylov solvers (more in tests/test_iterative.py, recycling included). Few rows, mostly
     # dense: each costs compile time, and a FunctionOperator defeats the compilation cache.
     Case("cg-preconditioned", _cg_preconditioned, (PSD,), "spd", iterative=True),
-    Case("minres-hermitian", iterative(ls.MINRES), (ls.hermitian_tag,), "hermitian", iterative=True),
-    Case("gmres-restart", iterative(ls.GMRES, restart=2, max_steps=200), (), "general",
-         iterative=True),
-    Case("bicgstab-function", iterative(ls.BiCGStab), (), "general", kind="function",
-         iterative=True),
+    Case(
+        "minres-hermitian", iterative(ls.MINRES), (ls.hermitian_tag,), "hermitian", iterative=True
+    ),
+    Case(
+        "gmres-restart",
+        iterative(ls.GMRES, restart=2, max_steps=200),
+        (),
+        "general",
+        iterative=True,
+    ),
+    Case(
+        "bicgstab-function", iterative(ls.BiCGStab), (), "general", kind="function", iterative=True
+    ),
 ]
 
 REAL_DTYPES = (np.float32, np.float64)
@@ -215,9 +245,20 @@ def rhs(rng, case, dtype, k=None):
 
 
 def reference_solution(case, stored, b, dtype):
-    a = case.effective(stored, dtype).astype(np.complex128 if np.iscomplexobj(stored) else np.float64)
+    a = case.effective(stored, dtype).astype(
+        np.complex128 if np.iscomplexobj(stored) else np.float64
+    )
     return np.linalg.lstsq(a, np.asarray(b, a.dtype), rcond=None)[0]
 
 
-__all__ = ["CASES", "Case", "ALL_DTYPES", "GRAD_DTYPES", "REAL_DTYPES", "rhs", "reference_solution",
-           "skip_reason", "jax"]
+__all__ = [
+    "CASES",
+    "Case",
+    "ALL_DTYPES",
+    "GRAD_DTYPES",
+    "REAL_DTYPES",
+    "rhs",
+    "reference_solution",
+    "skip_reason",
+    "jax",
+]

@@ -22,7 +22,10 @@ def run_worker(script, *args):
     env["JAX_PLATFORMS"] = "cpu"  # the forced host devices are CPU devices
     proc = subprocess.run(
         [sys.executable, os.path.abspath(script), *args],
-        env=env, capture_output=True, text=True, timeout=600,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     if proc.returncode == SKIP:
         pytest.skip(proc.stdout.strip() or "the worker cannot run here")
@@ -47,8 +50,13 @@ def loop_computations(hlo: str) -> dict:
         r"(?:body|condition|calls|to_apply|branch_computations|true_computation|"
         r"false_computation)=\{?([%\w.\-, ]+)\}?"
     )
-    todo = [name for lines in comps.values() for line in lines if " while(" in line
-            for name in re.findall(r"(?:body|condition)=%?([\w.\-]+)", line)]
+    todo = [
+        name
+        for lines in comps.values()
+        for line in lines
+        if " while(" in line
+        for name in re.findall(r"(?:body|condition)=%?([\w.\-]+)", line)
+    ]
     seen = {}
     while todo:
         name = todo.pop()

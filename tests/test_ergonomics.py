@@ -12,6 +12,7 @@ import scipy.sparse as sp
 
 import linsolve as ls
 
+
 PSD, SYM = ls.positive_semidefinite_tag, ls.symmetric_tag
 
 rng = np.random.default_rng(0)
@@ -60,7 +61,9 @@ KINDS = {
     "gram_outer": (lambda a: (lambda op: op @ op.T)(ls.MatrixOperator(a)), M),
     "lineax_function": (lambda a: _lineax_function(a), M),
     "lineax_tagged": (
-        lambda a: ls.from_lineax(lx.TaggedLinearOperator(lx.MatrixLinearOperator(a), lx.positive_semidefinite_tag)),
+        lambda a: ls.from_lineax(
+            lx.TaggedLinearOperator(lx.MatrixLinearOperator(a), lx.positive_semidefinite_tag)
+        ),
         SPD,
     ),
 }
@@ -114,7 +117,9 @@ def test_tags_survive_transformations(kind):
     assert seen == [expected]
     if all(eqx.is_array(leaf) for leaf in leaves):
         seen.clear()
-        jax.vmap(lambda o: seen.append(_facts(o)) or o.mv(jnp.ones(N)))(jax.vmap(build)(jnp.stack([array, array])))
+        jax.vmap(lambda o: seen.append(_facts(o)) or o.mv(jnp.ones(N)))(
+            jax.vmap(build)(jnp.stack([array, array]))
+        )
         assert seen == [expected]
 
 
@@ -162,13 +167,19 @@ def test_tags_reach_lineax_inside_jit():
         (lx.symmetric_tag, {ls.symmetric_tag}),
         (lx.positive_semidefinite_tag, {PSD}),
         (lx.negative_semidefinite_tag, {ls.negative_semidefinite_tag}),
-        ({lx.lower_triangular_tag, lx.unit_diagonal_tag}, {ls.lower_triangular_tag, ls.unit_diagonal_tag}),
+        (
+            {lx.lower_triangular_tag, lx.unit_diagonal_tag},
+            {ls.lower_triangular_tag, ls.unit_diagonal_tag},
+        ),
         ([lx.diagonal_tag, "symmetric"], {ls.diagonal_tag, ls.symmetric_tag}),
         (lx.upper_triangular_tag, {ls.upper_triangular_tag}),
     ],
 )
 def test_tags_by_name_and_lineax_tags(given, expected):
-    for make in (ls.MatrixOperator, lambda a, t: ls.FunctionOperator(lambda x: a @ x, jnp.zeros(N), t)):
+    for make in (
+        ls.MatrixOperator,
+        lambda a, t: ls.FunctionOperator(lambda x: a @ x, jnp.zeros(N), t),
+    ):
         op = make(jnp.asarray(SPD), given)
         assert op.tags == frozenset(expected)
     assert ls.MatrixOperator(SPD, given).tags == ls.MatrixOperator(SPD, tuple(expected)).tags
@@ -190,7 +201,9 @@ def test_bad_tags_have_clear_messages():
 # -- errors that point the way -------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("solver", [ls.LU(), ls.Cholesky(), ls.CG(), ls.AutoSolver(), ls.SparseCholesky()])
+@pytest.mark.parametrize(
+    "solver", [ls.LU(), ls.Cholesky(), ls.CG(), ls.AutoSolver(), ls.SparseCholesky()]
+)
 def test_linsolve_solver_handed_to_lineax_names_as_lineax_solver(solver):
     op = lx.MatrixLinearOperator(jnp.asarray(SPD), lx.positive_semidefinite_tag)
     name = type(solver).__name__
@@ -265,7 +278,11 @@ def test_result_codes_next_to_lineax_and_messages_under_jit(capfd):
         with pytest.raises(TypeError, match="print_message"):
             ls.RESULTS.message(s.result)
         ls.RESULTS.print_message(s.result, prefix="solve: ")
-        return s.result, s.lineax_result == lx.RESULTS.singular, s.lineax_result == lx.RESULTS.successful
+        return (
+            s.result,
+            s.lineax_result == lx.RESULTS.singular,
+            s.lineax_result == lx.RESULTS.successful,
+        )
 
     code, is_singular, is_ok = run(singular.matrix)
     jax.effects_barrier()
@@ -299,7 +316,9 @@ def test_short_reprs():
     )
     bad = ls.linear_solve(ls.MatrixOperator(np.zeros((N, N))), B, throw=False)
     assert "result=singular" in repr(bad)
-    batch = jax.vmap(lambda s: ls.linear_solve(ls.MatrixOperator(s * SPD), B, throw=False))(jnp.array([1.0, 0.0]))
+    batch = jax.vmap(lambda s: ls.linear_solve(ls.MatrixOperator(s * SPD), B, throw=False))(
+        jnp.array([1.0, 0.0])
+    )
     assert "result=[successful, singular]" in repr(batch)
     reprs = []
     jax.jit(lambda b: reprs.append(repr(ls.linear_solve(ls.MatrixOperator(SPD), b))) or b)(B)
@@ -312,7 +331,9 @@ def test_short_reprs():
 @pytest.mark.parametrize("dtype", [jnp.float16, jnp.bfloat16])
 def test_half_precisions_get_a_clear_message(dtype):
     a = jnp.asarray(SPD, dtype)
-    message = r"supports the dtypes float32, float64, complex64 and complex128.*has dtype (b)?float16"
+    message = (
+        r"supports the dtypes float32, float64, complex64 and complex128.*has dtype (b)?float16"
+    )
     for make in (
         lambda: ls.MatrixOperator(a),
         lambda: ls.DiagonalOperator(jnp.diagonal(a)),
@@ -320,7 +341,9 @@ def test_half_precisions_get_a_clear_message(dtype):
         lambda: ls.FunctionOperator(lambda x: a @ x, jnp.zeros(N, dtype)),
         lambda: _sparse(jnp.asarray(SPARSE_VALUES, dtype)),
         lambda: ls.from_lineax(lx.MatrixLinearOperator(a)),
-        lambda: ls.from_lineax(lx.FunctionLinearOperator(lambda x: a @ x, jax.ShapeDtypeStruct((N,), dtype))),
+        lambda: ls.from_lineax(
+            lx.FunctionLinearOperator(lambda x: a @ x, jax.ShapeDtypeStruct((N,), dtype))
+        ),
     ):
         with pytest.raises(TypeError, match=message):
             make()
@@ -354,14 +377,20 @@ def test_mixed_precision_lobpcg_is_rejected_at_trace_time():
     pre64 = ls.DiagonalOperator(1 / np.diagonal(SPD), PSD)
     with pytest.raises(TypeError, match="`B` has dtype float32 but the operator has dtype float64"):
         ls.lobpcg(a64, 2, B=b32)
-    with pytest.raises(TypeError, match="preconditioner has dtype float64 but the operator has dtype float32"):
+    with pytest.raises(
+        TypeError, match="preconditioner has dtype float64 but the operator has dtype float32"
+    ):
         ls.lobpcg(a32, 2, preconditioner=pre64)
     with pytest.raises(TypeError, match="X0 has dtype float32 but the operator has dtype float64"):
         ls.lobpcg(a64, 2, X0=_f32(rng.standard_normal((N, 2))))
-    with pytest.raises(TypeError, match="eigh: `B` has dtype float32 but the operator has dtype float64"):
+    with pytest.raises(
+        TypeError, match="eigh: `B` has dtype float32 but the operator has dtype float64"
+    ):
         ls.eigh(a64, b32)
     # Same dtypes: fine, in float32 too.
-    pairs = ls.lobpcg(a32, 2, B=b32, preconditioner=ls.DiagonalOperator(_f32(1 / np.diagonal(SPD)), PSD))
+    pairs = ls.lobpcg(
+        a32, 2, B=b32, preconditioner=ls.DiagonalOperator(_f32(1 / np.diagonal(SPD)), PSD)
+    )
     assert pairs.eigenvalues.dtype == jnp.float32
     np.testing.assert_allclose(pairs.eigenvalues, np.linalg.eigvalsh(SPD)[:2], rtol=1e-3)
 
@@ -382,7 +411,10 @@ def test_sparse_cholesky_verbose_prints_the_analysis_summary(capsys):
     first = capsys.readouterr().out.strip().splitlines()
     assert len(first) == 1
     line = first[0]
-    assert line.startswith("sparse analysis: ordering=rcm, n=9, nnz(A lower)=") and "cached" not in line
+    assert (
+        line.startswith("sparse analysis: ordering=rcm, n=9, nnz(A lower)=")
+        and "cached" not in line
+    )
     assert f"nnz(A lower)={low.nnz}," in line
     nnz_l = int(line.split("nnz(L)=")[1].split(",")[0])
     assert n <= nnz_l <= n * (n + 1) // 2

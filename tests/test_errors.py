@@ -12,6 +12,7 @@ from hypothesis import given, settings
 
 import linsolve as ls
 
+
 PSD = ls.positive_semidefinite_tag
 SETTINGS = settings(max_examples=15, deadline=None)
 
@@ -25,7 +26,9 @@ def indefinite_symmetric(draw, n=4):
     eigs = draw(hnp.arrays(np.float64, n, elements=st.floats(0.1, 10)))
     k = draw(st.integers(0, n - 1))
     eigs[k] = -draw(st.floats(0.1, 10))
-    q, _ = np.linalg.qr(draw(hnp.arrays(np.float64, (n, n), elements=st.floats(-1, 1))) + 3 * np.eye(n))
+    q, _ = np.linalg.qr(
+        draw(hnp.arrays(np.float64, (n, n), elements=st.floats(-1, 1))) + 3 * np.eye(n)
+    )
     return (q * eigs) @ q.T
 
 
@@ -44,7 +47,9 @@ def test_cholesky_not_positive_definite(a):
     b = jnp.ones(4)
     assert _solve_code(op, b, ls.Cholesky()) == ls.RESULTS.not_positive_definite
     with pytest.raises(Exception, match="not positive definite"):
-        jax.jit(lambda a: ls.linear_solve(ls.MatrixOperator(a, PSD), b).value)(a).block_until_ready()
+        jax.jit(lambda a: ls.linear_solve(ls.MatrixOperator(a, PSD), b).value)(
+            a
+        ).block_until_ready()
 
 
 @given(singular_square())
@@ -53,7 +58,9 @@ def test_lu_singular(a):
     b = jnp.ones(4)
     assert _solve_code(ls.MatrixOperator(a), b, ls.LU()) == ls.RESULTS.singular
     with pytest.raises(Exception, match="singular"):
-        jax.jit(lambda a: ls.linear_solve(ls.MatrixOperator(a), b, ls.LU()).value)(a).block_until_ready()
+        jax.jit(lambda a: ls.linear_solve(ls.MatrixOperator(a), b, ls.LU()).value)(
+            a
+        ).block_until_ready()
 
 
 @given(
@@ -80,7 +87,12 @@ def test_nonfinite_operator_and_rhs(bad, i, j):
     a = np.eye(4) * 4 + 0.1
     a[i, j] = bad
     b = jnp.ones(4)
-    for solver, tags in [(ls.LU(), ()), (ls.Cholesky(), PSD), (ls.QR(), ()), (ls.Triangular(), ls.lower_triangular_tag)]:
+    for solver, tags in [
+        (ls.LU(), ()),
+        (ls.Cholesky(), PSD),
+        (ls.QR(), ()),
+        (ls.Triangular(), ls.lower_triangular_tag),
+    ]:
         code = _solve_code(ls.MatrixOperator(a, tags), b, solver)
         assert code == ls.RESULTS.nonfinite_input, (solver, code)
     clean = ls.MatrixOperator(np.eye(4) * 4 + 0.1)

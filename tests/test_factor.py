@@ -7,6 +7,7 @@ jit cache share compiled programs.
 
 import jax
 
+
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp
@@ -141,9 +142,7 @@ def test_cholesky_grad_matches_fd(dtype):
     rng = np.random.default_rng(2)
     # Finite garbage in the unread entries: FD must see no change there.
     A = _garbage_upper(rng, _spd(rng, 4, dtype))
-    np.testing.assert_allclose(
-        _CHOL_GRAD(A), _fd_grad(_CHOL_LOSS, A), rtol=1e-6, atol=1e-7
-    )
+    np.testing.assert_allclose(_CHOL_GRAD(A), _fd_grad(_CHOL_LOSS, A), rtol=1e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -224,9 +223,7 @@ def test_lu_check_grads(shape, dtype):
 )
 def test_lu_grad_matches_fd(shape, dtype):
     A = _rand(np.random.default_rng(6), shape, dtype)
-    np.testing.assert_allclose(
-        _LU_GRAD(A), _fd_grad(_LU_LOSS, A), rtol=1e-6, atol=1e-7
-    )
+    np.testing.assert_allclose(_LU_GRAD(A), _fd_grad(_LU_LOSS, A), rtol=1e-6, atol=1e-7)
 
 
 def test_lu_permutation_has_zero_derivative():

@@ -16,11 +16,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import fd_grad
 from hypothesis import given, settings
 from jax.test_util import check_grads
 
 import linsolve as ls
-from helpers import fd_grad
+
 
 PSD = ls.positive_semidefinite_tag
 R = ls.RESULTS
@@ -104,9 +105,11 @@ def test_singular_laplacian(dtype):
         codes, _ = _codes(a[None], solver, tags)
         assert codes[0] == R.singular, type(solver).__name__
         with pytest.raises(Exception, match="singular"):
-            jax.jit(lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), jnp.ones(25, dtype), solver).value)(
-                a
-            ).block_until_ready()
+            jax.jit(
+                lambda a: (
+                    ls.linear_solve(ls.MatrixOperator(a, tags), jnp.ones(25, dtype), solver).value
+                )
+            )(a).block_until_ready()
     # The shifted Laplacian is fine, with an rcond of the right size.
     shifted = a + 1e-2 * np.eye(25, dtype=dtype)
     codes, rconds = _codes(shifted[None], ls.Cholesky(), PSD)
@@ -145,8 +148,11 @@ def test_rcond_nonsquare_qr_and_switch():
         assert int(sol.result) == code and "rcond" in sol.stats
     # check_condition=False skips the estimate: no rcond, only the pivot tests.
     x = rng.standard_normal((5, 2))
-    for solver, tags in ((ls.Cholesky(check_condition=False), PSD), (ls.LU(check_condition=False), ()),
-                         (ls.QR(check_condition=False), ())):
+    for solver, tags in (
+        (ls.Cholesky(check_condition=False), PSD),
+        (ls.LU(check_condition=False), ()),
+        (ls.QR(check_condition=False), ()),
+    ):
         sol = ls.linear_solve(ls.MatrixOperator(x @ x.T + np.eye(5), tags), jnp.ones(5), solver)
         assert "rcond" not in sol.stats and int(sol.result) == R.successful
     # AutoSolver reports the estimate of the solver it picks.
@@ -174,7 +180,9 @@ def test_rcond_keeps_gradients(solver):
         return jnp.sum(jnp.sin(sol.value)) + 0 * sol.stats["rcond"]
 
     check_grads(jax.jit(f), (stored, b), order=1, modes=["fwd", "rev"])
-    g = jax.grad(lambda m: ls.linear_solve(ls.MatrixOperator(m, tags), b, SOLVERS[solver]()).stats["rcond"])(stored)
+    g = jax.grad(
+        lambda m: ls.linear_solve(ls.MatrixOperator(m, tags), b, SOLVERS[solver]()).stats["rcond"]
+    )(stored)
     assert np.all(g == 0)
     batched = jax.jit(jax.vmap(jax.grad(f), in_axes=(0, None)))(np.stack([stored, 2 * stored]), b)
     np.testing.assert_allclose(batched[1], jax.grad(f)(2 * stored, b), rtol=1e-10)
@@ -189,9 +197,11 @@ def test_vmap_one_bad_member():
         codes, _ = _codes(mats, solver, tags)
         assert list(codes) == [R.successful, R.singular, R.successful]
         with pytest.raises(Exception, match="singular"):
-            jax.jit(jax.vmap(lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), jnp.ones(3), solver).value))(
-                mats
-            ).block_until_ready()
+            jax.jit(
+                jax.vmap(
+                    lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), jnp.ones(3), solver).value
+                )
+            )(mats).block_until_ready()
 
 
 def test_cholesky_failure_named():
@@ -202,7 +212,11 @@ def test_cholesky_failure_named():
     nan = np.eye(3)
     nan[1, 0] = np.nan
     for solver in (ls.Cholesky(), ls.Cholesky(check_condition=False)):
-        for a, code in ((psd, R.singular), (indefinite, R.not_positive_definite), (nan, R.nonfinite_input)):
+        for a, code in (
+            (psd, R.singular),
+            (indefinite, R.not_positive_definite),
+            (nan, R.nonfinite_input),
+        ):
             sol = ls.linear_solve(ls.MatrixOperator(a, PSD), jnp.ones(3), solver, throw=False)
             assert int(sol.result) == code
 
@@ -214,13 +228,20 @@ def test_cholesky_failure_named():
 def test_broken_symmetry_promise(dtype):
     rng = np.random.default_rng(4)
     n = 5
-    x = rng.standard_normal((n, n)) + (1j * rng.standard_normal((n, n)) if np.iscomplexobj(dtype(0)) else 0)
+    x = rng.standard_normal((n, n)) + (
+        1j * rng.standard_normal((n, n)) if np.iscomplexobj(dtype(0)) else 0
+    )
     spd = (x @ x.conj().T + n * np.eye(n)).astype(dtype)
     skew = spd + 0.3 * np.triu(np.ones((n, n)), 1).astype(dtype)
     b = jnp.ones(n, dtype)
     for tag in (PSD, ls.symmetric_tag if np.isrealobj(dtype(0)) else ls.hermitian_tag):
-        good = ls.FunctionOperator(lambda v: jnp.asarray(x.conj().T.astype(dtype)) @ (jnp.asarray(x.astype(dtype)) @ v)
-                                   + n * v, jnp.zeros(n, dtype), tag)
+        good = ls.FunctionOperator(
+            lambda v: (
+                jnp.asarray(x.conj().T.astype(dtype)) @ (jnp.asarray(x.astype(dtype)) @ v) + n * v
+            ),
+            jnp.zeros(n, dtype),
+            tag,
+        )
         bad = ls.FunctionOperator(lambda v: jnp.asarray(skew) @ v, jnp.zeros(n, dtype), tag)
         solvers = [ls.LU(), ls.QR(), ls.AutoSolver()] + ([ls.Cholesky()] if tag is PSD else [])
         for solver in solvers:
@@ -273,9 +294,18 @@ def test_lu_derivative_exact_along_admissible_directions(shape):
     m, n = shape
     k = min(m, n)
     l = np.eye(m, k)
-    l[np.tril_indices(m, -1, k)] = [0.5, -0.25, 0.125, -0.5, 0.25, 0.375, -0.125, 0.5, 0.25, -0.375][
-        : len(np.tril_indices(m, -1, k)[0])
-    ]
+    l[np.tril_indices(m, -1, k)] = [
+        0.5,
+        -0.25,
+        0.125,
+        -0.5,
+        0.25,
+        0.375,
+        -0.125,
+        0.5,
+        0.25,
+        -0.375,
+    ][: len(np.tril_indices(m, -1, k)[0])]
     u = np.triu(np.arange(1.0, k * n + 1).reshape(k, n) / 4)
     zero = [0, 2] if k > 2 else [0]
     for j in zero:
@@ -297,7 +327,9 @@ def test_lu_derivative_exact_along_admissible_directions(shape):
         return _lu_loss(jnp.asarray(a) + t * jnp.asarray(da))
 
     fd = (along(1e-6) - along(-1e-6)) / 2e-6
-    np.testing.assert_allclose(jnp.sum(jax.grad(_lu_loss)(jnp.asarray(a)) * da), fd, rtol=1e-6, atol=1e-8)
+    np.testing.assert_allclose(
+        jnp.sum(jax.grad(_lu_loss)(jnp.asarray(a)) * da), fd, rtol=1e-6, atol=1e-8
+    )
 
 
 def test_lu_derivative_still_matches_fd_full_rank():
@@ -331,7 +363,11 @@ SPD = np.array([[4.0, 1, 0], [1, 3, 1], [0, 1, 2]])
 )
 def test_determinant_and_inverse_failures(fn, make):
     name = fn.__name__
-    for a, code in ((SPD, R.successful), (INDEFINITE, R.not_positive_definite), (NAN, R.nonfinite_input)):
+    for a, code in (
+        (SPD, R.successful),
+        (INDEFINITE, R.not_positive_definite),
+        (NAN, R.nonfinite_input),
+    ):
         value, result = fn(make(a), throw=False, return_result=True)
         assert int(result) == code, (name, a)
         if code != R.successful:
@@ -341,7 +377,11 @@ def test_determinant_and_inverse_failures(fn, make):
             jax.block_until_ready(jax.jit(lambda o: fn(o))(make(a)))  # no raise
     # With throw=False alone the value is returned as computed (NaN where it failed).
     out = fn(make(INDEFINITE), throw=False)
-    leaves = [x for x in jax.tree_util.tree_leaves(out) if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)]
+    leaves = [
+        x
+        for x in jax.tree_util.tree_leaves(out)
+        if jnp.issubdtype(jnp.asarray(x).dtype, jnp.inexact)
+    ]
     assert any(np.any(np.isnan(x)) for x in leaves)
 
 
@@ -359,8 +399,11 @@ def test_logdet_codes_dense_general():
     zero = np.zeros((3, 3))
     value, r = ls.logdet(ls.MatrixOperator(zero), return_result=True)
     assert int(r) == R.successful and value == -np.inf
-    for op in (ls.MatrixOperator(NAN), ls.DiagonalOperator(jnp.array([1.0, np.nan])),
-               ls.MatrixOperator(np.tril(NAN), ls.lower_triangular_tag)):
+    for op in (
+        ls.MatrixOperator(NAN),
+        ls.DiagonalOperator(jnp.array([1.0, np.nan])),
+        ls.MatrixOperator(np.tril(NAN), ls.lower_triangular_tag),
+    ):
         assert int(ls.slogdet(op, throw=False, return_result=True)[1]) == R.nonfinite_input
 
 
@@ -375,11 +418,17 @@ def test_logdet_throw_vmap_and_grad():
     _, codes = jax.jit(jax.vmap(f))(mats)
     assert list(np.asarray(codes)) == [R.successful, R.not_positive_definite, R.successful]
     with pytest.raises(Exception, match="not positive definite"):
-        jax.block_until_ready(jax.jit(jax.vmap(lambda a: ls.logdet(ls.MatrixOperator(a, PSD))))(mats))
-    check_grads(lambda a: ls.logdet(ls.MatrixOperator(a, PSD)), (SPD,), order=2, modes=["fwd", "rev"])
+        jax.block_until_ready(
+            jax.jit(jax.vmap(lambda a: ls.logdet(ls.MatrixOperator(a, PSD))))(mats)
+        )
+    check_grads(
+        lambda a: ls.logdet(ls.MatrixOperator(a, PSD)), (SPD,), order=2, modes=["fwd", "rev"]
+    )
     vals = jnp.asarray(_sparse(SPD).values)
     op = _sparse(SPD)
-    check_grads(lambda v: ls.diag_inverse(eqx_replace(op, v)), (vals,), order=1, modes=["fwd", "rev"])
+    check_grads(
+        lambda v: ls.diag_inverse(eqx_replace(op, v)), (vals,), order=1, modes=["fwd", "rev"]
+    )
 
 
 def eqx_replace(op, values):
@@ -401,17 +450,24 @@ def test_diag_inverse_dense_path_codes():
 
 @pytest.mark.parametrize(
     "solver,tags",
-    [(ls.LU(), ()), (ls.QR(), ()), (ls.AutoSolver(), ()), (ls.Cholesky(), PSD), (ls.AutoSolver(), PSD),
-     (ls.Diagonal(), ls.diagonal_tag), (ls.Triangular(), ls.lower_triangular_tag)],
+    [
+        (ls.LU(), ()),
+        (ls.QR(), ()),
+        (ls.AutoSolver(), ()),
+        (ls.Cholesky(), PSD),
+        (ls.AutoSolver(), PSD),
+        (ls.Diagonal(), ls.diagonal_tag),
+        (ls.Triangular(), ls.lower_triangular_tag),
+    ],
 )
 def test_empty_system(solver, tags):
     op = ls.MatrixOperator(jnp.zeros((0, 0)), tags)
     for b in (jnp.zeros(0), jnp.zeros((0, 2))):
         sol = jax.jit(lambda b: ls.linear_solve(op, b, solver))(b)
         assert sol.value.shape == b.shape and int(sol.result) == R.successful
-    g = jax.grad(lambda a: jnp.sum(ls.linear_solve(ls.MatrixOperator(a, tags), jnp.zeros(0), solver).value))(
-        jnp.zeros((0, 0))
-    )
+    g = jax.grad(
+        lambda a: jnp.sum(ls.linear_solve(ls.MatrixOperator(a, tags), jnp.zeros(0), solver).value)
+    )(jnp.zeros((0, 0)))
     assert g.shape == (0, 0)
     if "rcond" in sol.stats:
         assert float(sol.stats["rcond"]) == 1
@@ -424,7 +480,10 @@ def test_empty_system(solver, tags):
     "op,solver",
     [
         (ls.DiagonalOperator(jnp.array([1e-300, 1.0])), ls.AutoSolver()),
-        (ls.MatrixOperator(np.array([[1e-300, 0], [1.0, 1]]), ls.lower_triangular_tag), ls.Triangular()),
+        (
+            ls.MatrixOperator(np.array([[1e-300, 0], [1.0, 1]]), ls.lower_triangular_tag),
+            ls.Triangular(),
+        ),
         (ls.MatrixOperator(np.array([[1e-300, 0], [0, 1.0]])), ls.LU(check_condition=False)),
     ],
 )
@@ -437,7 +496,10 @@ def test_overflow_is_named(op, solver):
     # NaN in the operator is still NaN input, and so is NaN in b.
     nan_op = jax.tree_util.tree_map(lambda x: x.at[0].set(jnp.nan) if eqx_inexact(x) else x, op)
     assert int(ls.linear_solve(nan_op, b, solver, throw=False).result) == R.nonfinite_input
-    assert int(ls.linear_solve(op, jnp.array([jnp.nan, 1.0]), solver, throw=False).result) == R.nonfinite_input
+    assert (
+        int(ls.linear_solve(op, jnp.array([jnp.nan, 1.0]), solver, throw=False).result)
+        == R.nonfinite_input
+    )
 
 
 def eqx_inexact(x):
@@ -450,7 +512,9 @@ def test_overflow_float32_and_lu_rcond():
     sol = ls.linear_solve(op, jnp.array([1e10, 1.0], jnp.float32), throw=False)
     assert int(sol.result) == R.nonfinite_output
     # With the estimate, LU calls the same matrix singular before the overflow happens.
-    sol = ls.linear_solve(ls.MatrixOperator(np.diag([1e-300, 1.0])), jnp.array([1e10, 1e10]), ls.LU(), throw=False)
+    sol = ls.linear_solve(
+        ls.MatrixOperator(np.diag([1e-300, 1.0])), jnp.array([1e10, 1e10]), ls.LU(), throw=False
+    )
     assert int(sol.result) == R.singular
 
 
@@ -502,8 +566,13 @@ def test_adversarial_direct(case, solver, throw):
         a = a @ a.T if kind in ("duplicate_rows", "low_rank") else a
         if kind == "good":
             a = a @ a.T + 10 * np.eye(4)
-    op_fn = jax.jit(jax.vmap(lambda m: ls.linear_solve(ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver](),
-                                                       throw=False)))
+    op_fn = jax.jit(
+        jax.vmap(
+            lambda m: ls.linear_solve(
+                ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver](), throw=False
+            )
+        )
+    )
     sol = op_fn(np.stack([a, np.eye(4) * 3]))
     code, other = (int(c) for c in sol.result)
     assert other == R.successful  # a good batch member is not affected
@@ -522,6 +591,10 @@ def test_adversarial_direct(case, solver, throw):
         assert np.linalg.norm(eff @ x - 1) <= 1e-8 * np.linalg.norm(eff) * np.linalg.norm(x) + 1e-8
     if throw and code != R.successful:
         with pytest.raises(Exception, match="linsolve.linear_solve"):
-            jax.jit(lambda m: ls.linear_solve(ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver]()).value)(
-                a
-            ).block_until_ready()
+            jax.jit(
+                lambda m: (
+                    ls.linear_solve(
+                        ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver]()
+                    ).value
+                )
+            )(a).block_until_ready()

@@ -13,6 +13,7 @@ from hypothesis import given, settings, strategies as st
 
 import linsolve as ls
 
+
 PSD = ls.positive_semidefinite_tag
 SYM = ls.symmetric_tag
 KRYLOV = (ls.CG, ls.MINRES, ls.GMRES, ls.BiCGStab)
@@ -81,7 +82,9 @@ def test_cg_reference_case_reports_failure():
         rng = np.random.default_rng(codes.index(failed[0]))
         q, _ = np.linalg.qr(rng.normal(size=(3, 3)))
         a = q @ np.diag([1.0, 0.5, 1e-16]) @ q.T
-        ls.linear_solve(ls.MatrixOperator(0.5 * (a + a.T), PSD), jnp.asarray(rng.normal(size=3)), ls.CG())
+        ls.linear_solve(
+            ls.MatrixOperator(0.5 * (a + a.T), PSD), jnp.asarray(rng.normal(size=3)), ls.CG()
+        )
 
 
 def test_drift_restart_still_converges_in_float32():
@@ -118,7 +121,7 @@ def test_annihilating_preconditioner_is_a_breakdown(solver):
             assert int(sol.result) == R.breakdown
         if solver is ls.MINRES:
             assert int(sol.result) == R.breakdown
-        with pytest.raises(Exception):
+        with pytest.raises(Exception, match="broke down|stagnated|did not converge"):
             ls.linear_solve(op, b, solver(preconditioner=pre))
 
 
@@ -155,8 +158,11 @@ def test_empty_systems(solver):
     assert sol.value.shape == (3, 0) and int(sol.result) == R.successful
     sol = jax.jit(lambda b: ls.linear_solve(op, b, solver()))(jnp.zeros((3, 0)))
     assert sol.value.shape == (3, 0)
-    g = jax.grad(lambda d: ls.linear_solve(ls.MatrixOperator(jnp.diag(d), PSD), jnp.zeros((3, 0)),
-                                           solver()).value.sum())(jnp.array([2.0, 3.0, 4.0]))
+    g = jax.grad(
+        lambda d: ls.linear_solve(
+            ls.MatrixOperator(jnp.diag(d), PSD), jnp.zeros((3, 0)), solver()
+        ).value.sum()
+    )(jnp.array([2.0, 3.0, 4.0]))
     np.testing.assert_array_equal(g, 0.0)
 
 
@@ -181,8 +187,15 @@ def test_lobpcg_more_steps_never_worse(dtype, generalized):
     op = ls.MatrixOperator(np.diag(np.arange(1.0, n + 1)).astype(dtype), SYM)
     bm = np.diag(np.linspace(1, 2, n)).astype(dtype)
     B = ls.MatrixOperator(bm, PSD) if generalized else None
-    exact = np.linalg.eigvalsh(np.diag(1 / np.sqrt(np.diag(bm))) @ np.diag(np.arange(1.0, n + 1))
-                               @ np.diag(1 / np.sqrt(np.diag(bm))))[:k] if generalized else [1.0, 2.0]
+    exact = (
+        np.linalg.eigvalsh(
+            np.diag(1 / np.sqrt(np.diag(bm)))
+            @ np.diag(np.arange(1.0, n + 1))
+            @ np.diag(1 / np.sqrt(np.diag(bm)))
+        )[:k]
+        if generalized
+        else [1.0, 2.0]
+    )
     eps = float(np.finfo(dtype).eps)
     for tol in (0.0, 1e-20):
         for steps in (10, 200):
@@ -198,23 +211,40 @@ def test_lobpcg_long_run_larger_problem():
         n = 30
         a = np.diag(np.arange(1.0, n + 1)).astype(dtype)
         bm = np.diag(np.linspace(1, 2, n)).astype(dtype)
-        e = ls.lobpcg(ls.MatrixOperator(a, SYM), 3, B=ls.MatrixOperator(bm, PSD), tol=0.0,
-                      max_steps=200, throw=False)
+        e = ls.lobpcg(
+            ls.MatrixOperator(a, SYM),
+            3,
+            B=ls.MatrixOperator(bm, PSD),
+            tol=0.0,
+            max_steps=200,
+            throw=False,
+        )
         exact = np.sort(np.diag(a) / np.diag(bm))[:3]
         np.testing.assert_allclose(e.eigenvalues, exact, rtol=100 * float(np.finfo(dtype).eps))
 
 
-@pytest.mark.parametrize("bm", [np.diag([1.0, 1, 1, 1, 1, -1]), np.diag([1.0, 1, 1, 1, 1, 0]),
-                                np.diag([1.0, 1, 1, 1, 1, 1e-18])],
-                         ids=["indefinite", "singular", "numerically-singular"])
+@pytest.mark.parametrize(
+    "bm",
+    [
+        np.diag([1.0, 1, 1, 1, 1, -1]),
+        np.diag([1.0, 1, 1, 1, 1, 0]),
+        np.diag([1.0, 1, 1, 1, 1, 1e-18]),
+    ],
+    ids=["indefinite", "singular", "numerically-singular"],
+)
 def test_b_not_positive_definite(bm):
     n = 6
     a = np.diag(np.arange(1.0, n + 1))
     op, B = ls.MatrixOperator(a, SYM), ls.MatrixOperator(bm, SYM)
     e = ls.eigh(op, B)
     assert int(e.result) == R.not_positive_definite
-    assert int(jax.jit(lambda b: ls.eigh(op, ls.MatrixOperator(b, SYM)).result)(bm)) == R.not_positive_definite
-    codes = jax.vmap(lambda b: ls.eigh(op, ls.MatrixOperator(b, SYM)).result)(jnp.stack([np.eye(n), bm]))
+    assert (
+        int(jax.jit(lambda b: ls.eigh(op, ls.MatrixOperator(b, SYM)).result)(bm))
+        == R.not_positive_definite
+    )
+    codes = jax.vmap(lambda b: ls.eigh(op, ls.MatrixOperator(b, SYM)).result)(
+        jnp.stack([np.eye(n), bm])
+    )
     np.testing.assert_array_equal(codes, [R.successful, R.not_positive_definite])
     if bm[-1, -1] < 0:  # lobpcg can only see B through its products: a certificate vᵀBv <= 0
         e = ls.lobpcg(op, 2, B=B, largest=True, throw=False, max_steps=50)
@@ -226,7 +256,10 @@ def test_b_not_positive_definite(bm):
 def test_eigh_nonfinite_input():
     a = np.diag([1.0, np.nan, 3.0])
     assert int(ls.eigh(ls.MatrixOperator(a, SYM)).result) == R.nonfinite_input
-    assert int(ls.eigh(ls.MatrixOperator(np.eye(3), SYM), ls.MatrixOperator(a, SYM)).result) == R.nonfinite_input
+    assert (
+        int(ls.eigh(ls.MatrixOperator(np.eye(3), SYM), ls.MatrixOperator(a, SYM)).result)
+        == R.nonfinite_input
+    )
 
 
 @pytest.mark.parametrize("tol", [-1.0, float("nan"), float("inf")])
@@ -253,9 +286,12 @@ def test_lobpcg_nonconvergence_throw_under_jit_and_vmap():
     op_mat = np.diag(np.arange(1.0, 10.0))
 
     def f(scale):
-        return ls.lobpcg(ls.MatrixOperator(scale * op_mat, SYM), 2, tol=0.0, max_steps=5,
-                         throw=False).result
+        return ls.lobpcg(
+            ls.MatrixOperator(scale * op_mat, SYM), 2, tol=0.0, max_steps=5, throw=False
+        ).result
 
     np.testing.assert_array_equal(jax.vmap(f)(jnp.array([1.0, 2.0])), R.max_steps_reached)
     with pytest.raises(Exception, match="did not converge"):
-        jax.jit(lambda: ls.lobpcg(ls.MatrixOperator(op_mat, SYM), 2, tol=0.0, max_steps=5).eigenvalues)()
+        jax.jit(
+            lambda: ls.lobpcg(ls.MatrixOperator(op_mat, SYM), 2, tol=0.0, max_steps=5).eigenvalues
+        )()

@@ -14,11 +14,12 @@ import numpy as np
 import optimistix as optx
 import pytest
 import scipy.sparse as sp
+from helpers import assert_grad_matches_fd, fd_grad, real_loss
 
 import linsolve as ls
-from helpers import assert_grad_matches_fd, fd_grad, real_loss
 from linsolve._lineax import LineaxOperator, LinsolveLinearOperator, from_lineax, to_lineax
 from linsolve._lineax_solver import LineaxSolver, as_lineax_solver
+
 
 PSD, SYM, LOWER = ls.positive_semidefinite_tag, ls.symmetric_tag, ls.lower_triangular_tag
 rng = np.random.default_rng(0)
@@ -65,17 +66,33 @@ def _tri(upper):
 # name -> (lineax operator, linsolve kind it becomes, linsolve tags it must carry)
 CONVERSIONS = {
     "matrix": (_M1, ls.MatrixOperator, set()),
-    "matrix-psd": (lx.MatrixLinearOperator(jnp.asarray(SPD), _LX_PSD), ls.MatrixOperator, {PSD, SYM}),
+    "matrix-psd": (
+        lx.MatrixLinearOperator(jnp.asarray(SPD), _LX_PSD),
+        ls.MatrixOperator,
+        {PSD, SYM},
+    ),
     "matrix-lower-unit": (
         lx.MatrixLinearOperator(_unit_lower, (lx.lower_triangular_tag, lx.unit_diagonal_tag)),
         ls.MatrixOperator,
         {LOWER, ls.unit_diagonal_tag},
     ),
     "pytree": (lx.PyTreeLinearOperator(jnp.asarray(GEN), _fn_struct), ls.MatrixOperator, set()),
-    "diagonal": (lx.DiagonalLinearOperator(jnp.asarray(_d)), ls.DiagonalOperator, {ls.diagonal_tag, SYM}),
-    "identity": (lx.IdentityLinearOperator(_fn_struct), ls.IdentityOperator, {PSD, ls.unit_diagonal_tag}),
+    "diagonal": (
+        lx.DiagonalLinearOperator(jnp.asarray(_d)),
+        ls.DiagonalOperator,
+        {ls.diagonal_tag, SYM},
+    ),
+    "identity": (
+        lx.IdentityLinearOperator(_fn_struct),
+        ls.IdentityOperator,
+        {PSD, ls.unit_diagonal_tag},
+    ),
     "tridiagonal": (_tri(_up), ls.SparseOperator, set()),
-    "tagged-tridiagonal-symmetric": (lx.TaggedLinearOperator(_tri(_lo), _LX_SYM), ls.SparseOperator, {SYM}),
+    "tagged-tridiagonal-symmetric": (
+        lx.TaggedLinearOperator(_tri(_lo), _LX_SYM),
+        ls.SparseOperator,
+        {SYM},
+    ),
     "tagged-diagonal-psd": (
         lx.TaggedLinearOperator(lx.DiagonalLinearOperator(jnp.asarray(_d)), _LX_PSD),
         ls.DiagonalOperator,
@@ -117,7 +134,10 @@ def test_from_lineax_kinds_and_linear_solve(name):
 
 def test_from_lineax_pytree_operator_is_flattened():
     # A map between dicts: linsolve sees the flattened vectors (lineax's as_matrix order).
-    struct = {"a": jax.ShapeDtypeStruct((2,), jnp.float64), "b": jax.ShapeDtypeStruct((1, 2), jnp.float64)}
+    struct = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float64),
+        "b": jax.ShapeDtypeStruct((1, 2), jnp.float64),
+    }
     m = jnp.asarray(GEN)
 
     def fn(tree):
@@ -129,7 +149,9 @@ def test_from_lineax_pytree_operator_is_flattened():
     op = from_lineax(lx_op)
     assert isinstance(op, LineaxOperator) and op.shape == (N, N)
     np.testing.assert_allclose(op.as_matrix(), GEN, rtol=1e-14)
-    np.testing.assert_allclose(ls.linear_solve(lx_op, jnp.asarray(B)).value, np.linalg.solve(GEN, B), rtol=1e-10)
+    np.testing.assert_allclose(
+        ls.linear_solve(lx_op, jnp.asarray(B)).value, np.linalg.solve(GEN, B), rtol=1e-10
+    )
     # Through lineax the solution comes back in the operator's input structure.
     tree_b = fn({"a": jnp.asarray(B[:2]), "b": jnp.asarray(B[2:]).reshape(1, 2)})
     sol = lx.linear_solve(lx_op, tree_b, as_lineax_solver(ls.LU()))
@@ -138,7 +160,10 @@ def test_from_lineax_pytree_operator_is_flattened():
 
 
 def test_from_lineax_errors():
-    mixed = {"a": jax.ShapeDtypeStruct((2,), jnp.float64), "b": jax.ShapeDtypeStruct((2,), jnp.float32)}
+    mixed = {
+        "a": jax.ShapeDtypeStruct((2,), jnp.float64),
+        "b": jax.ShapeDtypeStruct((2,), jnp.float32),
+    }
     op = lx.FunctionLinearOperator(lambda t: t, mixed)
     with pytest.raises(ValueError, match="one dtype"):
         ls.linear_solve(op, jnp.ones(4))
@@ -161,7 +186,9 @@ def test_entry_points_take_lineax_operators():
     eig = ls.eigh(spd, B=lx.IdentityLinearOperator(_fn_struct))
     np.testing.assert_allclose(eig.eigenvalues, np.linalg.eigvalsh(SPD), rtol=1e-12)
     cg = ls.CG(preconditioner=lx.DiagonalLinearOperator(1 / jnp.diag(a)))
-    np.testing.assert_allclose(ls.linear_solve(spd, jnp.asarray(B), cg).value, np.linalg.solve(SPD, B), rtol=1e-9)
+    np.testing.assert_allclose(
+        ls.linear_solve(spd, jnp.asarray(B), cg).value, np.linalg.solve(SPD, B), rtol=1e-9
+    )
     # A sparse operator handed to lineax comes back as it was: selected_inverse takes it.
     np.testing.assert_allclose(
         ls.selected_inverse(to_lineax(_sparse_psd)).as_matrix(), np.linalg.inv(SPD), rtol=1e-10
@@ -200,14 +227,28 @@ _herm = _spd(dtype=np.complex128)
 
 # name -> (linsolve operator, lineax predicates that must hold, ones that must not)
 OUTGOING = {
-    "dense-psd-garbage": (ls.MatrixOperator(_with_garbage(SPD), PSD), {"symmetric", "psd"}, {"diagonal", "lower"}),
+    "dense-psd-garbage": (
+        ls.MatrixOperator(_with_garbage(SPD), PSD),
+        {"symmetric", "psd"},
+        {"diagonal", "lower"},
+    ),
     "dense": (ls.MatrixOperator(GEN), set(), {"symmetric", "psd"}),
-    "lower-unit": (ls.MatrixOperator(GEN, (LOWER, ls.unit_diagonal_tag)), {"lower", "unit"}, {"upper", "symmetric"}),
-    "diagonal": (ls.DiagonalOperator(_d), {"diagonal", "symmetric", "lower", "upper", "tridiagonal"}, {"psd"}),
+    "lower-unit": (
+        ls.MatrixOperator(GEN, (LOWER, ls.unit_diagonal_tag)),
+        {"lower", "unit"},
+        {"upper", "symmetric"},
+    ),
+    "diagonal": (
+        ls.DiagonalOperator(_d),
+        {"diagonal", "symmetric", "lower", "upper", "tridiagonal"},
+        {"psd"},
+    ),
     "identity": (ls.IdentityOperator(N), {"diagonal", "psd", "unit"}, {"nsd"}),
     "sparse-psd": (_sparse_psd, {"symmetric", "psd"}, {"diagonal"}),
     "function-nsd": (
-        ls.FunctionOperator(lambda v: -jnp.asarray(SPD) @ v, jnp.zeros(N), ls.negative_semidefinite_tag),
+        ls.FunctionOperator(
+            lambda v: -jnp.asarray(SPD) @ v, jnp.zeros(N), ls.negative_semidefinite_tag
+        ),
         {"nsd", "symmetric"},
         {"psd"},
     ),
@@ -274,7 +315,9 @@ def test_lineax_solvers_on_linsolve_operators():
     sparse_x = lx.linear_solve(to_lineax(_sparse_psd), jnp.asarray(B), cg).value
     np.testing.assert_allclose(sparse_x, expected, rtol=1e-9)
     diag = to_lineax(ls.DiagonalOperator(_d))
-    np.testing.assert_allclose(lx.linear_solve(diag, jnp.asarray(B), lx.Diagonal()).value, B / _d, rtol=1e-14)
+    np.testing.assert_allclose(
+        lx.linear_solve(diag, jnp.asarray(B), lx.Diagonal()).value, B / _d, rtol=1e-14
+    )
 
 
 # -- linsolve solvers in lineax: as_lineax_solver -------------------------------------------
@@ -298,7 +341,11 @@ SOLVES = {
     "qr-wide": (_tall.T, ls.MatrixOperator, ls.QR()),
     "cg": (_with_garbage(SPD), lambda m: ls.MatrixOperator(m, PSD), ls.CG(rtol=1e-13, atol=0.0)),
     "sparse-cholesky": (_sparse_pattern.data, _sparse, ls.SparseCholesky()),
-    "auto-function": (GEN, lambda m: ls.FunctionOperator(lambda v: m @ v, jnp.zeros(N)), ls.AutoSolver()),
+    "auto-function": (
+        GEN,
+        lambda m: ls.FunctionOperator(lambda v: m @ v, jnp.zeros(N)),
+        ls.AutoSolver(),
+    ),
 }
 
 
@@ -369,7 +416,9 @@ def test_second_order_vmap_and_complex_nonsquare():
     def lsq(a):
         return lx.linear_solve(to_lineax(ls.MatrixOperator(a)), bc, as_lineax_solver(ls.QR())).value
 
-    np.testing.assert_allclose(jax.jit(lsq)(tall), np.linalg.lstsq(tall, bc, rcond=None)[0], rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.jit(lsq)(tall), np.linalg.lstsq(tall, bc, rcond=None)[0], rtol=1e-10
+    )
     assert_grad_matches_fd(jax.jit(lambda a: real_loss(lsq(a))), tall, rtol=1e-6, atol=1e-8)
 
 
@@ -377,7 +426,9 @@ def test_raw_lineax_operator_gets_lineax_gradients():
     # A raw lineax matrix: the derivative w.r.t. it is lineax's (full-matrix tangent), the
     # same as lineax's own Cholesky gives; untagged, that is also the FD gradient.
     def loss(m, solver, tags=()):
-        return real_loss(lx.linear_solve(lx.MatrixLinearOperator(m, tags), jnp.asarray(B), solver).value)
+        return real_loss(
+            lx.linear_solve(lx.MatrixLinearOperator(m, tags), jnp.asarray(B), solver).value
+        )
 
     m = jnp.asarray(SPD)
     psd = lx.positive_semidefinite_tag
@@ -392,11 +443,14 @@ def test_float32():
     b = jnp.asarray(B, jnp.float32)
 
     def loss(m):
-        x = lx.linear_solve(to_lineax(ls.MatrixOperator(m, PSD)), b, as_lineax_solver(ls.Cholesky())).value
+        x = lx.linear_solve(
+            to_lineax(ls.MatrixOperator(m, PSD)), b, as_lineax_solver(ls.Cholesky())
+        ).value
         return real_loss(x)
 
     g = jax.jit(jax.grad(loss))(m)
     assert g.dtype == jnp.float32
+
     def reference(m):
         return real_loss(ls.linear_solve(ls.MatrixOperator(m, PSD), b, ls.Cholesky()).value)
 
@@ -406,7 +460,9 @@ def test_float32():
 
 def test_results_map_to_lineax():
     def result(op, b, solver):
-        return lx.linear_solve(to_lineax(op), jnp.asarray(b), as_lineax_solver(solver), throw=False).result
+        return lx.linear_solve(
+            to_lineax(op), jnp.asarray(b), as_lineax_solver(solver), throw=False
+        ).result
 
     singular = np.ones((N, N))
     assert result(ls.MatrixOperator(singular), B, ls.LU()) == lx.RESULTS.singular
@@ -417,7 +473,9 @@ def test_results_map_to_lineax():
     assert result(ls.MatrixOperator(GEN), np.full(N, np.nan), ls.LU()) == lx.RESULTS.nonfinite_input
     assert result(ls.MatrixOperator(GEN), B, ls.LU()) == lx.RESULTS.successful
     with pytest.raises(Exception, match="non-finite|singular"):
-        lx.linear_solve(to_lineax(ls.MatrixOperator(singular)), jnp.asarray(B), as_lineax_solver(ls.LU()))
+        lx.linear_solve(
+            to_lineax(ls.MatrixOperator(singular)), jnp.asarray(B), as_lineax_solver(ls.LU())
+        )
 
 
 def test_initial_guesses_through_options():
@@ -439,7 +497,9 @@ def test_initial_guesses_through_options():
     sol = lx.linear_solve(op, jnp.asarray(B), as_lineax_solver(ls.CG()), options=exact)
     assert int(sol.stats["num_steps"]) == 0
     with pytest.raises(ValueError, match="preconditioner"):
-        lx.linear_solve(op, jnp.asarray(B), as_lineax_solver(ls.CG()), options={"preconditioner": op})
+        lx.linear_solve(
+            op, jnp.asarray(B), as_lineax_solver(ls.CG()), options={"preconditioner": op}
+        )
 
 
 def test_as_lineax_solver_input_checks():
@@ -449,7 +509,9 @@ def test_as_lineax_solver_input_checks():
     with pytest.raises(TypeError, match="linsolve solver"):
         as_lineax_solver(lx.LU())
     with pytest.raises(ValueError, match="square"):
-        lx.linear_solve(to_lineax(ls.MatrixOperator(_tall)), jnp.ones(N + 2), as_lineax_solver(ls.LU()))
+        lx.linear_solve(
+            to_lineax(ls.MatrixOperator(_tall)), jnp.ones(N + 2), as_lineax_solver(ls.LU())
+        )
 
 
 # -- optimistix ------------------------------------------------------------------------------
@@ -476,7 +538,9 @@ def _root_finder(solver, kind=optx.Newton):
     def root(lam):
         newton = kind(rtol=1e-12, atol=1e-12, linear_solver=linear_solver)
         adjoint = optx.ImplicitAdjoint(linear_solver=linear_solver)
-        sol = optx.root_find(_bratu, newton, jnp.zeros(6), lam, adjoint=adjoint, tags=tags, max_steps=64)
+        sol = optx.root_find(
+            _bratu, newton, jnp.zeros(6), lam, adjoint=adjoint, tags=tags, max_steps=64
+        )
         return sol.value
 
     return root
@@ -512,7 +576,9 @@ def test_optimistix_least_squares_with_qr():
     def fit(data):
         solver = optx.GaussNewton(rtol=1e-12, atol=1e-12, linear_solver=as_lineax_solver(ls.QR()))
         adjoint = optx.ImplicitAdjoint(linear_solver=as_lineax_solver(ls.LU()))
-        return optx.least_squares(residual, solver, jnp.asarray([1.0, 1.0]), data, adjoint=adjoint).value
+        return optx.least_squares(
+            residual, solver, jnp.asarray([1.0, 1.0]), data, adjoint=adjoint
+        ).value
 
     p = fit(data)
     np.testing.assert_allclose(p, [2.0, 1.3], rtol=0.05)

@@ -17,6 +17,7 @@ import scipy.linalg
 
 import linsolve as ls
 
+
 PSD = ls.positive_semidefinite_tag
 NSD = ls.negative_semidefinite_tag
 SYM = ls.symmetric_tag
@@ -76,11 +77,26 @@ def _forward_cases(rng):
     jacobi = ls.DiagonalOperator(1 / np.diagonal(spd))
     return [
         ("cg", ls.MatrixOperator(spd, PSD), ls.CG(**TIGHT), spd),
-        ("cg-nsd-jacobi", ls.MatrixOperator(-spd, NSD), ls.CG(**TIGHT, preconditioner=-jacobi), -spd),
+        (
+            "cg-nsd-jacobi",
+            ls.MatrixOperator(-spd, NSD),
+            ls.CG(**TIGHT, preconditioner=-jacobi),
+            -spd,
+        ),
         ("minres-indefinite", ls.MatrixOperator(sym, SYM), ls.MINRES(**TIGHT), sym),
-        ("minres-jacobi", ls.MatrixOperator(sym, SYM), ls.MINRES(**TIGHT, preconditioner=jacobi), sym),
+        (
+            "minres-jacobi",
+            ls.MatrixOperator(sym, SYM),
+            ls.MINRES(**TIGHT, preconditioner=jacobi),
+            sym,
+        ),
         ("gmres-restart-4", ls.MatrixOperator(gen), ls.GMRES(**TIGHT, restart=4), gen),
-        ("bicgstab-jacobi", ls.MatrixOperator(gen), ls.BiCGStab(**TIGHT, preconditioner=jacobi), gen),
+        (
+            "bicgstab-jacobi",
+            ls.MatrixOperator(gen),
+            ls.BiCGStab(**TIGHT, preconditioner=jacobi),
+            gen,
+        ),
     ]
 
 
@@ -90,7 +106,9 @@ def test_forward_block_and_stats(index):
     name, op, solver, dense = _forward_cases(rng)[index]
     b = rng.standard_normal((12, 3))
     sol = eqx.filter_jit(lambda op, b: ls.linear_solve(op, b, solver))(op, b)
-    np.testing.assert_allclose(sol.value, np.linalg.solve(dense, b), rtol=1e-9, atol=1e-10, err_msg=name)
+    np.testing.assert_allclose(
+        sol.value, np.linalg.solve(dense, b), rtol=1e-9, atol=1e-10, err_msg=name
+    )
     assert sol.stats["num_steps"].shape == (3,) and sol.stats["residual_norm"].shape == (3,)
     assert np.all(sol.stats["residual_norm"] <= 1e-12 + 1e-12 * np.linalg.norm(b, axis=0))
     assert np.all(sol.stats["num_steps"] > 0)
@@ -120,12 +138,19 @@ def test_zero_rhs_and_y0_ignored():
 def test_max_steps_reached_and_error():
     op = ls.FunctionOperator(_poisson_1d(50), jnp.zeros(50), PSD)
     b = jnp.ones(50)
-    for solver in (ls.CG(max_steps=3), ls.MINRES(max_steps=3), ls.GMRES(max_steps=3), ls.BiCGStab(max_steps=3)):
+    for solver in (
+        ls.CG(max_steps=3),
+        ls.MINRES(max_steps=3),
+        ls.GMRES(max_steps=3),
+        ls.BiCGStab(max_steps=3),
+    ):
         sol = ls.linear_solve(op, b, solver, throw=False)
         assert int(sol.result) == ls.RESULTS.max_steps_reached, solver
         assert int(sol.stats["num_steps"]) == 3
     with pytest.raises(Exception, match="did not converge within `max_steps`"):
-        eqx.filter_jit(lambda op: ls.linear_solve(op, b, ls.CG(max_steps=3)).value)(op).block_until_ready()
+        eqx.filter_jit(lambda op: ls.linear_solve(op, b, ls.CG(max_steps=3)).value)(
+            op
+        ).block_until_ready()
     # rtol = atol = 0 asks for exactly max_steps iterations: a truncated solve that succeeds,
     # with a finite gradient (from a transposed solve truncated likewise) under throw=True.
     fixed = ls.CG(rtol=0.0, atol=0.0, max_steps=3)
@@ -138,15 +163,22 @@ def test_max_steps_reached_and_error():
 def test_breakdown_and_bad_input():
     # Tagged positive definite but indefinite: CG meets a non-positive curvature.
     indefinite = ls.MatrixOperator(np.diag([1.0, -1.0, 2.0]), PSD)
-    assert int(ls.linear_solve(indefinite, jnp.ones(3), ls.CG(), throw=False).result) == ls.RESULTS.breakdown
+    assert (
+        int(ls.linear_solve(indefinite, jnp.ones(3), ls.CG(), throw=False).result)
+        == ls.RESULTS.breakdown
+    )
     bad = jnp.array([1.0, jnp.nan, 0.0])
     op = ls.MatrixOperator(np.eye(3) * 2, PSD)
     for solver in (ls.CG(), ls.MINRES(), ls.GMRES(), ls.BiCGStab()):
-        assert int(ls.linear_solve(op, bad, solver, throw=False).result) == ls.RESULTS.nonfinite_input
+        assert (
+            int(ls.linear_solve(op, bad, solver, throw=False).result) == ls.RESULTS.nonfinite_input
+        )
     with pytest.raises(ValueError, match="positive_semidefinite_tag"):
         ls.linear_solve(ls.MatrixOperator(np.eye(3)), jnp.ones(3), ls.CG())
     with pytest.raises(ValueError, match="self-adjoint"):  # complex-symmetric is not hermitian
-        ls.linear_solve(ls.MatrixOperator(np.eye(3, dtype=complex), SYM), jnp.ones(3, complex), ls.MINRES())
+        ls.linear_solve(
+            ls.MatrixOperator(np.eye(3, dtype=complex), SYM), jnp.ones(3, complex), ls.MINRES()
+        )
     with pytest.raises(ValueError, match="preconditioner"):
         ls.linear_solve(op, jnp.ones(3), ls.CG(preconditioner=ls.IdentityOperator(4)))
 
@@ -190,7 +222,9 @@ def test_bicgstab_checks_the_true_residual():
 
 def test_verbose_prints_residuals(capfd):
     op = ls.MatrixOperator(np.diag([1.0, 2.0, 3.0]), PSD)
-    jax.jit(lambda b: ls.linear_solve(op, b, ls.CG(verbose=True)).value)(jnp.ones(3)).block_until_ready()
+    jax.jit(lambda b: ls.linear_solve(op, b, ls.CG(verbose=True)).value)(
+        jnp.ones(3)
+    ).block_until_ready()
     jax.effects_barrier()
     out = capfd.readouterr().out
     assert re.search(r"CG: step 0, residual norm 1\.73\de\+00", out)
@@ -227,7 +261,10 @@ def test_y0_from_b_and_traced_preconditioner():
         return jnp.sum(jnp.sin(x))
 
     expected = jax.grad(loss, argnums=(0, 1))(a, b, None)
-    for make in (lambda m: ls.CG(**TIGHT, preconditioner=m), lambda m: ls.MINRES(**TIGHT, preconditioner=m)):
+    for make in (
+        lambda m: ls.CG(**TIGHT, preconditioner=m),
+        lambda m: ls.MINRES(**TIGHT, preconditioner=m),
+    ):
         got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)(a, b, make)
         for g, e in zip(got, expected):
             np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-10)
@@ -236,7 +273,9 @@ def test_y0_from_b_and_traced_preconditioner():
 # -- forward mode: tangent solves start from zero ----------------------------------------
 
 
-@pytest.mark.parametrize("make", [ls.CG, ls.MINRES, ls.GMRES, ls.BiCGStab], ids=lambda c: c.__name__)
+@pytest.mark.parametrize(
+    "make", [ls.CG, ls.MINRES, ls.GMRES, ls.BiCGStab], ids=lambda c: c.__name__
+)
 def test_jvp_linear_in_tangent_of_truncated_solve(make):
     """max_steps=4 on a 1-D Poisson problem of size 30 is far from converged, yet
     jvp(2t) == 2 jvp(t): the tangent solve starts from zero, never from the primal y0."""
@@ -330,8 +369,9 @@ def test_recycled_basis_holds_the_smallest_eigenvectors():
     eigs = np.concatenate([[1e-3, 2e-3, 5e-3], np.linspace(1, 2, n - 3)])
     q, _ = np.linalg.qr(rng.standard_normal((n, n)))
     a = (q * eigs) @ q.T
-    sol = ls.linear_solve(ls.MatrixOperator(a, PSD), jnp.asarray(rng.standard_normal(n)),
-                          ls.CG(**TIGHT, recycle=m))
+    sol = ls.linear_solve(
+        ls.MatrixOperator(a, PSD), jnp.asarray(rng.standard_normal(n)), ls.CG(**TIGHT, recycle=m)
+    )
     assert int(sol.stats["num_steps"]) > 4 * m  # the window was restarted
     w = np.asarray(sol.stats["recycle_basis"])
     assert w.shape == (n, m)
@@ -351,7 +391,9 @@ def test_recycle_gradients_block_rhs_complex():
     # Reverse mode (deflated transposed solves) and forward mode (deflated tangent solves).
     grad = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
     ta, tb = jnp.asarray(_spd(rng, 10, np.complex128)), jnp.ones_like(b)
-    jvp = jax.jit(lambda a, b, s: jax.jvp(lambda a, b: loss(a, b, s), (a, b), (ta, tb))[1], static_argnums=2)
+    jvp = jax.jit(
+        lambda a, b, s: jax.jvp(lambda a, b: loss(a, b, s), (a, b), (ta, tb))[1], static_argnums=2
+    )
     recycle = ls.CG(**TIGHT, recycle=3)
     for g, e in zip(grad(a, b, recycle), grad(a, b, ls.Cholesky())):
         np.testing.assert_allclose(g, e, rtol=1e-9, atol=1e-10)
@@ -378,7 +420,9 @@ def test_throw_in_backward_and_tangent_solves():
     with pytest.raises(Exception, match="transposed solve of reverse mode"):
         jax.jit(jax.grad(loss), static_argnums=1)(b, True).block_until_ready()
     with pytest.raises(Exception, match="tangent solve of forward mode"):
-        jax.jit(lambda t: jax.jvp(lambda b: loss(b, True), (b,), (t,))[1])(weights).block_until_ready()
+        jax.jit(lambda t: jax.jvp(lambda b: loss(b, True), (b,), (t,))[1])(
+            weights
+        ).block_until_ready()
     # throw=False: no error; the failed transposed solve shows as NaN in the gradient
     # (never a silently wrong one). The tangent solve, like the primal, returns what it
     # reached: finite, and linear in the tangent.
@@ -412,7 +456,9 @@ def test_auto_solver_picks_krylov_for_matrix_free():
     assert isinstance(select(ls.FunctionOperator(fn, x, SYM)), ls.MINRES)
     assert isinstance(select(ls.FunctionOperator(fn, x)), ls.GMRES)
     assert isinstance(select(2.0 * ls.FunctionOperator(fn, x, SYM)), ls.MINRES)
-    lineax_fn = ls._operator.as_operator(lx.FunctionLinearOperator(fn, jax.ShapeDtypeStruct((n,), x.dtype)))
+    lineax_fn = ls._operator.as_operator(
+        lx.FunctionLinearOperator(fn, jax.ShapeDtypeStruct((n,), x.dtype))
+    )
     assert isinstance(select(lineax_fn), ls.GMRES)
     # Dense operators and small matrix-free ones keep the direct solvers.
     assert isinstance(select(ls.MatrixOperator(np.eye(n), PSD)), ls.Cholesky)

@@ -19,10 +19,10 @@ import lineax as lx  # noqa: E402
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
 import scipy.linalg as sla  # noqa: E402
+from helpers import fd_grad  # noqa: E402
 from jax.experimental import sparse as jsparse  # noqa: E402
 
 import linsolve as ls  # noqa: E402
-from helpers import fd_grad  # noqa: E402
 
 
 SYM, PSD = ls.symmetric_tag, ls.positive_semidefinite_tag
@@ -96,6 +96,7 @@ def _loss(values, vectors):
 def test_standard_vs_dense_lineax_input_and_raise():
     n, k = 30, 4
     a = _sym(n)
+
     # max_steps is traced: the same compiled function converges, and raises with 2 steps.
     def run(a, steps):
         return ls.lobpcg(lx.MatrixLinearOperator(a, lx.symmetric_tag), k, tol=TOL, max_steps=steps)
@@ -144,8 +145,12 @@ N_FD, K_FD = 8, 2
 
 def _lobpcg_loss(a_stored, b_stored, largest=False, **kwargs):
     out = ls.lobpcg(
-        ls.MatrixOperator(a_stored, SYM), K_FD, B=ls.MatrixOperator(b_stored, PSD),
-        largest=largest, tol=TOL, **kwargs,
+        ls.MatrixOperator(a_stored, SYM),
+        K_FD,
+        B=ls.MatrixOperator(b_stored, PSD),
+        largest=largest,
+        tol=TOL,
+        **kwargs,
     )
     return _loss(out.eigenvalues, out.eigenvectors), (out.eigenvalues, out.eigenvectors)
 
@@ -271,9 +276,9 @@ def test_vmap_value_and_grad_with_minres_adjoint():
 
     (_, values), grads = jax.jit(jax.vmap(jax.value_and_grad(loss, has_aux=True)))(batch)
     np.testing.assert_allclose(values, np.linalg.eigh(batch)[0][:, :3], rtol=1e-12, atol=1e-12)
-    ref = jax.jit(jax.vmap(jax.grad(
-        lambda a: _loss(*_dense_reference(_as_sym(a), None, 3, False))
-    )))(batch)
+    ref = jax.jit(
+        jax.vmap(jax.grad(lambda a: _loss(*_dense_reference(_as_sym(a), None, 3, False))))
+    )(batch)
     np.testing.assert_allclose(grads, ref, atol=1e-9)
 
 
@@ -388,7 +393,7 @@ def test_degenerate_generalized_projector():
         out = ls.lobpcg(ls.MatrixOperator(a, SYM), k, B=ls.MatrixOperator(b, PSD), tol=TOL)
         u = out.eigenvectors
         b_full = ls.MatrixOperator(b, PSD).as_matrix()
-        return jnp.sum(out.eigenvalues ** 2) + jnp.sum((u @ u.T @ b_full) * c)
+        return jnp.sum(out.eigenvalues**2) + jnp.sum((u @ u.T @ b_full) * c)
 
     vg = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
     ga, gb = vg(a, b)[1]
@@ -405,7 +410,9 @@ def test_float32_smoke():
 
     def loss(a):
         out = ls.lobpcg(ls.MatrixOperator(a, SYM), 2, largest=True)
-        return jnp.sum(out.eigenvalues) + jnp.sum((G[:12].astype(a.dtype) @ out.eigenvectors) ** 2), out
+        return jnp.sum(out.eigenvalues) + jnp.sum(
+            (G[:12].astype(a.dtype) @ out.eigenvectors) ** 2
+        ), out
 
     (_, out), g = jax.jit(jax.value_and_grad(loss, has_aux=True))(a)
     assert out.eigenvalues.dtype == out.eigenvectors.dtype == g.dtype == jnp.float32

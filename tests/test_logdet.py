@@ -4,17 +4,20 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import assert_grad_matches_fd, count_primitive
 from jax.test_util import check_grads
 
 import linsolve as ls
-from helpers import assert_grad_matches_fd, count_primitive
+
 
 PSD, NSD = ls.positive_semidefinite_tag, ls.negative_semidefinite_tag
 rng = np.random.default_rng(0)
 
 
 def _spd(n, dtype):
-    a = rng.standard_normal((n, n)) + (1j * rng.standard_normal((n, n)) if np.issubdtype(dtype, np.complexfloating) else 0)
+    a = rng.standard_normal((n, n)) + (
+        1j * rng.standard_normal((n, n)) if np.issubdtype(dtype, np.complexfloating) else 0
+    )
     return (a @ a.conj().T + n * np.eye(n)).astype(dtype)
 
 
@@ -49,7 +52,12 @@ def test_slogdet_lu(dtype):
     np.testing.assert_allclose(sign, ref[0], rtol=1e-12)
     np.testing.assert_allclose(logabs, ref[1], rtol=1e-12)
     assert_grad_matches_fd(lambda a: ls.slogdet(ls.MatrixOperator(a))[1], a)
-    check_grads(jax.jit(lambda a: ls.slogdet(ls.MatrixOperator(a))), (jnp.asarray(a),), order=2, modes=["fwd", "rev"])
+    check_grads(
+        jax.jit(lambda a: ls.slogdet(ls.MatrixOperator(a))),
+        (jnp.asarray(a),),
+        order=2,
+        modes=["fwd", "rev"],
+    )
 
 
 def test_slogdet_symmetric_tag_reads_lower_triangle():
@@ -68,11 +76,14 @@ def test_logdet_other_kinds():
     low = np.tril(rng.standard_normal((4, 4))) + 4 * np.eye(4)
     np.testing.assert_allclose(
         ls.slogdet(ls.MatrixOperator(_with_garbage(low.T).T, ls.lower_triangular_tag))[1],
-        np.linalg.slogdet(low)[1], rtol=1e-12,
+        np.linalg.slogdet(low)[1],
+        rtol=1e-12,
     )
     assert ls.logdet(ls.MatrixOperator(low, (ls.lower_triangular_tag, ls.unit_diagonal_tag))) == 0
     a = _spd(4, np.float64)
-    np.testing.assert_allclose(ls.slogdet(ls.MatrixOperator(-a, NSD))[1], np.linalg.slogdet(a)[1], rtol=1e-12)
+    np.testing.assert_allclose(
+        ls.slogdet(ls.MatrixOperator(-a, NSD))[1], np.linalg.slogdet(a)[1], rtol=1e-12
+    )
     assert ls.slogdet(ls.MatrixOperator(-a, NSD))[0] == 1
     fn = ls.FunctionOperator(lambda v: jnp.asarray(a) @ v, jnp.zeros(4), PSD)
     np.testing.assert_allclose(ls.logdet(fn), np.linalg.slogdet(a)[1], rtol=1e-12)
@@ -81,7 +92,9 @@ def test_logdet_other_kinds():
     big = _spd(70, np.float64)
     fn = ls.FunctionOperator(lambda v: jnp.asarray(big) @ v, jnp.zeros(70), PSD)
     np.testing.assert_allclose(ls.logdet(fn), np.linalg.slogdet(big)[1], rtol=1e-12)
-    np.testing.assert_allclose(ls.logdet(ls.MatrixOperator(-a)), np.linalg.slogdet(a)[1], rtol=1e-12)  # n even
+    np.testing.assert_allclose(
+        ls.logdet(ls.MatrixOperator(-a)), np.linalg.slogdet(a)[1], rtol=1e-12
+    )  # n even
     negative = ls.MatrixOperator(np.diag([1.0, -1.0, 1.0, 1.0]))
     assert np.isnan(ls.logdet(negative, throw=False))  # a negative determinant: NaN, named
     value, result = ls.logdet(negative, throw=False, return_result=True)
@@ -97,7 +110,11 @@ def test_logdet_vmap_and_errors():
     out = jax.vmap(lambda a: ls.logdet(ls.MatrixOperator(a, PSD)))(batch)
     np.testing.assert_allclose(out, [np.linalg.slogdet(a)[1] for a in batch], rtol=1e-12)
     grads = jax.vmap(jax.grad(lambda a: ls.logdet(ls.MatrixOperator(a, PSD))))(batch)
-    np.testing.assert_allclose(grads[0], np.tril(2 * np.linalg.inv(batch[0]) - np.diag(np.diag(np.linalg.inv(batch[0])))), rtol=1e-10)
+    np.testing.assert_allclose(
+        grads[0],
+        np.tril(2 * np.linalg.inv(batch[0]) - np.diag(np.diag(np.linalg.inv(batch[0])))),
+        rtol=1e-10,
+    )
     with pytest.raises(ValueError, match="square"):
         ls.slogdet(ls.MatrixOperator(np.ones((3, 2))))
     with pytest.raises(ValueError, match="QR"):

@@ -7,9 +7,10 @@ import jax.numpy as jnp
 import lineax as lx
 import numpy as np
 import pytest
+from helpers import assert_grad_matches_fd
 
 import linsolve as ls
-from helpers import assert_grad_matches_fd
+
 
 PSD, NSD = ls.positive_semidefinite_tag, ls.negative_semidefinite_tag
 LOWER, UPPER = ls.lower_triangular_tag, ls.upper_triangular_tag
@@ -39,13 +40,19 @@ OPERATORS = {
     "dense": lambda: (ls.MatrixOperator(A), A),
     "psd": lambda: (ls.MatrixOperator(A, PSD), dense_effective(A, {PSD})),
     "hermitian": lambda: (ls.MatrixOperator(A + 1j * B, HERM), dense_effective(A + 1j * B, {HERM})),
-    "complex-symmetric": lambda: (ls.MatrixOperator(A + 1j * B, SYM), dense_effective(A + 1j * B, {SYM})),
+    "complex-symmetric": lambda: (
+        ls.MatrixOperator(A + 1j * B, SYM),
+        dense_effective(A + 1j * B, {SYM}),
+    ),
     "lower-unit": lambda: (ls.MatrixOperator(A, (LOWER, UNIT)), dense_effective(A, {LOWER, UNIT})),
     "upper": lambda: (ls.MatrixOperator(A, UPPER), np.triu(A)),
     "diagonal": lambda: (ls.DiagonalOperator(X), np.diag(X)),
     "identity": lambda: (ls.IdentityOperator(4), np.eye(4)),
     "function": lambda: (ls.FunctionOperator(lambda v: jnp.asarray(A) @ v, jnp.zeros(4)), A),
-    "sum": lambda: (ls.MatrixOperator(A) + ls.MatrixOperator(B, PSD), A + dense_effective(B, {PSD})),
+    "sum": lambda: (
+        ls.MatrixOperator(A) + ls.MatrixOperator(B, PSD),
+        A + dense_effective(B, {PSD}),
+    ),
     "difference": lambda: (ls.MatrixOperator(A) - ls.DiagonalOperator(X), A - np.diag(X)),
     "product": lambda: (ls.MatrixOperator(A) @ ls.MatrixOperator(B, LOWER), A @ np.tril(B)),
     "scaled": lambda: (2.5 * ls.MatrixOperator(A), 2.5 * A),
@@ -55,7 +62,9 @@ OPERATORS = {
     "lineax": lambda: (ls._operator.as_operator(lx.MatrixLinearOperator(jnp.asarray(A))), A),
     "lineax-function": lambda: (
         ls._operator.as_operator(
-            lx.FunctionLinearOperator(lambda v: jnp.asarray(A) @ v, jax.ShapeDtypeStruct((4,), jnp.float64))
+            lx.FunctionLinearOperator(
+                lambda v: jnp.asarray(A) @ v, jax.ShapeDtypeStruct((4,), jnp.float64)
+            )
         ),
         A,
     ),
@@ -68,7 +77,9 @@ def test_mv_as_matrix_transpose(name):
     x = X.astype(np.result_type(dense.dtype, np.float64))
     np.testing.assert_allclose(op.as_matrix(), dense, atol=1e-12)
     np.testing.assert_allclose(op.mv(x), dense @ x, atol=1e-12)
-    np.testing.assert_allclose(op.mv(np.stack([x, 2 * x], 1)), dense @ np.stack([x, 2 * x], 1), atol=1e-12)
+    np.testing.assert_allclose(
+        op.mv(np.stack([x, 2 * x], 1)), dense @ np.stack([x, 2 * x], 1), atol=1e-12
+    )
     np.testing.assert_allclose(op.T.as_matrix(), dense.T, atol=1e-12)
     np.testing.assert_allclose(op.T.mv(x), dense.T @ x, atol=1e-12)
     np.testing.assert_allclose(op.rmv(x), dense.T @ x, atol=1e-12)
@@ -98,7 +109,9 @@ def test_function_operator_closes_over_tracers():
     expected = jax.grad(lambda s: jnp.linalg.solve(s * A + 5 * np.eye(4), np.ones(4)).sum())(0.3)
     np.testing.assert_allclose(jax.grad(loss)(0.3), expected, rtol=1e-10)
     np.testing.assert_allclose(jax.jit(jax.grad(loss))(0.3), expected, rtol=1e-10)
-    np.testing.assert_allclose(jax.vmap(jax.grad(loss))(jnp.array([0.3, 0.3]))[0], expected, rtol=1e-10)
+    np.testing.assert_allclose(
+        jax.vmap(jax.grad(loss))(jnp.array([0.3, 0.3]))[0], expected, rtol=1e-10
+    )
 
 
 @pytest.mark.parametrize("tags", [(PSD,), (SYM,), (HERM,), (LOWER, UNIT), (UPPER,), (DIAG,)])
@@ -163,13 +176,17 @@ def test_lineax_operators_are_accepted():
     sol = ls.linear_solve(op, jnp.asarray(X))
     np.testing.assert_allclose(sol.value, np.linalg.solve(A @ A.T + 4 * np.eye(4), X), rtol=1e-10)
     assert isinstance(ls.AutoSolver().select(ls._operator.as_operator(op)), ls.Cholesky)
-    tagged = lx.TaggedLinearOperator(lx.MatrixLinearOperator(jnp.asarray(np.tril(A) + 4 * np.eye(4))), lx.lower_triangular_tag)
+    tagged = lx.TaggedLinearOperator(
+        lx.MatrixLinearOperator(jnp.asarray(np.tril(A) + 4 * np.eye(4))), lx.lower_triangular_tag
+    )
     assert LOWER in ls._operator.as_operator(tagged).tags
     with pytest.raises(TypeError, match="lineax"):
         ls.linear_solve(np.eye(2), np.ones(2))
 
 
-@pytest.mark.parametrize("tags", [frozenset({SYM}), frozenset({HERM}), frozenset({PSD}), frozenset({NSD})])
+@pytest.mark.parametrize(
+    "tags", [frozenset({SYM}), frozenset({HERM}), frozenset({PSD}), frozenset({NSD})]
+)
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 @pytest.mark.parametrize("k", [None, 3])
 def test_self_adjoint_matvec_derivatives(tags, dtype, k):

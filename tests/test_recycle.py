@@ -16,6 +16,7 @@ from helpers import fd_grad
 
 import linsolve as ls
 
+
 PSD = ls.positive_semidefinite_tag
 SYM = ls.symmetric_tag
 HERM = ls.hermitian_tag
@@ -37,7 +38,7 @@ def _spectrum(n, indefinite):
     eig = np.concatenate([[1e-3, 2e-3, 4e-3], np.linspace(0.5, 2.0, n - 3)])
     if indefinite:
         eig[1] *= -1
-        eig[n // 2:] *= -1
+        eig[n // 2 :] *= -1
     return eig
 
 
@@ -61,8 +62,10 @@ def _operator(name, a):
 
 
 def _relres(a, x, b):
-    return float(np.linalg.norm(np.asarray(a) @ np.asarray(x) - np.asarray(b), axis=0).max()
-                 / np.linalg.norm(np.asarray(b), axis=0).max())
+    return float(
+        np.linalg.norm(np.asarray(a) @ np.asarray(x) - np.asarray(b), axis=0).max()
+        / np.linalg.norm(np.asarray(b), axis=0).max()
+    )
 
 
 def _spaces(n, m, dtype, previous):
@@ -77,7 +80,9 @@ def _spaces(n, m, dtype, previous):
         "nearly dependent": np.repeat(one, m, axis=1) + 1e-9 * rng.standard_normal((n, m)),
         "wild scales": huge.astype(dtype),
         "nan": np.full((n, m), np.nan, dtype),
-        "inf column": np.concatenate([rng.standard_normal((n, m - 1)), np.full((n, 1), np.inf)], 1).astype(dtype),
+        "inf column": np.concatenate(
+            [rng.standard_normal((n, m - 1)), np.full((n, 1), np.inf)], 1
+        ).astype(dtype),
     }
 
 
@@ -96,7 +101,9 @@ def test_any_space_gives_the_same_solution(name, dtype):
     assert previous.shape == (N, M)
     reference = ls.linear_solve(_operator(name, a1), b, make(rtol=RTOL))
     for label, w in _spaces(N, M, dtype, previous).items():
-        sol = ls.linear_solve(_operator(name, a1), b, solver, recycle=ls.RecycleSpace(jnp.asarray(w)))
+        sol = ls.linear_solve(
+            _operator(name, a1), b, solver, recycle=ls.RecycleSpace(jnp.asarray(w))
+        )
         assert int(sol.result) == 0, label
         assert _relres(a1, sol.value, b) <= 2 * RTOL, label
         np.testing.assert_allclose(sol.value, reference.value, rtol=1e-6, atol=1e-6, err_msg=label)
@@ -149,7 +156,11 @@ def test_preconditioner_composes(name):
         steps.append(int(sol.stats["num_steps"]))
         assert int(sol.result) == 0
         np.testing.assert_allclose(sol.value, np.linalg.solve(ak, b), rtol=1e-6)
-    cold = int(ls.linear_solve(_operator(name, a[-1]), b, make(rtol=RTOL, preconditioner=pre)).stats["num_steps"])
+    cold = int(
+        ls.linear_solve(_operator(name, a[-1]), b, make(rtol=RTOL, preconditioner=pre)).stats[
+            "num_steps"
+        ]
+    )
     assert steps[-1] < 0.7 * cold
 
 
@@ -166,7 +177,9 @@ def test_block_right_hand_side(name, shared):
     assert first.stats["recycle"].basis.shape == (3, N, M)
     space = ls.RecycleSpace(first.stats["recycle"].basis[0]) if shared else first.stats["recycle"]
     a1 = _matrix(N, 1e-3, indefinite)
-    sol = jax.jit(lambda a, b, s: ls.linear_solve(_operator(name, a), b, solver, recycle=s))(a1, b, space)
+    sol = jax.jit(lambda a, b, s: ls.linear_solve(_operator(name, a), b, solver, recycle=s))(
+        a1, b, space
+    )
     assert sol.stats["recycle"].basis.shape == (3, N, M)
     np.testing.assert_allclose(sol.value, np.linalg.solve(a1, b), rtol=1e-7)
 
@@ -191,14 +204,20 @@ def test_gradients_with_a_space_match_without_and_finite_differences(name):
     a = a + np.triu(rng.standard_normal((n, n)), 1)  # unread triangle: garbage
     b = rng.standard_normal(n)
     solver = make(rtol=1e-13, atol=0.0, recycle=3)
-    stale = ls.linear_solve(_operator(name, _matrix(n, 0.0, indefinite, seed=2)), b, solver).stats["recycle"]
+    stale = ls.linear_solve(_operator(name, _matrix(n, 0.0, indefinite, seed=2)), b, solver).stats[
+        "recycle"
+    ]
     with_space = jax.jit(jax.grad(_loss(name, solver, stale), argnums=(0, 1)))(a, b)
     without = jax.jit(jax.grad(_loss(name, make(rtol=1e-13, atol=0.0), None), argnums=(0, 1)))(a, b)
     for g, h in zip(with_space, without):
         np.testing.assert_allclose(g, h, rtol=1e-8, atol=1e-10)
     f = _loss(name, solver, stale)
-    np.testing.assert_allclose(with_space[0], fd_grad(lambda a: f(a, jnp.asarray(b)), a), rtol=1e-5, atol=1e-7)
-    np.testing.assert_allclose(with_space[1], fd_grad(lambda b: f(jnp.asarray(a), b), b), rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(
+        with_space[0], fd_grad(lambda a: f(a, jnp.asarray(b)), a), rtol=1e-5, atol=1e-7
+    )
+    np.testing.assert_allclose(
+        with_space[1], fd_grad(lambda b: f(jnp.asarray(a), b), b), rtol=1e-5, atol=1e-7
+    )
     assert np.all(np.asarray(with_space[0])[np.triu_indices(n, 1)] == 0)
     # Forward mode: the tangent solve is deflated with the refreshed space.
     ta, tb = rng.standard_normal((n, n)), rng.standard_normal(n)
@@ -216,12 +235,18 @@ def test_gradients_under_vmap(name):
     bs = rng.standard_normal((3, n))
     solver = make(rtol=1e-13, atol=0.0, recycle=2)
     spaces = ls.RecycleSpace(jnp.asarray(rng.standard_normal((3, n, 2))))  # one per batch entry
-    grad = jax.jit(jax.vmap(jax.grad(lambda a, b, s: _loss(name, solver, s)(a, b), argnums=(0, 1)),
-                            in_axes=(None, 0, 0)))
+    grad = jax.jit(
+        jax.vmap(
+            jax.grad(lambda a, b, s: _loss(name, solver, s)(a, b), argnums=(0, 1)),
+            in_axes=(None, 0, 0),
+        )
+    )
     ga, gb = grad(a, bs, spaces)
     f = _loss(name, make(rtol=1e-13, atol=0.0), None)
     for i in range(3):
-        np.testing.assert_allclose(gb[i], fd_grad(lambda b: f(jnp.asarray(a), b), bs[i]), rtol=1e-5, atol=1e-7)
+        np.testing.assert_allclose(
+            gb[i], fd_grad(lambda b: f(jnp.asarray(a), b), bs[i]), rtol=1e-5, atol=1e-7
+        )
         ea, _ = jax.grad(f, argnums=(0, 1))(a, bs[i])
         np.testing.assert_allclose(ga[i], ea, rtol=1e-8, atol=1e-10)
 
@@ -331,16 +356,22 @@ def test_clear_errors():
     with pytest.raises(ValueError, match=r"\(40, 3\).*m = 4"):
         ls.linear_solve(op, b, ls.CG(recycle=M), recycle=ls.RecycleSpace(jnp.zeros((N, 3))))
     with pytest.raises(ValueError, match=r"\(2, 40, 4\).*expected \(40, 4\) or \(3, 40, 4\)"):
-        ls.linear_solve(op, jnp.ones((N, 3)), ls.CG(recycle=M), recycle=ls.RecycleSpace(jnp.zeros((2, N, M))))
+        ls.linear_solve(
+            op, jnp.ones((N, 3)), ls.CG(recycle=M), recycle=ls.RecycleSpace(jnp.zeros((2, N, M)))
+        )
     for solver in (ls.GMRES(), ls.BiCGStab(), ls.Cholesky(), ls.LU()):
-        with pytest.raises(TypeError, match=f"{type(solver).__name__} does not take a recycle space"):
+        with pytest.raises(
+            TypeError, match=f"{type(solver).__name__} does not take a recycle space"
+        ):
             ls.linear_solve(op, b, solver, recycle=ls.RecycleSpace(jnp.zeros((N, M))))
     with pytest.raises(ValueError, match=r"CG\(recycle=0\)"):
         ls.linear_solve(op, b, ls.CG(), recycle=ls.RecycleSpace(jnp.zeros((N, M))))
     with pytest.raises(TypeError, match="RecycleSpace"):
         ls.linear_solve(op, b, ls.CG(recycle=M), recycle=jnp.zeros((N, M)))
     with pytest.raises(TypeError, match="dtype float32"):
-        ls.linear_solve(op, b, ls.CG(recycle=M), recycle=ls.RecycleSpace(jnp.zeros((N, M), jnp.float32)))
+        ls.linear_solve(
+            op, b, ls.CG(recycle=M), recycle=ls.RecycleSpace(jnp.zeros((N, M), jnp.float32))
+        )
     with pytest.raises(ValueError, match=r"shape \(n, m\) or \(k, n, m\)"):
         ls.RecycleSpace(jnp.zeros(N))
     with pytest.raises(ValueError, match="recycle"):

@@ -133,7 +133,9 @@ def _worker(which: str, throw: bool, recycle: int) -> None:
             check_hlo(compiled_forward.as_text(), n, f"{which} forward")
             check_hlo(compiled_grad.as_text(), n, f"{which} grad")
 
-    for name, got, expected in zip(("x", "loss", "grad param", "grad b"), outs["sharded"], outs["single"]):
+    for name, got, expected in zip(
+        ("x", "loss", "grad param", "grad b"), outs["sharded"], outs["single"]
+    ):
         np.testing.assert_allclose(
             np.asarray(got), np.asarray(expected), rtol=1e-9, atol=1e-11, err_msg=f"{which}: {name}"
         )

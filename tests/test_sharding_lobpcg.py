@@ -51,7 +51,9 @@ def _main():
 
     def loss(c, g):
         out = ls.lobpcg(
-            stiffness(c), K, B=ls.FunctionOperator(mass, example, ls.positive_semidefinite_tag),
+            stiffness(c),
+            K,
+            B=ls.FunctionOperator(mass, example, ls.positive_semidefinite_tag),
             tol=1e-12,
         )
         value = jnp.sum(out.eigenvalues) + jnp.sum((g @ out.eigenvectors) ** 2)
@@ -78,7 +80,9 @@ def _main():
     m = (4 * np.eye(N) + np.eye(N, k=1) + np.eye(N, k=-1)) / 6
     import scipy.linalg
 
-    np.testing.assert_allclose(out2.eigenvalues, scipy.linalg.eigh(a, m, eigvals_only=True)[:K], rtol=1e-11)
+    np.testing.assert_allclose(
+        out2.eigenvalues, scipy.linalg.eigh(a, m, eigvals_only=True)[:K], rtol=1e-11
+    )
 
     # Outputs keep the row sharding; nothing was gathered onto one device.
     assert out2.eigenvectors.sharding.is_equivalent_to(block, 2), out2.eigenvectors.sharding

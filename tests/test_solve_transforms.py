@@ -6,10 +6,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from jax.test_util import check_grads
-
 from cases import ALL_DTYPES, CASES, GRAD_DTYPES, reference_solution, rhs, skip_reason
 from helpers import assert_grad_matches_fd, count_primitive, real_loss
+from jax.test_util import check_grads
 
 
 def _params(dtypes):
@@ -129,14 +128,19 @@ def test_y0_and_adjoint_y0_have_zero_derivative(case, dtype):
 
     g_plain = jax.grad(lambda b: real_loss(case.solve(stored, b).value))(b)
     g_traced = jax.jit(
-        jax.grad(lambda b: real_loss(case.solve(stored, b, y0=y0_from(b), adjoint_y0=0.5 * b).value))
+        jax.grad(
+            lambda b: real_loss(case.solve(stored, b, y0=y0_from(b), adjoint_y0=0.5 * b).value)
+        )
     )(b)
     np.testing.assert_allclose(g_traced, g_plain, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize(
     "tags,solver,primitive",
-    [((), "LU", "lu"), ((__import__("linsolve").positive_semidefinite_tag,), "Cholesky", "cholesky")],
+    [
+        ((), "LU", "lu"),
+        ((__import__("linsolve").positive_semidefinite_tag,), "Cholesky", "cholesky"),
+    ],
 )
 def test_reverse_mode_does_not_factorize_again(tags, solver, primitive):
     import linsolve as ls

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import assert_grad_matches_fd
 from jax.test_util import check_grads
 
 import linsolve as ls
-from helpers import assert_grad_matches_fd
+
 
 PSD = ls.positive_semidefinite_tag
 

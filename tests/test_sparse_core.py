@@ -9,6 +9,7 @@ quantity, and the transform tests use the smallest patterns that still exercise 
 import jax
 import jax.extend.core
 
+
 jax.config.update("jax_enable_x64", True)
 
 import jax.numpy as jnp

@@ -6,10 +6,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.sparse as sp
+from helpers import assert_grad_matches_fd
 from jax.experimental import sparse as jsparse
 
 import linsolve as ls
-from helpers import assert_grad_matches_fd
+
 
 PSD = ls.positive_semidefinite_tag
 
@@ -42,7 +43,9 @@ def test_lower_only_storage_equals_full_storage():
     for op in (full, lower, garbage):
         np.testing.assert_allclose(op.mv(x), a @ x)
         np.testing.assert_allclose(op.as_matrix(), a.toarray())
-        np.testing.assert_allclose(ls.linear_solve(op, x).value, np.linalg.solve(a.toarray(), x), rtol=1e-10)
+        np.testing.assert_allclose(
+            ls.linear_solve(op, x).value, np.linalg.solve(a.toarray(), x), rtol=1e-10
+        )
 
 
 def test_gradient_wrt_values_follows_convention():
@@ -76,7 +79,9 @@ def test_from_bcoo_sums_duplicates_and_traces_data():
     m = jsparse.BCOO.fromdense(jnp.asarray(dense))
     op = ls.SparseOperator.from_bcoo(m)
     np.testing.assert_allclose(op.as_matrix(), dense)
-    dup = jsparse.BCOO((jnp.array([1.0, 2.0, 3.0]), jnp.array([[0, 0], [0, 0], [1, 1]])), shape=(2, 2))
+    dup = jsparse.BCOO(
+        (jnp.array([1.0, 2.0, 3.0]), jnp.array([[0, 0], [0, 0], [1, 1]])), shape=(2, 2)
+    )
     np.testing.assert_allclose(ls.SparseOperator.from_bcoo(dup).as_matrix(), [[3.0, 0], [0, 3.0]])
     csr = jsparse.BCSR.fromdense(jnp.asarray(dense))
     np.testing.assert_allclose(ls.SparseOperator.from_bcoo(csr).as_matrix(), dense)
@@ -100,7 +105,9 @@ def test_vmap_over_values_and_jit():
 
     @eqx.filter_jit
     def solve(values):
-        return ls.linear_solve(ls.SparseOperator(values, p.indices, p.indptr, p.shape, PSD), jnp.ones(9)).value
+        return ls.linear_solve(
+            ls.SparseOperator(values, p.indices, p.indptr, p.shape, PSD), jnp.ones(9)
+        ).value
 
     out = jax.vmap(solve)(batch)
     for i, s in enumerate([1, 2, 3]):
@@ -113,7 +120,9 @@ def test_errors():
     with pytest.raises(ValueError, match="indptr"):
         ls.SparseOperator(jnp.ones(2), [0, 1], [0, 2], (2, 2))
     with pytest.raises(TypeError, match="concrete"):
-        jax.jit(lambda i: ls.SparseOperator(jnp.ones(2), i, np.array([0, 1, 2]), (2, 2)).values)(jnp.array([0, 1]))
+        jax.jit(lambda i: ls.SparseOperator(jnp.ones(2), i, np.array([0, 1, 2]), (2, 2)).values)(
+            jnp.array([0, 1])
+        )
     with pytest.raises(ValueError, match="square"):
         ls.SparseOperator.from_scipy(sp.random(3, 2, density=0.5), PSD)
 
@@ -122,7 +131,10 @@ def test_errors():
     "tags,part",
     [
         ((ls.lower_triangular_tag,), lambda a: np.tril(a)),
-        ((ls.lower_triangular_tag, ls.unit_diagonal_tag), lambda a: np.tril(a, -1) + np.eye(len(a))),
+        (
+            (ls.lower_triangular_tag, ls.unit_diagonal_tag),
+            lambda a: np.tril(a, -1) + np.eye(len(a)),
+        ),
         ((ls.upper_triangular_tag,), lambda a: np.triu(a)),
     ],
 )
@@ -144,7 +156,9 @@ def test_sparse_triangular_solve(tags, part):
         return ls.linear_solve(ls.SparseOperator(v, p.indices, p.indptr, p.shape, tags), b).value
 
     check_grads(jax.jit(solve), (op.values, jnp.asarray(b[:, 0])), order=2, modes=["fwd", "rev"])
-    g = assert_grad_matches_fd(lambda v: jnp.sum(jnp.sin(solve(v, jnp.asarray(b[:, 0])))), np.asarray(op.values))
+    g = assert_grad_matches_fd(
+        lambda v: jnp.sum(jnp.sin(solve(v, jnp.asarray(b[:, 0])))), np.asarray(op.values)
+    )
     read = np.zeros(p.nnz, bool)
     off, diag = p.read(frozenset(tags))
     read[off] = True
@@ -165,10 +179,20 @@ def test_sparse_triangular_solve(tags, part):
     "indices,indptr,shape,match",
     [
         ([0, 1], [1, 2, 3], (2, 2), r"indptr\[0\] must be 0; got indptr\[0\] = 1"),
-        ([0, 1], [0, 2, 1, 2], (2, 3), r"non-decreasing; indptr\[2\] = 1 < indptr\[1\] = 2 \(column 1"),
+        (
+            [0, 1],
+            [0, 2, 1, 2],
+            (2, 3),
+            r"non-decreasing; indptr\[2\] = 1 < indptr\[1\] = 2 \(column 1",
+        ),
         ([0, 1], [0, 2], (2, 2), r"indptr must have length n_cols \+ 1 = 3 .* got length 2"),
         ([0, 1], [0, 1, 2, 2], (2, 2), r"indptr must have length n_cols \+ 1 = 3"),
-        ([0, 1, 1], [0, 1, 2], (2, 2), r"indices must have length indptr\[-1\] = 2 .* got length 3"),
+        (
+            [0, 1, 1],
+            [0, 1, 2],
+            (2, 2),
+            r"indices must have length indptr\[-1\] = 2 .* got length 3",
+        ),
         ([0], [0, 1, 2], (2, 2), r"indices must have length indptr\[-1\] = 2 .* got length 1"),
         ([0, 2], [0, 1, 2], (2, 2), r"row index out of range .* indices\[1\] = 2 \(column 1\)"),
         ([-1, 1], [0, 1, 2], (2, 2), r"row index out of range .* indices\[0\] = -1 \(column 0\)"),
@@ -177,7 +201,12 @@ def test_sparse_triangular_solve(tags, part):
         ([0, 1], [0.0, 1.0, 2.0], (2, 2), r"indptr must have an integer dtype; got float64"),
         ([[0, 1]], [0, 1, 2], (2, 2), r"indices must be a 1-D array"),
         ([0, 1], [[0, 1, 2]], (2, 2), r"indptr must be a 1-D array"),
-        ([0, 1], [0, 1, 2], (float("nan"), 2), r"shape must be a pair .* non-negative integers.*n_rows = nan"),
+        (
+            [0, 1],
+            [0, 1, 2],
+            (float("nan"), 2),
+            r"shape must be a pair .* non-negative integers.*n_rows = nan",
+        ),
         ([0, 1], [0, 1, 2], (2, 2.0), r"shape must be a pair .*n_cols = 2.0"),
         ([0, 1], [0, 1, 2], (-1, 2), r"shape must be a pair .*n_rows = -1"),
         ([0, 1], [0, 1, 2], (2,), r"shape must be a pair"),
@@ -203,7 +232,9 @@ def test_malformed_values_shape_is_rejected():
 def test_pattern_itself_must_be_canonical():
     from linsolve._sparse.operator import Pattern
 
-    with pytest.raises(ValueError, match=r"unsorted row indices in column 1: indices\[1\] = 2, indices\[2\] = 0"):
+    with pytest.raises(
+        ValueError, match=r"unsorted row indices in column 1: indices\[1\] = 2, indices\[2\] = 0"
+    ):
         Pattern([1, 2, 0], [0, 1, 3], (3, 2))
     with pytest.raises(ValueError, match=r"duplicate row indices in column 0"):
         Pattern([1, 1], [0, 2, 2], (3, 2))
@@ -218,7 +249,10 @@ def test_edge_cases_that_are_valid():
     assert op.pattern.nnz == 0 and op.pattern.indices.dtype == np.int64
     # any integer dtype, numpy integer shape, jax (concrete) index arrays, explicit zeros kept
     op = ls.SparseOperator(
-        [0.0, 2.0], np.array([0, 1], np.uint8), jnp.array([0, 1, 2], jnp.int32), (np.int64(2), np.int32(2))
+        [0.0, 2.0],
+        np.array([0, 1], np.uint8),
+        jnp.array([0, 1, 2], jnp.int32),
+        (np.int64(2), np.int32(2)),
     )
     assert op.shape == (2, 2) and op.pattern.nnz == 2
     np.testing.assert_array_equal(op.as_matrix(), [[0.0, 0.0], [0.0, 2.0]])
@@ -287,19 +321,27 @@ def test_normalised_duplicates_gradient_jit_vmap():
     values0 = np.concatenate([0.1 * MESSY_VALUES, 3.0 + np.arange(n)])[order]
 
     def dense_of(v):
-        return jnp.zeros((n, n), v.dtype).at[indices, np.repeat(np.arange(n), np.diff(indptr))].add(v)
+        return (
+            jnp.zeros((n, n), v.dtype).at[indices, np.repeat(np.arange(n), np.diff(indptr))].add(v)
+        )
 
     def loss(v):
         op = ls.SparseOperator(v, indices, indptr, (n, n))
-        return jnp.sum(jnp.sin(ls.linear_solve(op, b, solver=ls.LU()).value)) + jnp.sum(op.mv(b) ** 2)
+        return jnp.sum(jnp.sin(ls.linear_solve(op, b, solver=ls.LU()).value)) + jnp.sum(
+            op.mv(b) ** 2
+        )
 
     def dense_loss(v):
         a = dense_of(v)
         return jnp.sum(jnp.sin(jnp.linalg.solve(a, b))) + jnp.sum((a @ b) ** 2)
 
-    np.testing.assert_allclose(loss(jnp.asarray(values0)), dense_loss(jnp.asarray(values0)), rtol=1e-12)
+    np.testing.assert_allclose(
+        loss(jnp.asarray(values0)), dense_loss(jnp.asarray(values0)), rtol=1e-12
+    )
     g = assert_grad_matches_fd(loss, values0)
-    np.testing.assert_allclose(g, jax.grad(dense_loss)(jnp.asarray(values0)), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(
+        g, jax.grad(dense_loss)(jnp.asarray(values0)), rtol=1e-10, atol=1e-12
+    )
     # every copy of a duplicated (row, col) gets the gradient of their sum
     key = np.repeat(np.arange(n), np.diff(indptr)) * n + indices
     dup_keys = [k for k in np.unique(key) if np.sum(key == k) > 1]
@@ -308,7 +350,9 @@ def test_normalised_duplicates_gradient_jit_vmap():
         np.testing.assert_array_equal(g[key == k], g[key == k][0])
     # vmap over a batch of (un-normalised) value arrays, under jit; and forward mode
     batch = jnp.stack([jnp.asarray(values0), 2 * jnp.asarray(values0)])
-    np.testing.assert_allclose(jax.jit(jax.vmap(loss))(batch), jax.vmap(dense_loss)(batch), rtol=1e-12)
+    np.testing.assert_allclose(
+        jax.jit(jax.vmap(loss))(batch), jax.vmap(dense_loss)(batch), rtol=1e-12
+    )
     t = jnp.asarray(rng.standard_normal(values0.shape))
     _, jvp = jax.jvp(loss, (jnp.asarray(values0),), (t,))
     np.testing.assert_allclose(jvp, g @ np.asarray(t), rtol=1e-10)
@@ -326,7 +370,9 @@ def test_scipy_noncanonical_input_goes_through_the_same_path():
     # a scipy matrix whose index arrays are out of range is rejected with the same message
     bad = sp.csc_matrix((np.ones(2), np.array([0, 1]), np.array([0, 1, 2])), shape=(2, 2))
     bad.indices[1] = 5
-    with pytest.raises(ValueError, match=r"row index out of range .* indices\[1\] = 5 \(column 1\)"):
+    with pytest.raises(
+        ValueError, match=r"row index out of range .* indices\[1\] = 5 \(column 1\)"
+    ):
         ls.SparseOperator.from_scipy(bad)
 
 
@@ -336,7 +382,14 @@ def test_from_bcoo_unsorted_padding_and_negative_indices():
     op = ls.SparseOperator.from_bcoo(jsparse.BCOO((data, idx), shape=(3, 2)))
     np.testing.assert_array_equal(op.pattern.indices, [0, 2, 1])
     np.testing.assert_array_equal(op.values, [2.0, 4.0, 9.0])
-    g = jax.grad(lambda d: ls.SparseOperator.from_bcoo(jsparse.BCOO((d, idx), shape=(3, 2))).values @ jnp.arange(1.0, 4.0))(data)
+    g = jax.grad(
+        lambda d: (
+            ls.SparseOperator.from_bcoo(jsparse.BCOO((d, idx), shape=(3, 2))).values
+            @ jnp.arange(1.0, 4.0)
+        )
+    )(data)
     np.testing.assert_array_equal(g, [2.0, 1.0, 2.0, 3.0, 0.0, 3.0])
     with pytest.raises(ValueError, match="negative index at entry 1"):
-        ls.SparseOperator.from_bcoo(jsparse.BCOO((data[:2], jnp.array([[0, 0], [-1, 0]])), shape=(3, 2)))
+        ls.SparseOperator.from_bcoo(
+            jsparse.BCOO((data[:2], jnp.array([[0, 0], [-1, 0]])), shape=(3, 2))
+        )

@@ -13,6 +13,7 @@ import scipy.sparse as sp
 
 import linsolve as ls
 
+
 PSD, SYM, HERM = ls.positive_semidefinite_tag, ls.symmetric_tag, ls.hermitian_tag
 N = 6
 
@@ -95,7 +96,9 @@ def test_dense_and_krylov_solvers(name, dtype):
     np.testing.assert_allclose(ga, ga_ref, rtol=1e-3 if rtol > 1e-6 else 1e-6, atol=1e-5)
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name
+)
 def test_nonsquare_qr(dtype):
     a = _matrix(dtype, "general")[:, :4]
     b = _vector(dtype)
@@ -113,7 +116,9 @@ def test_nonsquare_qr(dtype):
     assert np.all(np.isfinite(g)) and np.all(np.isfinite(gw))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name
+)
 def test_sparse_cholesky_selected_inverse_and_logdet(dtype):
     a = _matrix(dtype, "spd")
     a = np.where(np.abs(np.subtract.outer(np.arange(N), np.arange(N))) <= 1, a, 0)
@@ -141,7 +146,9 @@ def test_sparse_cholesky_selected_inverse_and_logdet(dtype):
     assert np.all(np.isfinite(g)) and np.all(np.isfinite(gld))
 
 
-@pytest.mark.parametrize("dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name)
+@pytest.mark.parametrize(
+    "dtype", [np.float64, np.complex128, np.float32], ids=lambda d: np.dtype(d).name
+)
 def test_logdet_slogdet_factorizations(dtype):
     spd, gen = _matrix(dtype, "spd"), _matrix(dtype, "general")
     with jax.numpy_dtype_promotion("strict"):
@@ -149,7 +156,9 @@ def test_logdet_slogdet_factorizations(dtype):
         sign, lad = jax.jit(lambda a: ls.slogdet(ls.MatrixOperator(a)))(gen)
         g2 = jax.jit(jax.grad(lambda a: ls.slogdet(ls.MatrixOperator(a))[1]))(gen)
         c, gc = jax.jit(jax.value_and_grad(lambda a: _loss(ls.cholesky(a)), holomorphic=False))(spd)
-        (p, low, up), gl = jax.jit(lambda a: (ls.lu(a), jax.grad(lambda a: _loss(ls.lu(a)[2]))(a)))(gen)
+        (p, low, up), gl = jax.jit(lambda a: (ls.lu(a), jax.grad(lambda a: _loss(ls.lu(a)[2]))(a)))(
+            gen
+        )
     rtol = _rtol(dtype)
     np.testing.assert_allclose(ld, np.linalg.slogdet(spd)[1], rtol=100 * rtol)
     np.testing.assert_allclose(lad, np.linalg.slogdet(gen)[1], rtol=100 * rtol)
@@ -165,7 +174,9 @@ def test_eigh(dtype):  # real only, as eigh and lobpcg are
     tags = SYM
     with jax.numpy_dtype_promotion("strict"):
         w = jax.jit(lambda a: ls.eigh(ls.MatrixOperator(a, tags)).eigenvalues)(a)
-        g = jax.jit(jax.grad(lambda a: jnp.sum(ls.eigh(ls.MatrixOperator(a, tags)).eigenvalues[:2])))(a)
+        g = jax.jit(
+            jax.grad(lambda a: jnp.sum(ls.eigh(ls.MatrixOperator(a, tags)).eigenvalues[:2]))
+        )(a)
         wb = jax.jit(
             lambda a: ls.eigh(ls.MatrixOperator(a, tags), ls.MatrixOperator(a, PSD)).eigenvalues
         )(a)
@@ -182,8 +193,11 @@ def test_lobpcg(dtype):
 
     def run(a):
         out = ls.lobpcg(
-            ls.MatrixOperator(a, SYM), 2, B=ls.DiagonalOperator(bdiag, PSD),
-            preconditioner=ls.DiagonalOperator(pre, PSD), max_steps=200,
+            ls.MatrixOperator(a, SYM),
+            2,
+            B=ls.DiagonalOperator(bdiag, PSD),
+            preconditioner=ls.DiagonalOperator(pre, PSD),
+            max_steps=200,
         )
         return out.eigenvalues
 
@@ -220,8 +234,14 @@ def test_operator_algebra(dtype):
     with jax.numpy_dtype_promotion("strict"):
         op = ls.MatrixOperator(a)
         combos = [
-            2.0 * op, op / 3.0, -op, op + op, op - ls.IdentityOperator(N, dtype), op.T @ op,
-            ls.DiagonalOperator(b) @ op, ls.FunctionOperator(lambda x: a @ x, b).T,
+            2.0 * op,
+            op / 3.0,
+            -op,
+            op + op,
+            op - ls.IdentityOperator(N, dtype),
+            op.T @ op,
+            ls.DiagonalOperator(b) @ op,
+            ls.FunctionOperator(lambda x: a @ x, b).T,
         ]
         for c in combos:
             y = c.mv(b)

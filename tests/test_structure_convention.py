@@ -8,6 +8,7 @@ import pytest
 
 import linsolve as ls
 
+
 RHO = 0.88
 EXACT = -(1 + RHO**2) / (1 - RHO**2) ** 2  # -34.8637
 
@@ -35,7 +36,9 @@ def test_one_triangle_matches_full_symmetric(solver):
 def test_what_jax_scipy_returns_for_the_same_input():
     # Documented contrast (README / docs): jax.scipy's assume_a="pos" reads one triangle
     # in the forward pass but differentiates as if the whole array were read.
-    f = lambda r: jsl.solve(jnp.array([[1.0, 0.0], [r, 1.0]]), jnp.array([1.0, 0.0]), assume_a="pos")[1]  # noqa: E731
+    f = lambda r: jsl.solve(
+        jnp.array([[1.0, 0.0], [r, 1.0]]), jnp.array([1.0, 0.0]), assume_a="pos"
+    )[1]  # noqa: E731
     assert abs(jax.grad(f)(RHO) - EXACT) > 1.0
 
 
@@ -43,7 +46,9 @@ def test_hermitian_fold_is_conjugate():
     a = np.array([[2.0, 0.0], [0.3 + 0.4j, 3.0]])
 
     def loss(a):
-        x = ls.linear_solve(ls.MatrixOperator(a, ls.hermitian_tag), jnp.array([1.0 + 0j, 1.0j]), ls.LU()).value
+        x = ls.linear_solve(
+            ls.MatrixOperator(a, ls.hermitian_tag), jnp.array([1.0 + 0j, 1.0j]), ls.LU()
+        ).value
         return jnp.real(jnp.vdot(x, x))
 
     g = jax.grad(loss)(jnp.asarray(a))
@@ -62,8 +67,14 @@ def test_float32_gradients_work():
     a = rng.standard_normal((4, 4)).astype(np.float32)
     a = a @ a.T + 4 * np.eye(4, dtype=np.float32)
     b = jnp.ones(4, jnp.float32)
-    for tags, solver in [((ls.positive_semidefinite_tag,), ls.Cholesky()), ((), ls.LU()), ((), ls.QR())]:
-        g = jax.jit(jax.grad(lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), b, solver).value.sum()))(a)
+    for tags, solver in [
+        ((ls.positive_semidefinite_tag,), ls.Cholesky()),
+        ((), ls.LU()),
+        ((), ls.QR()),
+    ]:
+        g = jax.jit(
+            jax.grad(lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), b, solver).value.sum())
+        )(a)
         ref = jax.grad(lambda a: jnp.linalg.solve(a, b).sum())(jnp.asarray(a, jnp.float64))
         if tags:
             ref = jnp.tril(ref + ref.T - jnp.diag(jnp.diag(ref)))

@@ -20,6 +20,7 @@ import pytest
 import linsolve as ls
 from linsolve import _lapack
 
+
 PSD = ls.positive_semidefinite_tag
 
 pytestmark = pytest.mark.skipif(
@@ -48,15 +49,18 @@ SOLVES = {
     "cholesky": lambda a, b: ls.linear_solve(ls.MatrixOperator(a, PSD), b, ls.Cholesky()).value,
     "lu": lambda a, b: ls.linear_solve(ls.MatrixOperator(a), b, ls.LU()).value,
     "qr": lambda a, b: ls.linear_solve(ls.MatrixOperator(a), b, ls.QR()).value,
-    "triangular": lambda a, b: ls.linear_solve(
-        ls.MatrixOperator(a, ls.lower_triangular_tag), b, ls.Triangular()
-    ).value,
+    "triangular": lambda a, b: (
+        ls.linear_solve(ls.MatrixOperator(a, ls.lower_triangular_tag), b, ls.Triangular()).value
+    ),
     "logdet": lambda a, b: ls.logdet(ls.MatrixOperator(a, PSD)) * b,
     "slogdet": lambda a, b: ls.slogdet(ls.MatrixOperator(a))[1] * b,
     "eigh": lambda a, b: ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag)).eigenvalues * b,
-    "eigh-generalized": lambda a, b: ls.eigh(
-        ls.MatrixOperator(a, ls.symmetric_tag), B=ls.MatrixOperator(a + jnp.eye(6), PSD)
-    ).eigenvalues * b,
+    "eigh-generalized": lambda a, b: (
+        ls.eigh(
+            ls.MatrixOperator(a, ls.symmetric_tag), B=ls.MatrixOperator(a + jnp.eye(6), PSD)
+        ).eigenvalues
+        * b
+    ),
 }
 
 
@@ -140,7 +144,9 @@ def test_vmapped_lobpcg_makes_unbatched_lapack_calls():
     a = _spd_batch(rng, 2, 12)
 
     def smallest(a):
-        return ls.lobpcg(ls.MatrixOperator(a, ls.symmetric_tag), 2, key=jax.random.key(0)).eigenvalues
+        return ls.lobpcg(
+            ls.MatrixOperator(a, ls.symmetric_tag), 2, key=jax.random.key(0)
+        ).eigenvalues
 
     batched = jax.vmap(smallest)
     dims = _lapack_batch_dims(batched, a)

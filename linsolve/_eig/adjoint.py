@@ -107,10 +107,12 @@ def projected_solves(
         proj = FunctionOperator(mv, example, tags=positive_semidefinite_tag)
         this_solver = solver
         if preconditioner is not None and getattr(solver, "preconditioner", 0) is None:
-            pre = FunctionOperator(lambda v: qt(preconditioner.mv(q(v))), example,
-                                   tags=positive_semidefinite_tag)
-            this_solver = eqx.tree_at(lambda s: s.preconditioner, solver, pre,
-                                      is_leaf=lambda x: x is None)
+            pre = FunctionOperator(
+                lambda v: qt(preconditioner.mv(q(v))), example, tags=positive_semidefinite_tag
+            )
+            this_solver = eqx.tree_at(
+                lambda s: s.preconditioner, solver, pre, is_leaf=lambda x: x is None
+            )
         state = this_solver.init(proj)
 
         def solve(_, b):
@@ -166,8 +168,16 @@ def eigenpair_tangents(
         b_u = u if B is None else B.mv(u)
         rhs = -(m_cols - b_u @ (u.T @ m_cols))
         w = projected_solves(
-            operator, B, values, u, b_u, rhs, sign=-1 if largest else 1, solver=solver,
-            preconditioner=preconditioner, throw=throw,
+            operator,
+            B,
+            values,
+            u,
+            b_u,
+            rhs,
+            sign=-1 if largest else 1,
+            solver=solver,
+            preconditioner=preconditioner,
+            throw=throw,
         )
         t_vectors = t_vectors + w
     return t_values, t_vectors

@@ -61,8 +61,18 @@ def _eigh_jvp(primals, tangents, *, rtol):
     values, vectors = _eigh(op, B, rtol=rtol)
     threshold = rtol * jnp.max(jnp.abs(values))
     t_values, t_vectors = eigenpair_tangents(
-        op, B, t_op, t_B, values, vectors, largest=False, threshold=threshold, solver=None,
-        preconditioner=None, throw=False, complete=True,
+        op,
+        B,
+        t_op,
+        t_B,
+        values,
+        vectors,
+        largest=False,
+        threshold=threshold,
+        solver=None,
+        preconditioner=None,
+        throw=False,
+        complete=True,
     )
     return (values, vectors), (t_values, t_vectors)
 

@@ -259,9 +259,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         w = t.T @ w
         return w, w if bmv is None else t.T @ bw, keep
 
-    w, bw, wvalid = jax.lax.cond(
-        smallest < 1e-2, svqb_again, lambda w, bw: (w, bw, wvalid), w, bw
-    )
+    w, bw, wvalid = jax.lax.cond(smallest < 1e-2, svqb_again, lambda w, bw: (w, bw, wvalid), w, bw)
     aw = amv(w)
     anorm = _norm_ratio(aw, w, s.anorm)
     bnorm = s.bnorm if bmv is None else _norm_ratio(bw, w, s.bnorm)
@@ -335,8 +333,13 @@ def _guard_orthonormality(xp, axp, bxp, pvalid, theta, m):
         zero = jnp.zeros_like(x)
         out_b = None if bxp is None else jnp.concatenate([q.T @ (t.T @ bxp[:m]), zero], axis=0)
         theta = jnp.where(jnp.sort(keep)[::-1], theta, 0)
-        return (jnp.concatenate([x, zero], axis=0), jnp.concatenate([ax, zero], axis=0), out_b,
-                jnp.zeros_like(pvalid), theta)
+        return (
+            jnp.concatenate([x, zero], axis=0),
+            jnp.concatenate([ax, zero], axis=0),
+            out_b,
+            jnp.zeros_like(pvalid),
+            theta,
+        )
 
     return jax.lax.cond(
         lost > limit, restart, lambda xp, axp, bxp: (xp, axp, bxp, pvalid, theta), xp, axp, bxp
@@ -360,9 +363,16 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
     x0 = x0.T
     xp = jnp.concatenate([x0, jnp.zeros_like(x0)], axis=0)
     state = _State(
-        xp, jnp.zeros_like(xp), None if B is None else jnp.zeros_like(xp),
-        jnp.zeros((m,), bool), jnp.zeros((m,), dtype), jnp.full((m,), jnp.inf, dtype),
-        zero, zero + 1 if B is None else zero, jnp.zeros((), jnp.int32), jnp.asarray(False),
+        xp,
+        jnp.zeros_like(xp),
+        None if B is None else jnp.zeros_like(xp),
+        jnp.zeros((m,), bool),
+        jnp.zeros((m,), dtype),
+        jnp.full((m,), jnp.inf, dtype),
+        zero,
+        zero + 1 if B is None else zero,
+        jnp.zeros((), jnp.int32),
+        jnp.asarray(False),
     )
 
     def wanted_converged(s):
@@ -385,7 +395,10 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
         if cfg.verbose:
             jax.debug.print(
                 "LOBPCG: step {step}, largest backward error {e:.3e} (tol {t:.3e}), "
-                "eigenvalues {v}", step=s.steps, e=worst(s), t=tol,
+                "eigenvalues {v}",
+                step=s.steps,
+                e=worst(s),
+                t=tol,
                 v=(-1 if cfg.largest else 1) * s.theta[:k],
             )
         return s, keep_best(best, s)
@@ -400,12 +413,23 @@ def run_lobpcg(op: AbstractOperator, B, pre, x0: Array, tol, max_steps, cfg: _Co
 
     carry = (state, state, jnp.asarray(False))
     state, best, _ = jax.lax.while_loop(lambda c: ~c[2], outer_body, carry)
+
     # Iterating longer must never make the answer worse: without convergence, the best
     # block seen (by its backward errors, recomputed from fresh products) is returned.
     def pick_best():
         fresh = _refresh(amv, bmv, best, m)
-        fresh = _State(fresh.xp, fresh.axp, fresh.bxp, fresh.pvalid, fresh.theta, fresh.eta,
-                       fresh.anorm, fresh.bnorm, state.steps, state.b_indefinite)
+        fresh = _State(
+            fresh.xp,
+            fresh.axp,
+            fresh.bxp,
+            fresh.pvalid,
+            fresh.theta,
+            fresh.eta,
+            fresh.anorm,
+            fresh.bnorm,
+            state.steps,
+            state.b_indefinite,
+        )
         better = worst(fresh) < worst(state)
         return jax.tree_util.tree_map(lambda a, b: jnp.where(better, a, b), fresh, state)
 
@@ -454,12 +478,21 @@ def _lobpcg_jvp(primals, tangents, *, cfg, threshold_rtol, throw):
     op, B, pre, x0, limits, adjoint_solver = primals
     # The preconditioner, X0, the limits and the solver have zero derivative.
     t_op, t_B = tangents[:2]
-    out = _lobpcg(op, B, pre, x0, limits, adjoint_solver, cfg=cfg,
-                  threshold_rtol=threshold_rtol, throw=throw)
+    out = _lobpcg(
+        op, B, pre, x0, limits, adjoint_solver, cfg=cfg, threshold_rtol=threshold_rtol, throw=throw
+    )
     values, vectors, _, stats, scale = out
     t_values, t_vectors = eigenpair_tangents(
-        op, B, t_op, t_B, values, vectors, largest=cfg.largest,
-        threshold=threshold_rtol * scale, solver=adjoint_solver, preconditioner=pre,
+        op,
+        B,
+        t_op,
+        t_B,
+        values,
+        vectors,
+        largest=cfg.largest,
+        threshold=threshold_rtol * scale,
+        solver=adjoint_solver,
+        preconditioner=pre,
         throw=throw,
     )
     t_stats = jax.tree_util.tree_map(
@@ -625,7 +658,9 @@ def lobpcg(
                 f"lobpcg: the preconditioner has shape {preconditioner.shape}, the operator "
                 f"{op.shape}."
             )
-        check_same_dtype(op.dtype, preconditioner.dtype, "the operator", "lobpcg: the preconditioner")
+        check_same_dtype(
+            op.dtype, preconditioner.dtype, "the operator", "lobpcg: the preconditioner"
+        )
     k = int(k)
     if not 1 <= k <= n:
         raise ValueError(f"lobpcg: need 1 <= k <= n = {n}, got k = {k}.")
@@ -639,7 +674,9 @@ def lobpcg(
         if X0.ndim == 1:
             X0 = X0[:, None]
         if X0.ndim != 2 or X0.shape[0] != n or X0.shape[1] < k:
-            raise ValueError(f"lobpcg: `X0` must have shape ({n}, c) with c >= k = {k}; got {X0.shape}.")
+            raise ValueError(
+                f"lobpcg: `X0` must have shape ({n}, c) with c >= k = {k}; got {X0.shape}."
+            )
         m = max(m, X0.shape[1])
     if not k <= m <= n:
         raise ValueError(f"lobpcg: need k <= block_size <= n, got block_size = {m}.")

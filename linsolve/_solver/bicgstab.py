@@ -45,12 +45,16 @@ class BiCGStab(AbstractKrylovSolver):
         return self._make_state(operator)
 
     def solve(self, state, vector, y0):
-        return map_columns(lambda b, x0, _: _bicgstab(state, b, x0, self.verbose, "BiCGStab"), vector, y0)
+        return map_columns(
+            lambda b, x0, _: _bicgstab(state, b, x0, self.verbose, "BiCGStab"), vector, y0
+        )
 
     def transpose_solve(self, state, vector, y0):
         state = transposed(state)
         label = "BiCGStab (transposed)"
-        return map_columns(lambda b, x0, _: _bicgstab(state, b, x0, self.verbose, label), vector, y0)
+        return map_columns(
+            lambda b, x0, _: _bicgstab(state, b, x0, self.verbose, label), vector, y0
+        )
 
 
 @eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
@@ -98,7 +102,9 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
             # Once the half step has converged, the stabilisation step is skipped (omega =
             # 0). A zero stabilisation step otherwise (t ⟂ s) keeps the half step and
             # restarts: the next beta would divide by omega.
-            omega = jnp.where(half_done | (tt == 0), 0, inner(t, s) / jnp.where(tt == 0, 1, tt)).astype(dtype)
+            omega = jnp.where(
+                half_done | (tt == 0), 0, inner(t, s) / jnp.where(tt == 0, 1, tt)
+            ).astype(dtype)
             x_new = jnp.where(stuck, x, x + alpha * p_hat + omega * s_hat)
             r_new = jnp.where(stuck, r, s - omega * t)
             r_norm = jnp.where(stuck, r_norm, jnp.where(half_done, s_norm, norm(r_new).astype(rdt)))
@@ -108,12 +114,34 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
             failed = code != RESULTS.successful
             report(verbose, label, k + 1, r_norm, goal)
             return (
-                k + 1, j + 1, jnp.where(failed, x, x_new), r_new, p, v, rho_new, alpha,
-                jnp.where(omega == 0, one, omega), r_norm, code, restart,
+                k + 1,
+                j + 1,
+                jnp.where(failed, x, x_new),
+                r_new,
+                p,
+                v,
+                rho_new,
+                alpha,
+                jnp.where(omega == 0, one, omega),
+                r_norm,
+                code,
+                restart,
             )
 
-        init = (k, jnp.asarray(0, jnp.int32), x, r, zeros, zeros, one, one, one, r_norm, code,
-                jnp.asarray(False))
+        init = (
+            k,
+            jnp.asarray(0, jnp.int32),
+            x,
+            r,
+            zeros,
+            zeros,
+            one,
+            one,
+            one,
+            r_norm,
+            code,
+            jnp.asarray(False),
+        )
         k, j, x, _, _, _, _, _, _, est, code, restart = jax.lax.while_loop(cond, body, init)
         # A breakdown in the first step from a fresh shadow residual: restarting again
         # would meet it again (e.g. r̂ᴴAr̂ = 0 for an indefinite operator). (Unless the
@@ -121,5 +149,7 @@ def _bicgstab(state: KrylovState, b, y0, verbose: bool, label: str):
         code = jnp.where(restart & (j == 1), result_code(RESULTS.breakdown), code)
         return k, x, code, est <= goal, None
 
-    x, result, k, r_norm, cycles, _ = true_residual_loop(state, b, y0, cycle, verbose=verbose, label=label)
+    x, result, k, r_norm, cycles, _ = true_residual_loop(
+        state, b, y0, cycle, verbose=verbose, label=label
+    )
     return x, result, stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))

@@ -136,14 +136,20 @@ class CG(AbstractKrylovSolver):
             image = stats["recycle_image"]
         else:
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
+
         # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
         def make(w, aw):
             return from_image(w, aw, definite=True)
 
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
-            state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
-            state.negate, recycled,
+            state.operator,
+            state.preconditioner,
+            state.rtol,
+            state.atol,
+            state.max_steps,
+            state.negate,
+            recycled,
         )
 
     def _solve(self, state, vector, y0, collect, label):
@@ -195,8 +201,26 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         goal2 = goal * goal
         code = jnp.where(rz < 0, result_code(RESULTS.breakdown), code)
         report(verbose, label, k, jnp.sqrt(res2), goal)
-        x, code, res2, k, best = _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code,
-                                           best, keep, m, verbose, label)
+        x, code, res2, k, best = _cg_cycle(
+            state,
+            mv,
+            pre,
+            deflate,
+            k,
+            x,
+            r,
+            z,
+            p,
+            rz,
+            res2,
+            goal,
+            code,
+            best,
+            keep,
+            m,
+            verbose,
+            label,
+        )
         return k, x, code, res2 <= goal2, best
 
     n = b.shape[0]
@@ -222,7 +246,9 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     return x, result, stats(k, r_norm, **extra)
 
 
-def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, keep, m, verbose, label):
+def _cg_cycle(
+    state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, keep, m, verbose, label
+):
     """The CG recurrence from `(x, r)` until its residual meets `goal`, it fails, or
     `max_steps`; with `m > 0` collecting Ritz vectors, kept in `best` if this cycle is the
     longest so far. Returns `(x, code, res2, k, best)`."""
@@ -283,7 +309,14 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
         window = jax.lax.dynamic_update_index_in_dim(window, v, count, 0)
         diag = jnp.where(ok, 1 / jnp.where(ok, alpha, 1) + ratio, 0)
         off = jnp.where(ok, -jnp.sqrt(beta) / jnp.where(ok, alpha, 1), 0)
-        tri = tri.at[count, count].set(diag).at[count + 1, count].set(off).at[count, count + 1].set(off)
+        tri = (
+            tri.at[count, count]
+            .set(diag)
+            .at[count + 1, count]
+            .set(off)
+            .at[count, count + 1]
+            .set(off)
+        )
         ratio = jnp.where(ok, beta / jnp.where(ok, alpha, 1), 0)
         return k + 1, x, r, z_new, p, rz_new, res2, code, window, tri, count + 1, ratio
 
@@ -299,8 +332,20 @@ def _cg_cycle(state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best
         )
         return c[:8] + (window, tri, count, c[11])
 
-    carry = (k, x, r, z, p, rz, res2, code, window, tri,
-             jnp.asarray(0, jnp.int32), jnp.zeros((), rdt))
+    carry = (
+        k,
+        x,
+        r,
+        z,
+        p,
+        rz,
+        res2,
+        code,
+        window,
+        tri,
+        jnp.asarray(0, jnp.int32),
+        jnp.zeros((), rdt),
+    )
     # A given space that is already converged (`keep`) is used as it is: no window.
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & ~keep, outer_body, carry)
     k, x, r, _, p, rz, res2, code, window, tri, count, _ = carry

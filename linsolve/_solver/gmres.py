@@ -49,7 +49,9 @@ class GMRES(AbstractKrylovSolver):
 
     def transpose_solve(self, state, vector, y0):
         state = transposed(state)
-        return map_columns(lambda b, x0, _: self._gmres(state, b, x0, "GMRES (transposed)"), vector, y0)
+        return map_columns(
+            lambda b, x0, _: self._gmres(state, b, x0, "GMRES (transposed)"), vector, y0
+        )
 
     def _gmres(self, state: KrylovState, b, y0, label):
         # (At least 1: an n = 0 system still traces, and returns at once.)
@@ -101,7 +103,9 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
             h_next = norm(w).astype(rdt)
             # A (numerically) zero h_next is the lucky breakdown: the Krylov space is
             # invariant and the least-squares solution below is exact.
-            basis = lax.dynamic_update_index_in_dim(basis, w / jnp.where(h_next == 0, 1, h_next), j + 1, 0)
+            basis = lax.dynamic_update_index_in_dim(
+                basis, w / jnp.where(h_next == 0, 1, h_next), j + 1, 0
+            )
             h = lax.dynamic_update_index_in_dim(h, h_next.astype(dtype), j + 1, 0)
             # `rot` is the product of the Givens rotations so far, kept as a small dense
             # unitary matrix: one (restart+1)² product brings the new column to
@@ -109,8 +113,12 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
             h = rot @ h
             pair = lax.dynamic_slice_in_dim(h, j, 2)
             givens = _givens(pair[0], pair[1])
-            h = lax.dynamic_update_slice_in_dim(h, jnp.stack([(givens @ pair)[0], jnp.zeros((), dtype)]), j, 0)
-            rot = lax.dynamic_update_slice_in_dim(rot, givens @ lax.dynamic_slice_in_dim(rot, j, 2), j, 0)
+            h = lax.dynamic_update_slice_in_dim(
+                h, jnp.stack([(givens @ pair)[0], jnp.zeros((), dtype)]), j, 0
+            )
+            rot = lax.dynamic_update_slice_in_dim(
+                rot, givens @ lax.dynamic_slice_in_dim(rot, j, 2), j, 0
+            )
             g_pair = givens @ lax.dynamic_slice_in_dim(g, j, 2)
             g = lax.dynamic_update_slice_in_dim(g, g_pair, j, 0)
             est = jnp.abs(g_pair[1]).astype(rdt)
@@ -134,5 +142,7 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
         code = jnp.where(jnp.isfinite(est), code, result_code(RESULTS.nonfinite_input))
         return k, x, code, est <= goal, None
 
-    x, result, k, r_norm, cycles, _ = true_residual_loop(state, b, y0, cycle, verbose=verbose, label=label)
+    x, result, k, r_norm, cycles, _ = true_residual_loop(
+        state, b, y0, cycle, verbose=verbose, label=label
+    )
     return x, result, stats(k, r_norm, num_restarts=jnp.maximum(cycles - 1, 0))

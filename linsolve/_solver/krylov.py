@@ -107,7 +107,9 @@ class AbstractKrylovSolver(AbstractSolver):
                     f"{preconditioner.shape}; the operator has shape {operator.shape}."
                 )
             check_same_dtype(
-                operator.dtype, preconditioner.dtype, "the operator",
+                operator.dtype,
+                preconditioner.dtype,
+                "the operator",
                 f"The preconditioner of {type(self).__name__}",
             )
         for name, value in (("rtol", self.rtol), ("atol", self.atol)):
@@ -186,7 +188,9 @@ def final_result(state: KrylovState, code: Array, converged: Array) -> Array:
     return jnp.where(
         code != RESULTS.successful,
         code,
-        jnp.where(converged, result_code(RESULTS.successful), result_code(RESULTS.max_steps_reached)),
+        jnp.where(
+            converged, result_code(RESULTS.successful), result_code(RESULTS.max_steps_reached)
+        ),
     ).astype(jnp.int32)
 
 
@@ -207,8 +211,17 @@ def stats(num_steps, residual_norm, **extra) -> dict:
     return out
 
 
-def true_residual_loop(state: KrylovState, b: Array, y0: Array | None, cycle, extra: Any = None,
-                       *, own_norm: bool = False, verbose: bool = False, label: str = ""):
+def true_residual_loop(
+    state: KrylovState,
+    b: Array,
+    y0: Array | None,
+    cycle,
+    extra: Any = None,
+    *,
+    own_norm: bool = False,
+    verbose: bool = False,
+    label: str = "",
+):
     """Run a Krylov recurrence in cycles, each started from the true residual, until the
     true residual `‖b − A x‖₂` meets the target: the recursively updated residual a
     solver monitors drifts from the true one in floating point (badly so for an
@@ -234,7 +247,9 @@ def true_residual_loop(state: KrylovState, b: Array, y0: Array | None, cycle, ex
     x, r, b_norm = start(state, b, y0)
     goal = target(state, b_norm)
     r_norm = norm(r).astype(rdt)
-    code = jnp.where(jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input))
+    code = jnp.where(
+        jnp.isfinite(r_norm), result_code(RESULTS.successful), result_code(RESULTS.nonfinite_input)
+    )
     stuck = result_code(RESULTS.breakdown if own_norm else RESULTS.stagnation)
 
     def running(c):
@@ -257,9 +272,7 @@ def true_residual_loop(state: KrylovState, b: Array, y0: Array | None, cycle, ex
         code = jnp.where((stalls >= 10) & (code == RESULTS.successful), stuck, code)
         # NaN/Inf met inside the recurrence while A x and b are finite: the recurrence
         # broke down (e.g. a singular preconditioner), the input is not to blame.
-        code = jnp.where(
-            code == RESULTS.nonfinite_input, result_code(RESULTS.breakdown), code
-        )
+        code = jnp.where(code == RESULTS.nonfinite_input, result_code(RESULTS.breakdown), code)
         code = jnp.where(jnp.isfinite(new_norm), code, result_code(RESULTS.nonfinite_input))
         return k, x, r, new_norm, code, stalls, extra, cycles + 1
 
@@ -283,7 +296,9 @@ def map_columns(single, vector: Array, y0: Array | None, extra: Any = None, extr
         if vector.ndim == 1:
             return single(vector, y0, extra)
         in_axes = (1, None if y0 is None else 1, 0 if extra_batched else None)
-        x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(vector, y0, extra)
+        x, result, out_stats = jax.vmap(single, in_axes=in_axes, out_axes=(1, 0, 0))(
+            vector, y0, extra
+        )
     if vector.shape[1] == 0:  # no columns: nothing to fail (and no argmax of nothing)
         return x, result_code(RESULTS.successful), out_stats
     failed = result != RESULTS.successful

@@ -114,13 +114,19 @@ class MINRES(AbstractKrylovSolver):
         else:
             mv = matvec(state)
             image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)
+
         def make(w, aw):
             return from_image(w, aw, definite=False)
 
         recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
         return KrylovState(
-            state.operator, state.preconditioner, state.rtol, state.atol, state.max_steps,
-            state.negate, recycled,
+            state.operator,
+            state.preconditioner,
+            state.rtol,
+            state.atol,
+            state.max_steps,
+            state.negate,
+            recycled,
         )
 
     def _solve(self, state, vector, y0, collect, label):
@@ -135,8 +141,15 @@ class MINRES(AbstractKrylovSolver):
 
 
 @eqx.filter_jit  # eager calls (and repeated traces) reuse one compiled loop
-def _minres(state: KrylovState, b, y0, verbose: bool, label: str,
-            recycled: Recycled | None = None, m: int = 0):
+def _minres(
+    state: KrylovState,
+    b,
+    y0,
+    verbose: bool,
+    label: str,
+    recycled: Recycled | None = None,
+    m: int = 0,
+):
     """MINRES on one right-hand side. Lanczos on `M A` in the `M⁻¹` inner product (M the
     preconditioner) with a QR factorization of the tridiagonal matrix updated by one
     Givens rotation per step; the rotations are real because the Lanczos coefficients of
@@ -187,7 +200,14 @@ def _minres(state: KrylovState, b, y0, verbose: bool, label: str,
 
     best = None if m == 0 else (jnp.zeros((b.shape[0], m), b.dtype), jnp.asarray(-1, jnp.int32))
     x, result, k, r_norm, _, best = true_residual_loop(
-        state, b, y0, cycle, best, own_norm=state.preconditioner is not None, verbose=verbose, label=label
+        state,
+        b,
+        y0,
+        cycle,
+        best,
+        own_norm=state.preconditioner is not None,
+        verbose=verbose,
+        label=label,
     )
     extra = {}
     if m > 0:
@@ -212,8 +232,21 @@ def _minres_cycle(state, mv, pre, k, x, r, y, beta1, goal, code, verbose, label,
     zeros = jnp.zeros_like(x)
     k_start = k  # the first step of a cycle has no previous Lanczos vector
     carry = dict(
-        k=k, x=x, r_prev=r, r_cur=r, y=y, beta=beta1, beta_old=zero,
-        dbar=zero, eps=zero, phibar=beta1, cs=-one, sn=zero, w=zeros, w_old=zeros, code=code,
+        k=k,
+        x=x,
+        r_prev=r,
+        r_cur=r,
+        y=y,
+        beta=beta1,
+        beta_old=zero,
+        dbar=zero,
+        eps=zero,
+        phibar=beta1,
+        cs=-one,
+        sn=zero,
+        w=zeros,
+        w_old=zeros,
+        code=code,
         alpha=zero,  # the last Lanczos diagonal entry (for recycling)
     )
 
@@ -224,7 +257,11 @@ def _minres_cycle(state, mv, pre, k, x, r, y, beta1, goal, code, verbose, label,
         beta = c["beta"]
         v = c["y"] / jnp.where(beta == 0, 1, beta)
         y = mv(v)
-        y = jnp.where(c["k"] > k_start, y - (beta / jnp.where(c["beta_old"] == 0, 1, c["beta_old"])) * c["r_prev"], y)
+        y = jnp.where(
+            c["k"] > k_start,
+            y - (beta / jnp.where(c["beta_old"] == 0, 1, c["beta_old"])) * c["r_prev"],
+            y,
+        )
         alpha = jnp.real(inner(v, y)).astype(rdt)
         y = y - (alpha / beta) * c["r_cur"]
         r_prev, r_cur = c["r_cur"], y
@@ -257,9 +294,22 @@ def _minres_cycle(state, mv, pre, k, x, r, y, beta1, goal, code, verbose, label,
         )
         report(verbose, label, c["k"] + 1, phibar, goal)
         return dict(
-            k=c["k"] + 1, x=jnp.where(singular, c["x"], x), r_prev=r_prev, r_cur=r_cur, y=y,
-            beta=beta_new, beta_old=beta, dbar=dbar, eps=eps_new, phibar=phibar, cs=cs, sn=sn,
-            w=w_new, w_old=c["w"], code=code, alpha=alpha,
+            k=c["k"] + 1,
+            x=jnp.where(singular, c["x"], x),
+            r_prev=r_prev,
+            r_cur=r_cur,
+            y=y,
+            beta=beta_new,
+            beta_old=beta,
+            dbar=dbar,
+            eps=eps_new,
+            phibar=phibar,
+            cs=cs,
+            sn=sn,
+            w=w_new,
+            w_old=c["w"],
+            code=code,
+            alpha=alpha,
         )
 
     if m == 0:
@@ -273,8 +323,12 @@ def _collecting_loop(cond, body, carry, b, m, rdt):
     when full (an inner loop fills it, the outer loop restarts it: a restart inside one
     loop would sit in a `lax.cond` that copies the window every step)."""
     s = 4 * m
-    carry = dict(carry, window=jnp.zeros((s, b.shape[0]), b.dtype), tri=jnp.zeros((s + 1, s + 1), rdt),
-                 count=jnp.asarray(0, jnp.int32))
+    carry = dict(
+        carry,
+        window=jnp.zeros((s, b.shape[0]), b.dtype),
+        tri=jnp.zeros((s + 1, s + 1), rdt),
+        count=jnp.asarray(0, jnp.int32),
+    )
 
     def inner_body(c):
         beta = c["beta"]
@@ -290,7 +344,10 @@ def _collecting_loop(cond, body, carry, b, m, rdt):
         c = jax.lax.while_loop(lambda c: cond(c) & (c["count"] < s), inner_body, c)
         window, tri, count = jax.lax.cond(
             c["count"] == s,
-            lambda w, t: (*window_restart(w, t, m, by_magnitude=True), jnp.asarray(2 * m, jnp.int32)),
+            lambda w, t: (
+                *window_restart(w, t, m, by_magnitude=True),
+                jnp.asarray(2 * m, jnp.int32),
+            ),
             lambda w, t: (w, t, c["count"]),
             c["window"],
             c["tri"],

@@ -16,6 +16,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+
 # Hager steps after the first solve. LAPACK's xLACN2 stops after at most 5; its estimate
 # is almost always final after 2 (Higham, Table 15.1), and Higham's alternating vector
 # below catches the classic counterexamples of the power-method part.
@@ -25,7 +26,9 @@ _STEPS = 2
 def _sign(y: Array) -> Array:
     """`sign(y)` with `sign(0) = 1` (complex: `y / |y|`)."""
     absy = jnp.abs(y)
-    return jnp.where(absy == 0, 1, y / jnp.where(absy == 0, 1, absy).astype(y.dtype)).astype(y.dtype)
+    return jnp.where(absy == 0, 1, y / jnp.where(absy == 0, 1, absy).astype(y.dtype)).astype(
+        y.dtype
+    )
 
 
 def inverse_norm1(solve: Callable, solve_h: Callable, n: int, dtype) -> Array:

@@ -31,7 +31,9 @@ def symbolic_of(operator, ordering: str = "auto") -> Symbolic:
     """The cached symbolic analysis of a positive definite `SparseOperator` (trace-time
     checks included)."""
     if not isinstance(operator, SparseOperator):
-        raise TypeError(f"SparseCholesky needs a linsolve.SparseOperator; got {type(operator).__name__}.")
+        raise TypeError(
+            f"SparseCholesky needs a linsolve.SparseOperator; got {type(operator).__name__}."
+        )
     if positive_semidefinite_tag not in operator.tags:
         raise ValueError(
             "SparseCholesky needs an operator tagged positive_semidefinite_tag; got tags "
@@ -83,11 +85,15 @@ class SparseCholesky(AbstractSolver):
             cached = _analyse_cached.cache_info().hits > hits
             print(sym.summary() + (" (cached)" if cached else ""))
         factor = numeric.factor(sym, operator.values)
-        finite = jnp.all(jnp.isfinite(operator.values[operator.pattern.rows >= operator.pattern.cols]))
+        finite = jnp.all(
+            jnp.isfinite(operator.values[operator.pattern.rows >= operator.pattern.cols])
+        )
         result = jnp.where(
             factor.ok,
             jnp.int32(RESULTS.successful),
-            jnp.where(finite, jnp.int32(RESULTS.not_positive_definite), jnp.int32(RESULTS.nonfinite_input)),
+            jnp.where(
+                finite, jnp.int32(RESULTS.not_positive_definite), jnp.int32(RESULTS.nonfinite_input)
+            ),
         )
         return _SparseCholeskyState(sym, factor, result)
 

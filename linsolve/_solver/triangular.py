@@ -7,9 +7,9 @@ from jaxtyping import Array
 
 from .. import _lapack
 from .._solution import RESULTS, first_failure
-from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
 from .._sparse.operator import SparseOperator
 from .._sparse.triangular import Schedule, schedule
+from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
 from .abstract import AbstractSolver, dense_input, input_check, tag_names
 
 

@@ -22,6 +22,7 @@ import numpy as np
 import scipy.sparse as sp
 import scipy.sparse.csgraph as csgraph
 
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Structure:
     """Ordering and supernodal structure of the Cholesky factor of one pattern."""
@@ -125,6 +126,7 @@ def _unique(x: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------------------------------
 # Ordering
 # ---------------------------------------------------------------------------------------
+
 
 def _order_and_analyse(kern, gp, gi, lc, lr, n, anz, ordering):
     """Fill-reducing ordering, then postordered etree and column counts.

@@ -166,7 +166,7 @@ def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
     right-looking Cholesky, then `L^-1` by forward substitution, each a `fori_loop` over
     the `K` columns (a loop, not unrolled: compile time stays that of one step). A
     non-positive pivot gives NaN, like LAPACK's failure path."""
-    B, K = f11.shape[0], f11.shape[-1]
+    K = f11.shape[-1]
     idx = jnp.arange(K)
 
     def chol_step(j, carry):
@@ -292,7 +292,7 @@ def _all_idx(B: Bucket) -> np.ndarray:
     return np.concatenate([B.col_idx, B.row_idx], axis=1)
 
 
-def solve(sym: Symbolic, fac: Factor, b: Inexact[Array, "n *k"]) -> Inexact[Array, "n *k"]:
+def solve(sym: Symbolic, fac: Factor, b: Inexact[Array, "n *k"]) -> Inexact[Array, "n *k"]:  # noqa: F821
     """Solve `A x = b` with the factor, for `b` of shape (n,) or (n, k)."""
     b = jnp.asarray(b)
     if b.ndim not in (1, 2) or b.shape[0] != sym.n:

@@ -43,7 +43,9 @@ def _shape_pair(shape) -> tuple[int, int]:
     except TypeError:
         dims = None
     if dims is None or len(dims) != 2:
-        raise ValueError(f"shape must be a pair (n_rows, n_cols) of non-negative integers; got {shape!r}.")
+        raise ValueError(
+            f"shape must be a pair (n_rows, n_cols) of non-negative integers; got {shape!r}."
+        )
     out = []
     for axis, d in zip(("n_rows", "n_cols"), dims):
         if isinstance(d, (bool, np.bool_)):
@@ -135,7 +137,9 @@ def _canonicalise(indices, indptr, n):
     first = np.ones(r.shape, bool)
     first[1:] = (r[1:] != r[:-1]) | (c[1:] != c[:-1])
     segments = np.cumsum(first) - 1
-    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(c[first], minlength=n))]).astype(np.int64)
+    new_indptr = np.concatenate([[0], np.cumsum(np.bincount(c[first], minlength=n))]).astype(
+        np.int64
+    )
     return r[first], new_indptr, perm, segments
 
 
@@ -192,12 +196,14 @@ class Pattern:
     def cols(self) -> np.ndarray:
         return np.repeat(np.arange(self.shape[1]), np.diff(self.indptr))
 
-    @functools.lru_cache(maxsize=None)
+    @functools.cache  # noqa: B019 - few, long-lived operators; the host-side positions are the point
     def read(self, tags: frozenset) -> tuple[np.ndarray, np.ndarray]:
         """Positions (into the stored values) of the entries the tags say are read, split
         into strict-triangle/general entries and diagonal entries."""
         r, c = self.rows, self.cols
-        if diagonal_tag in tags or (is_self_adjoint(tags) and tags & {lower_triangular_tag, upper_triangular_tag}):
+        if diagonal_tag in tags or (
+            is_self_adjoint(tags) and tags & {lower_triangular_tag, upper_triangular_tag}
+        ):
             keep = np.zeros(r.shape, bool)
         elif is_self_adjoint(tags) or lower_triangular_tag in tags:
             keep = r > c
@@ -258,7 +264,12 @@ class SparseOperator(AbstractOperator):
                 )
             csc = sp.csc_matrix(values)
             nnz = int(csc.indptr[-1])  # scipy may store beyond indptr[-1]; not part of the matrix
-            values, indices, indptr, shape = csc.data[:nnz], csc.indices[:nnz], csc.indptr, csc.shape
+            values, indices, indptr, shape = (
+                csc.data[:nnz],
+                csc.indices[:nnz],
+                csc.indptr,
+                csc.shape,
+            )
         elif indices is None or indptr is None or shape is None:
             raise TypeError(
                 "SparseOperator needs (values, indices, indptr, shape) in CSC form, or a scipy.sparse "
@@ -315,7 +326,9 @@ class SparseOperator(AbstractOperator):
         if isinstance(matrix, jsparse.BCSR):
             matrix = matrix.to_bcoo()
         if matrix.n_batch or matrix.n_dense or matrix.ndim != 2:
-            raise ValueError("from_bcoo supports unbatched 2-D BCOO matrices without dense dimensions.")
+            raise ValueError(
+                "from_bcoo supports unbatched 2-D BCOO matrices without dense dimensions."
+            )
         try:
             idx = np.asarray(matrix.indices).astype(np.int64)
         except jax.errors.TracerArrayConversionError as e:
@@ -325,9 +338,13 @@ class SparseOperator(AbstractOperator):
         neg = np.flatnonzero((rows < 0) | (cols < 0))
         if neg.size:
             k = int(neg[0])
-            raise ValueError(f"from_bcoo: negative index at entry {k}: (row, col) = ({rows[k]}, {cols[k]}).")
+            raise ValueError(
+                f"from_bcoo: negative index at entry {k}: (row, col) = ({rows[k]}, {cols[k]})."
+            )
         valid = np.flatnonzero((rows < m) & (cols < n))  # BCOO pads with out-of-range indices
-        order = valid[np.argsort(cols[valid], kind="stable")]  # column-major; rows sorted by the constructor
+        order = valid[
+            np.argsort(cols[valid], kind="stable")
+        ]  # column-major; rows sorted by the constructor
         indptr = np.concatenate([[0], np.cumsum(np.bincount(cols[valid], minlength=n))])
         return cls(jnp.asarray(matrix.data)[order], rows[order], indptr, (m, n), tags)
 
@@ -398,7 +415,9 @@ class SparseOperator(AbstractOperator):
         if is_self_adjoint(self._tags):
             if self._hermitian():
                 p = self.pattern
-                return SparseOperator(jnp.conj(self.values), p.indices, p.indptr, p.shape, self._tags)
+                return SparseOperator(
+                    jnp.conj(self.values), p.indices, p.indptr, p.shape, self._tags
+                )
             return self
         return TransposedOperator(self)
 

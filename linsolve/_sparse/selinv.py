@@ -31,7 +31,7 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import numeric
-from .numeric import Factor, _H, _HI, _const
+from .numeric import _H, _HI, Factor, _const
 from .symbolic import Bucket, Symbolic
 
 

@@ -65,7 +65,9 @@ class Bucket:
     # U buffers (see `Level`).
     p_offset: int
     u_offset: int
-    sel_pos: np.ndarray  # (r,) int32 flat block index (see block_pos) of the stored entries read back here
+    sel_pos: (
+        np.ndarray
+    )  # (r,) int32 flat block index (see block_pos) of the stored entries read back here
     # The selected inverse keeps a bucket's fronts as three flat blocks, Z[J, J] (b, K, K),
     # Z[I, J] (b, M, K) and Z[I, I] (b, M, M), one after the other at z_offset of its
     # level's pool.
@@ -271,11 +273,7 @@ _COST_BUCKET = 3e-3
 
 
 def _front_cost(K, M):
-    return (
-        _COST_FLOP * (K**3 / 3 + K * K * M + K * M * M)
-        + _COST_ELEM * (K + M) ** 2
-        + _COST_FRONT
-    )
+    return _COST_FLOP * (K**3 / 3 + K * K * M + K * M * M) + _COST_ELEM * (K + M) ** 2 + _COST_FRONT
 
 
 def _size_class(x: int) -> int:
@@ -528,7 +526,7 @@ def _schedule(
     sel_chunks = []
     for b in range(nb):
         sns = bucket_members[b]
-        K, M, N = int(bK[b]), int(bM[b]), int(bN[b])
+        K, M = int(bK[b]), int(bM[b])
         bs = sns.shape[0]
         arK, arM = np.arange(K), np.arange(M)
         col_valid = arK[None, :] < k[sns][:, None]
