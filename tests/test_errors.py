@@ -171,7 +171,9 @@ def test_result_messages():
 
 
 def test_unknown_tag_and_contradictory_tags():
-    with pytest.raises(TypeError):
-        ls.MatrixOperator(jnp.eye(2), "symmetric")
+    # A tag may be given by name (issue 13); a misspelt name is refused.
+    assert ls.MatrixOperator(jnp.eye(2), "symmetric").tags == {ls.symmetric_tag}
+    with pytest.raises(ValueError, match="Unknown tag name"):
+        ls.MatrixOperator(jnp.eye(2), "symetric")
     with pytest.raises(ValueError):
         ls.MatrixOperator(jnp.eye(2), (PSD, ls.negative_semidefinite_tag))

@@ -30,6 +30,9 @@ def _failure_code(failed, matrix, norm):
     or one genuinely not definite. An eigensolver, not a second Cholesky: a solve keeps
     exactly one factorization. `norm` is ‖A‖₁, or 0 if not computed yet."""
 
+    if matrix.shape[0] == 0:  # an empty matrix never fails (and has no eigenvalues)
+        return result_code(RESULTS.successful)
+
     def diagnose():
         n = matrix.shape[0]
         row, col = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
