@@ -179,6 +179,24 @@ def from_image(basis: Array, image: Array, definite: bool) -> Recycled:
     return Recycled(basis, image, hermitian_pinv(_ct(basis) @ image, definite), None, False)
 
 
+def adjoint_recycled(state, stats: dict, mv, definite: bool):
+    """The state of the derivative's solves: the primal solve's refreshed space
+    (`stats["recycle"]`) with its image (known when it was refreshed from a given space,
+    else `m` products) and the Galerkin matrix `WᴴAW`, formed explicitly rather than from
+    the Ritz values."""
+    basis = stats["recycle"].basis
+    if "recycle_image" in stats:
+        image = stats["recycle_image"]
+    else:
+        image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
+
+    def make(w, aw):
+        return from_image(w, aw, definite=definite)
+
+    recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
+    return eqx.tree_at(lambda s: s.recycled, state, recycled, is_leaf=lambda x: x is None)
+
+
 def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
     """`solver.recycle_state` of CG and MINRES: check `space` (at trace time) and put its
     deflation into the Krylov state, one per column for a `(k, n, m)` space."""

@@ -43,8 +43,8 @@ import jax.numpy as jnp
 from .._recycle import (
     Recycled,
     RecycleSpace,
+    adjoint_recycled,
     attach,
-    from_image,
     refresh,
     ritz_rows,
     stable,
@@ -128,29 +128,9 @@ class CG(AbstractKrylovSolver):
         return self._solve(state, vector, y0, False, "CG (transposed)")
 
     def adjoint_state(self, state: KrylovState, stats: dict) -> KrylovState:
-        if self.recycle == 0 or "recycle_basis" not in stats:
+        if self.recycle == 0 or "recycle" not in stats:
             return state
-        basis = stats["recycle_basis"]
-        mv = matvec(state)
-        if "recycle_image" in stats:  # refreshed from a given space: AW is known
-            image = stats["recycle_image"]
-        else:
-            image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)  # (k, n, m): per column
-
-        # The Galerkin matrix WᴴAW, formed explicitly rather than from the Ritz values.
-        def make(w, aw):
-            return from_image(w, aw, definite=True)
-
-        recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
-        return KrylovState(
-            state.operator,
-            state.preconditioner,
-            state.rtol,
-            state.atol,
-            state.max_steps,
-            state.negate,
-            recycled,
-        )
+        return adjoint_recycled(state, stats, matvec(state), definite=True)
 
     def _solve(self, state, vector, y0, collect, label):
         if state.negate:

@@ -17,8 +17,8 @@ import jax.numpy as jnp
 from .._recycle import (
     Recycled,
     RecycleSpace,
+    adjoint_recycled,
     attach,
-    from_image,
     refresh,
     ritz_rows,
     window_restart,
@@ -108,26 +108,7 @@ class MINRES(AbstractKrylovSolver):
     def adjoint_state(self, state, stats: dict):
         if self.recycle == 0 or "recycle" not in stats:
             return state
-        basis = stats["recycle"].basis
-        if "recycle_image" in stats:  # refreshed from a given space: AW is known
-            image = stats["recycle_image"]
-        else:
-            mv = matvec(state)
-            image = jax.vmap(mv)(basis) if basis.ndim == 3 else mv(basis)
-
-        def make(w, aw):
-            return from_image(w, aw, definite=False)
-
-        recycled = jax.vmap(make)(basis, image) if basis.ndim == 3 else make(basis, image)
-        return KrylovState(
-            state.operator,
-            state.preconditioner,
-            state.rtol,
-            state.atol,
-            state.max_steps,
-            state.negate,
-            recycled,
-        )
+        return adjoint_recycled(state, stats, matvec(state), definite=False)
 
     def _solve(self, state, vector, y0, collect, label):
         recycled = state.recycled
