@@ -36,6 +36,7 @@ from ._recycle import RecycleSpace
 from ._solution import RESULTS, Solution, first_failure
 from ._solver.abstract import AbstractSolver
 from ._solver.auto import AutoSolver
+from ._solver.checks import operator_finite
 
 
 def _stop(tree):
@@ -178,7 +179,6 @@ def _nonfinite_solution_code(operator, failed):
     """A solution with NaN/Inf from a finite `b` and a solve that reported success: NaN/Inf
     in the operator, or a finite system whose solution overflowed. The operator is read
     again only then (inside the `cond`)."""
-    from ._solver.checks import operator_finite
 
     def diagnose():
         finite = operator_finite(_stop(operator))
