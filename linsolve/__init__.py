@@ -25,7 +25,12 @@ from ._operator import (
 from ._recycle import RecycleSpace as RecycleSpace
 from ._solution import RESULTS as RESULTS, Solution as Solution
 from ._solve import linear_solve as linear_solve
-from ._solver.abstract import AbstractSolver as AbstractSolver
+from ._solver.abstract import (
+    AbstractDeterminantSolver as AbstractDeterminantSolver,
+    AbstractDirectSolver as AbstractDirectSolver,
+    AbstractLeastSquaresSolver as AbstractLeastSquaresSolver,
+    AbstractSolver as AbstractSolver,
+)
 from ._solver.auto import AutoSolver as AutoSolver
 from ._solver.bicgstab import BiCGStab as BiCGStab
 from ._solver.cg import CG as CG

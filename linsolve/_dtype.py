@@ -13,6 +13,7 @@ choose.
 
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -42,3 +43,13 @@ def check_same_dtype(dtype: Any, other: Any, what: str, other_what: str) -> None
             "linsolve does not mix precisions within one solve. Cast one of them explicitly "
             "(e.g. build it from `x.astype(...)`)."
         )
+
+
+def as_supported(x: Any, what: str) -> jax.Array:
+    """`x` as an array linsolve computes with: integer and boolean data promoted to JAX's
+    default float (as `jnp.linalg` does), then the dtype checked (`check_supported`)."""
+    x = jnp.asarray(x)
+    if not jnp.issubdtype(x.dtype, jnp.inexact):
+        x = x.astype(jnp.result_type(float))
+    check_supported(x.dtype, what)
+    return x

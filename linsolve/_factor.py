@@ -67,16 +67,9 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
+from ._dtype import as_supported
 from ._structure import effective_matrix
 from ._tags import positive_semidefinite_tag
-
-
-def _as_inexact(A: ArrayLike) -> Array:
-    A = jnp.asarray(A)
-    if not jnp.issubdtype(A.dtype, jnp.inexact):
-        # Integer/bool input is promoted like jnp.linalg does.
-        A = A.astype(jnp.result_type(float))
-    return A
 
 
 def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
@@ -112,7 +105,7 @@ def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
     `ValueError` (at trace time) if `A` has fewer than two dimensions or its
     last two dimensions differ.
     """
-    A = _as_inexact(A)
+    A = as_supported(A, "the matrix")
     if A.ndim < 2 or A.shape[-1] != A.shape[-2]:
         raise ValueError(
             f"cholesky expects a square matrix of shape (..., n, n), got shape {A.shape}."
@@ -254,7 +247,7 @@ def lu(
 
     `ValueError` (at trace time) if `A` has fewer than two dimensions.
     """
-    A = _as_inexact(A)
+    A = as_supported(A, "the matrix")
     if A.ndim < 2:
         raise ValueError(f"lu expects a matrix of shape (..., m, n), got shape {A.shape}.")
     perm, L, U = _lu_core(A)

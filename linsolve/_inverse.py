@@ -8,9 +8,10 @@ import numpy as np
 from jaxtyping import Array, Inexact
 
 from ._logdet import finish
-from ._operator import as_operator
+from ._operator import as_operator, is_sparse
 from ._solution import RESULTS, first_failure
 from ._solve import linear_solve
+from ._solver.abstract import check_square
 from ._solver.sparse_cholesky import symbolic_of
 from ._sparse import selinv
 from ._sparse.operator import SparseOperator
@@ -89,14 +90,13 @@ def diag_inverse(
     The vector `diag(A⁻¹)`, differentiable.
     """
     operator = as_operator(operator)
-    if isinstance(operator, SparseOperator):
+    if is_sparse(operator):
         out = selinv.diag_inverse(symbolic_of(operator), operator.values)
         return finish(
             "linsolve.diag_inverse", out, _sparse_result(operator, out), throw, return_result
         )
+    check_square(operator, "diag_inverse")
     n = operator.shape[0]
-    if operator.shape[1] != n:
-        raise ValueError(f"diag_inverse needs a square operator; got shape {operator.shape}.")
     eye = jnp.eye(n, dtype=operator.dtype)
     sol = linear_solve(operator, eye, throw=throw)
     out = jnp.diagonal(sol.value)

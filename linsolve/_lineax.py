@@ -31,37 +31,26 @@ from ._dtype import check_supported
 from ._operator import (
     AbstractOperator,
     DiagonalOperator,
+    FunctionOperator,
     IdentityOperator,
     MatrixOperator,
     ScaledOperator,
-    _is_complex,
+    as_operator,
+    is_complex,
+    is_matrix_free,
+    with_tags,
 )
+from ._sparse.operator import SparseOperator
 from ._tags import (
+    FROM_LINEAX,
+    TO_LINEAX,
     diagonal_tag,
     hermitian_tag,
     implied_tags,
     lower_triangular_tag,
-    negative_semidefinite_tag,
-    positive_semidefinite_tag,
-    symmetric_tag,
-    unit_diagonal_tag,
     upper_triangular_tag,
 )
 
-
-# lineax has no hermitian tag: its semidefinite tags mean hermitian for complex dtypes,
-# as linsolve's do, and its symmetric tag is plain (complex-)symmetric, as linsolve's is.
-_TAG_PAIRS = (
-    (lx.symmetric_tag, symmetric_tag),
-    (lx.positive_semidefinite_tag, positive_semidefinite_tag),
-    (lx.negative_semidefinite_tag, negative_semidefinite_tag),
-    (lx.lower_triangular_tag, lower_triangular_tag),
-    (lx.upper_triangular_tag, upper_triangular_tag),
-    (lx.diagonal_tag, diagonal_tag),
-    (lx.unit_diagonal_tag, unit_diagonal_tag),
-)
-_FROM_LINEAX = dict(_TAG_PAIRS)
-_TO_LINEAX = {ours: theirs for theirs, ours in _TAG_PAIRS}
 
 _LINEAX_CHECKS = (
     (lx.is_symmetric, lx.symmetric_tag),
@@ -72,21 +61,6 @@ _LINEAX_CHECKS = (
     (lx.is_diagonal, lx.diagonal_tag),
     (lx.has_unit_diagonal, lx.unit_diagonal_tag),
 )
-
-
-def linsolve_tag_of(tag: Any):
-    """The linsolve tag a lineax tag object stands for; `None` if `tag` is not a lineax
-    tag. lineax's `tridiagonal_tag` has no linsolve counterpart and is refused."""
-    if tag is lx.tridiagonal_tag:
-        raise ValueError(
-            "lineax's tridiagonal_tag has no linsolve counterpart: pass a "
-            "`lineax.TridiagonalLinearOperator` (converted to a `linsolve.SparseOperator`) "
-            "or build a `linsolve.SparseOperator` directly."
-        )
-    try:
-        return _FROM_LINEAX.get(tag)
-    except TypeError:  # unhashable: not a tag
-        return None
 
 
 def is_lineax_operator(op: Any) -> bool:
@@ -151,7 +125,7 @@ def _lineax_tags(op: lx.AbstractLinearOperator) -> frozenset:
 
 
 def _linsolve_tags(op: lx.AbstractLinearOperator) -> frozenset:
-    tags = frozenset(_FROM_LINEAX[t] for t in _lineax_tags(op) if t in _FROM_LINEAX)
+    tags = frozenset(FROM_LINEAX[t] for t in _lineax_tags(op) if t in FROM_LINEAX)
     if lower_triangular_tag in tags and upper_triangular_tag in tags:
         # lineax calls every diagonal operator triangular both ways; so does linsolve.
         tags = tags | {diagonal_tag}
@@ -199,8 +173,6 @@ class LineaxOperator(AbstractOperator):
 def _tridiagonal(op: lx.TridiagonalLinearOperator):
     """A lineax tridiagonal operator as a CSC `SparseOperator` (static pattern; the
     values gather the three diagonals, so gradients flow back to them)."""
-    from ._sparse.operator import SparseOperator
-
     n = op.diagonal.shape[0]
     # Column j holds rows j-1 (upper[j-1]), j (diagonal[j]), j+1 (lower[j]); the
     # sources index into concatenate([diagonal, lower, upper]).
@@ -225,21 +197,11 @@ def _retag(inner: AbstractOperator, tags: frozenset, op: lx.AbstractLinearOperat
     `TaggedLinearOperator` `op`. Stored-array kinds keep their kind (and so read the
     entries the tags say, as everywhere in linsolve); other non-matrix-free kinds are
     materialised; matrix-free ones stay lineax-applied."""
-    from ._solver.auto import is_matrix_free
-    from ._sparse.operator import SparseOperator
-
-    tags = inner.tags | tags
-    if isinstance(inner, IdentityOperator):
-        return inner
-    if isinstance(inner, MatrixOperator):
-        return MatrixOperator(inner.matrix, tags)
-    if isinstance(inner, DiagonalOperator):
-        return DiagonalOperator(inner.diagonal, tags)
-    if isinstance(inner, SparseOperator):
-        p = inner.pattern
-        return SparseOperator(inner.values, p.indices, p.indptr, p.shape, tags)
+    retagged = with_tags(inner, tags)
+    if retagged is not None:
+        return retagged
     if not is_matrix_free(inner):
-        return MatrixOperator(inner.as_matrix(), tags)
+        return MatrixOperator(inner.as_matrix(), inner.tags | tags)
     return LineaxOperator(op)
 
 
@@ -319,9 +281,9 @@ def lineax_tags(operator: AbstractOperator) -> frozenset:
     """The lineax tags that `operator`'s linsolve tags imply. For a real dtype hermitian
     means symmetric; a complex hermitian operator that is not semidefinite has no lineax
     tag (lineax has no hermitian tag)."""
-    tags = implied_tags(operator.tags, _is_complex(operator.dtype))
-    out = {_TO_LINEAX[t] for t in tags if t in _TO_LINEAX}
-    if not _is_complex(operator.dtype) and hermitian_tag in tags:
+    tags = implied_tags(operator.tags, is_complex(operator.dtype))
+    out = {TO_LINEAX[t] for t in tags if t in TO_LINEAX}
+    if not is_complex(operator.dtype) and hermitian_tag in tags:
         out.add(lx.symmetric_tag)
     return frozenset(out)
 
@@ -426,11 +388,8 @@ def _tridiagonal_of(op):
 
 @lx.conj.register(LinsolveLinearOperator)
 def _conj(op):
-    from ._operator import FunctionOperator
-    from ._solver.auto import is_matrix_free
-
     inner = op.operator
-    if not _is_complex(inner.dtype):
+    if not is_complex(inner.dtype):
         return op
     if not is_matrix_free(inner):
         # Every stored-array operator is real-polynomial in its arrays (the hermitian
@@ -441,3 +400,8 @@ def _conj(op):
     x = jax.ShapeDtypeStruct((inner.shape[1],), inner.dtype)
     conj_mv = ft.partial(lambda o, v: jnp.conj(o.mv(jnp.conj(v))), inner)
     return LinsolveLinearOperator(FunctionOperator(conj_mv, x, inner.tags))
+
+
+# linsolve's own queries (see `_operator.py`) for the kinds defined here.
+as_operator.register(lx.AbstractLinearOperator)(lambda op: from_lineax(op))
+is_matrix_free.register(LineaxOperator)(lambda operator: True)

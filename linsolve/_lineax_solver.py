@@ -28,37 +28,12 @@ import lineax as lx
 from jaxtyping import Array, PyTree
 
 from ._lineax import flat_structure, from_lineax, ravel, unravel
-from ._solution import RESULTS
-from ._solver.abstract import AbstractSolver
+from ._solution import lineax_result
+from ._solver.abstract import AbstractLeastSquaresSolver, AbstractSolver
 from ._solver.auto import AutoSolver
 
 
-# lineax has no `not_positive_definite`: its own Cholesky reports `singular` (whose
-# message names an unmet definiteness promise as a cause).
-_RESULTS_TO_LINEAX = {
-    RESULTS.successful: lx.RESULTS.successful,
-    RESULTS.max_steps_reached: lx.RESULTS.max_steps_reached,
-    RESULTS.singular: lx.RESULTS.singular,
-    RESULTS.not_positive_definite: lx.RESULTS.singular,
-    RESULTS.nonfinite_input: lx.RESULTS.nonfinite_input,
-    RESULTS.breakdown: lx.RESULTS.breakdown,
-    RESULTS.stagnation: lx.RESULTS.stagnation,
-    # An overflowing solution of finite input: lineax's `singular` names ill-conditioning.
-    RESULTS.nonfinite_output: lx.RESULTS.singular,
-    RESULTS.not_symmetric: lx.RESULTS.singular,  # an unmet promise, as not_positive_definite
-}
-assert set(_RESULTS_TO_LINEAX) == set(RESULTS), "every linsolve result needs a lineax one"
-
 _OPTIONS = frozenset({"y0", "adjoint_y0"})
-
-
-def lineax_result(code: Array) -> lx.RESULTS:
-    """A linsolve result code (int32 array, traced or not) as a `lineax.RESULTS` item."""
-    out = lx.RESULTS.successful
-    for ours, theirs in _RESULTS_TO_LINEAX.items():
-        if ours != RESULTS.successful:
-            out = lx.RESULTS.where(code == ours, theirs, out)
-    return out
 
 
 def _flat_tree(structure) -> tuple:
@@ -99,7 +74,7 @@ class LineaxSolver(lx.AbstractLinearSolver):
         self._check_options(options)
         op = from_lineax(operator)
         chosen = self.solver.select(op) if isinstance(self.solver, AutoSolver) else self.solver
-        if op.shape[0] != op.shape[1] and not chosen.supports_nonsquare:
+        if op.shape[0] != op.shape[1] and not isinstance(chosen, AbstractLeastSquaresSolver):
             raise ValueError(
                 f"{type(chosen).__name__} needs a square operator; got shape {op.shape}. "
                 "Use linsolve.QR() for least-squares / minimum-norm solves."

@@ -1,10 +1,8 @@
-"""Log-determinants of dense operators, with their own derivative rules.
+"""`logdet` and `slogdet`: log-determinants from a solver's factorization.
 
-`d log det A = tr(A⁻¹ dA)`: the tangent reuses the one factorization of the primal (through
-`A⁻¹`, formed from it once; the tangent is an elementwise product with `dA`, so JAX
-transposes it for reverse mode), and
-since `A` is the effective matrix of the structure convention, the gradient is folded into
-the read triangle.
+Each solver with a determinant ([`linsolve.AbstractDeterminantSolver`][]) computes it
+with its own derivative rule (`_solver/determinant.py`); this module picks the solver and
+reports failures, as `linear_solve` does.
 """
 
 from typing import Any
@@ -14,103 +12,10 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Inexact, Real
 
-from . import _lapack
 from ._operator import as_operator
-from ._solution import RESULTS, first_failure
-from ._solver.abstract import AbstractSolver, dense_input, tag_names
+from ._solution import RESULTS, first_failure, raise_on_failure
+from ._solver.abstract import AbstractDeterminantSolver, AbstractSolver, check_square
 from ._solver.auto import AutoSolver
-from ._solver.checks import broken_symmetry, operator_finite
-from ._solver.cholesky import Cholesky
-from ._solver.diagonal import Diagonal
-from ._solver.lu import LU
-from ._solver.sparse_cholesky import SparseCholesky, symbolic_of
-from ._solver.triangular import Triangular
-from ._sparse import selinv
-from ._structure import read_diagonal
-from ._tags import negative_semidefinite_tag, positive_semidefinite_tag
-
-
-def _trace_product(inverse, t_matrix):
-    """`tr(A⁻¹ Ȧ)`, elementwise: linear in `Ȧ` with no solve to transpose."""
-    return jnp.sum(jnp.swapaxes(inverse, -1, -2) * t_matrix)
-
-
-def _inverse_jvp(inverse, t_matrix):
-    """`d(A⁻¹) = −A⁻¹ Ȧ A⁻¹`."""
-    return -inverse @ t_matrix @ inverse
-
-
-@jax.custom_jvp
-def _logdet_and_inverse_cholesky(matrix):
-    """`(log det A, A⁻¹)` from one Cholesky factorization. The derivative rules below use
-    only `A⁻¹` and products with it, so every order of derivative reuses that one
-    factorization, and the LAPACK calls are never differentiated themselves (see
-    `_lapack`). Without a derivative XLA drops the unused inverse."""
-    factor = _lapack.cholesky(matrix)
-    logdet = 2 * jnp.sum(jnp.log(jnp.real(jnp.diagonal(factor))))
-    return logdet, _lapack.cho_solve(factor, jnp.eye(matrix.shape[-1], dtype=matrix.dtype))
-
-
-@_logdet_and_inverse_cholesky.defjvp
-def _logdet_and_inverse_cholesky_jvp(primals, tangents):
-    (matrix,), (t_matrix,) = primals, tangents
-    logdet, inverse = _logdet_and_inverse_cholesky(matrix)
-    return (logdet, inverse), (
-        jnp.real(_trace_product(inverse, t_matrix)),
-        _inverse_jvp(inverse, t_matrix),
-    )
-
-
-def _logdet_cholesky(matrix):
-    return _logdet_and_inverse_cholesky(matrix)[0]
-
-
-def _lu_slogdet(lu, pivots):
-    diag = jnp.diagonal(lu)
-    swaps = jnp.sum(pivots != jnp.arange(pivots.shape[-1], dtype=pivots.dtype))
-    parity = jnp.where(swaps % 2 == 0, 1, -1).astype(lu.dtype)
-    absdiag = jnp.abs(diag)
-    sign = parity * jnp.prod(diag / jnp.where(absdiag == 0, 1, absdiag).astype(lu.dtype))
-    sign = jnp.where(jnp.any(diag == 0), 0, sign).astype(lu.dtype)
-    return sign, jnp.sum(jnp.log(absdiag))
-
-
-@jax.custom_jvp
-def _slogdet_and_inverse_lu(matrix):
-    """`(sign, log|det A|, A⁻¹)` from one LU factorization (as for Cholesky above)."""
-    lu, pivots, _ = _lapack.lu(matrix)
-    sign, logabsdet = _lu_slogdet(lu, pivots)
-    return (
-        sign,
-        logabsdet,
-        _lapack.lu_solve(lu, pivots, jnp.eye(matrix.shape[-1], dtype=matrix.dtype)),
-    )
-
-
-@_slogdet_and_inverse_lu.defjvp
-def _slogdet_and_inverse_lu_jvp(primals, tangents):
-    (matrix,), (t_matrix,) = primals, tangents
-    sign, logabsdet, inverse = _slogdet_and_inverse_lu(matrix)
-    t = _trace_product(inverse, t_matrix)
-    if jnp.iscomplexobj(t):
-        # i·Im(t) by lax.complex: strict promotion has no float -> complex path.
-        t_sign = sign * jax.lax.complex(jnp.zeros_like(jnp.imag(t)), jnp.imag(t))
-    else:
-        t_sign = jnp.zeros_like(sign)
-    return (sign, logabsdet, inverse), (
-        t_sign.astype(sign.dtype),
-        jnp.real(t),
-        _inverse_jvp(inverse, t_matrix),
-    )
-
-
-def _slogdet_lu(matrix):
-    return _slogdet_and_inverse_lu(matrix)[:2]
-
-
-def _check_square(operator, name):
-    if operator.shape[0] != operator.shape[1]:
-        raise ValueError(f"{name} needs a square operator; got shape {operator.shape}.")
 
 
 _NEGATIVE_DETERMINANT = (
@@ -126,11 +31,9 @@ def finish(name: str, value, result, throw: bool, return_result: bool, messages=
     with `throw`, a failure raises (under `jit` too, like `linear_solve`); with
     `return_result`, `(value, result)` is returned. `messages` overrides the wording of
     some codes' errors."""
-    from ._solve import _raise_on_failure
-
     if throw:
         leaves = [x for x in jax.tree_util.tree_leaves(value) if eqx.is_inexact_array(x)]
-        flag = _raise_on_failure(
+        flag = raise_on_failure(
             jnp.zeros((), leaves[0].dtype), result, "factorization", name=name, messages=messages
         )
         # Added to every output, so that using any of them runs the check.
@@ -140,70 +43,14 @@ def finish(name: str, value, result, throw: bool, return_result: bool, messages=
     return (value, result) if return_result else value
 
 
-def _finite(x) -> Array:
-    return jnp.all(jnp.isfinite(jax.lax.stop_gradient(x)))
-
-
-def _failure(ok, inputs_finite, code=RESULTS.not_positive_definite) -> Array:
-    """`code` where the computation failed (`~ok`) on finite input, `nonfinite_input`
-    where the input is not finite."""
-    return first_failure((~inputs_finite, RESULTS.nonfinite_input), (~ok, code))
-
-
 def _slogdet(operator, solver):
-    """`(sign, logabsdet, result)`: the failures `slogdet` reports are NaN/Inf input, a
-    failed Cholesky factorization (not positive definite) and a matrix-free operator that
-    breaks its symmetry promise. A singular matrix is not one: `(0, −inf)` is its answer."""
-    if isinstance(solver, SparseCholesky):
-        # d logdet from the selected inverse (Takahashi), never a dense inverse.
-        sym = symbolic_of(operator, solver.ordering)
-        value, ok = selinv.logdet_and_ok(sym, operator.values)
-        result = _failure(jax.lax.stop_gradient(ok), _finite(operator.values))
-        return jnp.ones((), operator.dtype), value, result
-    if isinstance(solver, (Diagonal, Triangular)):
-        solver.init(operator)  # trace-time tag checks only; XLA drops the unused work
-        d = read_diagonal(operator.diag(), operator.tags)
-        absd = jnp.abs(d)
-        sign = jnp.prod(d / jnp.where(absd == 0, 1, absd).astype(d.dtype))
-        sign = jnp.where(jnp.any(d == 0), 0, sign).astype(d.dtype)
-        # NaN above / below the diagonal of a triangular operator does not change its
-        # determinant, but it is NaN input all the same.
-        finite = _finite(d) if isinstance(solver, Diagonal) else operator_finite(operator)
-        return sign, jnp.sum(jnp.log(absd)), _failure(jnp.asarray(True), finite)
-    if isinstance(solver, (Cholesky, LU)):
-        if isinstance(solver, Cholesky):
-            _cholesky_tags(operator)
-        matrix = dense_input(operator)
-        checks = [(~_finite(matrix), RESULTS.nonfinite_input)]
-        asymmetric = broken_symmetry(operator, jax.lax.stop_gradient(matrix))
-        if asymmetric is not None:
-            checks.append((asymmetric, RESULTS.not_symmetric))
-        if isinstance(solver, LU):
-            sign, logabsdet = _slogdet_lu(matrix)
-            return sign, logabsdet, first_failure(*checks)
-        n = operator.shape[0]
-        if negative_semidefinite_tag in operator.tags:
-            sign = jnp.asarray(-1.0 if n % 2 else 1.0, matrix.dtype)
-            value = _logdet_cholesky(-matrix)
-        else:
-            sign, value = jnp.ones((), matrix.dtype), _logdet_cholesky(matrix)
-        # A failed factorization shows as a NaN log-determinant (−inf: a zero pivot).
-        checks.append((~_finite(value), RESULTS.not_positive_definite))
-        return sign, value, first_failure(*checks)
-    raise ValueError(
-        f"slogdet supports the Cholesky, LU, SparseCholesky, Triangular and Diagonal solvers; "
-        f"got {type(solver).__name__}."
-    )
-
-
-def _cholesky_tags(operator):
-    """Cholesky's trace-time checks (tags, shape), without its factorization."""
-    tags = operator.tags
-    if not tags & {positive_semidefinite_tag, negative_semidefinite_tag}:
+    """`(sign, logabsdet, result)` from the solver's own factorization and derivative rule."""
+    if not isinstance(solver, AbstractDeterminantSolver):
         raise ValueError(
-            "Cholesky needs an operator tagged positive_semidefinite_tag or "
-            f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use LU() otherwise."
+            "slogdet supports the solvers with a determinant (Cholesky, LU, SparseCholesky, "
+            f"Triangular, Diagonal); got {type(solver).__name__}."
         )
+    return solver.slogdet(operator)
 
 
 _THROW_DOC = """
@@ -242,7 +89,7 @@ def slogdet(
     `RESULTS.not_symmetric` (a matrix-free operator breaks its symmetry tag).
     """
     operator = as_operator(operator)
-    _check_square(operator, "slogdet")
+    check_square(operator, "slogdet")
     if isinstance(solver, AutoSolver):
         solver = solver.select(operator, direct=True)
     sign, logabsdet, result = _slogdet(operator, solver)
@@ -275,14 +122,11 @@ def logdet(
     real operator with a negative determinant (the value is then NaN).
     """
     operator = as_operator(operator)
-    _check_square(operator, "logdet")
+    check_square(operator, "logdet")
     if isinstance(solver, AutoSolver):
         solver = solver.select(operator, direct=True)
     sign, logabsdet, result = _slogdet(operator, solver)
-    if (
-        isinstance(solver, (Cholesky, SparseCholesky))
-        and negative_semidefinite_tag not in operator.tags
-    ):
+    if solver.positive_definite(operator):
         value = logabsdet  # positive definite: real, even for complex hermitian input
     elif jnp.iscomplexobj(sign):
         value = jnp.log(sign) + logabsdet

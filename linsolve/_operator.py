@@ -6,6 +6,7 @@ structure convention of `_structure.py`.
 """
 
 import abc
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -14,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
-from ._dtype import check_supported
+from ._dtype import as_supported, check_supported
 from ._structure import effective_matrix, lower_read, read_diagonal, structured_matvec
 from ._tags import (
     add_tags,
@@ -35,7 +36,8 @@ from ._tags import (
 )
 
 
-def _is_complex(dtype) -> bool:
+def is_complex(dtype) -> bool:
+    """Whether `dtype` is a complex floating dtype."""
     return jnp.issubdtype(dtype, jnp.complexfloating)
 
 
@@ -58,12 +60,6 @@ class AbstractOperator(eqx.Module):
     @abc.abstractmethod
     def transpose(self) -> "AbstractOperator":
         """The operator `A.T` (plain transpose; no conjugation)."""
-
-    def _lower_matrix(self) -> Array:
-        """A matrix whose lower triangle (diagonal included) is that of `as_matrix()`; the
-        strict upper triangle is unspecified. For factorizations that read one triangle
-        (Cholesky), so a stored matrix needs no mirrored copy."""
-        return self.as_matrix()
 
     @property
     @abc.abstractmethod
@@ -171,19 +167,6 @@ def tag_summary(tags: frozenset) -> str:
     return "{" + ", ".join(sorted(t.name.removesuffix("_tag") for t in tags)) + "}"
 
 
-def as_operator(op: Any) -> AbstractOperator:
-    """Accept a linsolve operator or any `lineax.AbstractLinearOperator`."""
-    if isinstance(op, AbstractOperator):
-        return op
-    from ._lineax import from_lineax, is_lineax_operator
-
-    if is_lineax_operator(op):
-        return from_lineax(op)
-    raise TypeError(
-        f"Expected a linsolve or lineax operator, got {type(op).__name__}. {_wrap_hint(op)}"
-    )
-
-
 def _wrap_hint(op: Any) -> str:
     """How to make an operator of `op`, by what `op` is."""
     import scipy.sparse as sp
@@ -200,8 +183,9 @@ def _wrap_hint(op: Any) -> str:
     return "Wrap arrays with `linsolve.MatrixOperator(matrix, tags)`."
 
 
-def _check_square_for(tags: frozenset, shape) -> None:
-    # Every structural promise (symmetry, triangles, diagonal) is about square matrices.
+def check_square_for(tags: frozenset, shape) -> None:
+    """Raise if `tags` hold a structural promise (symmetry, triangles, diagonal: all about
+    square matrices) for a non-square `shape`."""
     if tags and shape[0] != shape[1]:
         raise ValueError(
             f"Tags {sorted(map(repr, tags))} need a square operator, got shape {shape}."
@@ -231,11 +215,9 @@ class MatrixOperator(AbstractOperator):
         matrix = jnp.asarray(matrix)
         if matrix.ndim != 2:
             raise ValueError(f"MatrixOperator needs a 2-D matrix, got shape {matrix.shape}.")
-        if not jnp.issubdtype(matrix.dtype, jnp.inexact):
-            matrix = matrix.astype(jnp.result_type(float))
-        check_supported(matrix.dtype, "the matrix of a MatrixOperator")
+        matrix = as_supported(matrix, "the matrix of a MatrixOperator")
         tags = as_tags(tags)
-        _check_square_for(tags, matrix.shape)
+        check_square_for(tags, matrix.shape)
         self.matrix = matrix
         self._tags = tags
 
@@ -254,12 +236,9 @@ class MatrixOperator(AbstractOperator):
     def as_matrix(self):
         return self._effective()
 
-    def _lower_matrix(self):
-        return lower_read(self.matrix, self._tags)
-
     def transpose(self):
         if is_self_adjoint(self._tags) or diagonal_tag in self._tags:
-            if is_hermitian(self._tags, _is_complex(self.dtype)):
+            if is_hermitian(self._tags, is_complex(self.dtype)):
                 # The transpose of a hermitian matrix is its conjugate, still defined by
                 # the (conjugated) lower triangle.
                 return MatrixOperator(jnp.conj(self.matrix), self._tags)
@@ -296,11 +275,9 @@ class DiagonalOperator(AbstractOperator):
         diagonal = jnp.asarray(diagonal)
         if diagonal.ndim != 1:
             raise ValueError(f"DiagonalOperator needs a 1-D diagonal, got shape {diagonal.shape}.")
-        if not jnp.issubdtype(diagonal.dtype, jnp.inexact):
-            diagonal = diagonal.astype(jnp.result_type(float))
-        check_supported(diagonal.dtype, "the diagonal of a DiagonalOperator")
+        diagonal = as_supported(diagonal, "the diagonal of a DiagonalOperator")
         extra = {diagonal_tag, symmetric_tag, lower_triangular_tag, upper_triangular_tag}
-        if not _is_complex(diagonal.dtype):
+        if not is_complex(diagonal.dtype):
             extra.add(hermitian_tag)
         self.diagonal = diagonal
         self._tags = as_tags(tags) | extra
@@ -430,7 +407,7 @@ class FunctionOperator(AbstractOperator):
         self._dtype = jnp.result_type(example.dtype, out.dtype)
         check_supported(self._dtype, "a FunctionOperator (its input or output)")
         tags = as_tags(tags)
-        _check_square_for(tags, self.shape)
+        check_square_for(tags, self.shape)
         self._tags = tags
 
     def _mv(self, x):
@@ -446,7 +423,7 @@ class FunctionOperator(AbstractOperator):
         return jax.vmap(self._mv, in_axes=1, out_axes=1)(eye)
 
     def transpose(self):
-        if is_self_adjoint(self._tags) and not is_hermitian(self._tags, _is_complex(self._dtype)):
+        if is_self_adjoint(self._tags) and not is_hermitian(self._tags, is_complex(self._dtype)):
             return self
         return TransposedOperator(self)
 
@@ -536,7 +513,7 @@ class AddOperator(AbstractOperator):
 
     @property
     def tags(self):
-        c = _is_complex(self.dtype)
+        c = is_complex(self.dtype)
         return add_tags(implied_tags(self.operator1.tags, c), implied_tags(self.operator2.tags, c))
 
 
@@ -548,7 +525,7 @@ class ScaledOperator(AbstractOperator):
     _tags: frozenset = eqx.field(static=True)
 
     def __init__(self, scalar, operator: AbstractOperator):
-        self._tags = scale_tags(implied_tags(operator.tags, _is_complex(operator.dtype)), scalar)
+        self._tags = scale_tags(implied_tags(operator.tags, is_complex(operator.dtype)), scalar)
         if isinstance(scalar, (int, float, complex)):
             # Python scalars are weakly typed: they do not promote the operator's dtype.
             scalar = jnp.asarray(scalar, dtype=jnp.result_type(operator.dtype, scalar))
@@ -638,10 +615,81 @@ class ComposedOperator(AbstractOperator):
     @property
     def tags(self):
         if self._gram:
-            if _is_complex(self.dtype):
+            if is_complex(self.dtype):
                 return frozenset({symmetric_tag})
             return frozenset({symmetric_tag, hermitian_tag, positive_semidefinite_tag})
         return matmul_tags(self.operator1.tags, self.operator2.tags)
+
+
+# Operations on AbstractOperators ----------------------------------------------------------
+# What other modules need to know about an operator, as single-dispatch functions (as in
+# lineax): each operator module registers its own classes, so no module has to know every
+# kind of operator, and a new kind plugs in by registering.
+
+
+@functools.singledispatch
+def as_operator(op: Any) -> AbstractOperator:
+    """A linsolve operator for `op`: a linsolve operator itself, or a converted
+    `lineax.AbstractLinearOperator` (registered in `_lineax.py`). Anything else raises a
+    `TypeError` that says how to wrap it."""
+    raise TypeError(
+        f"Expected a linsolve or lineax operator, got {type(op).__name__}. {_wrap_hint(op)}"
+    )
+
+
+@as_operator.register(AbstractOperator)
+def _(op):
+    return op
+
+
+@functools.singledispatch
+def is_matrix_free(operator: AbstractOperator) -> bool:
+    """Whether applying `operator` goes through a function rather than stored arrays (a
+    `FunctionOperator`, a matrix-free lineax operator, or an expression involving one).
+    Direct solvers then materialize it and check the symmetry its tags promise;
+    `AutoSolver` prefers Krylov solvers for it. An operator kind that does not register
+    counts as matrix-free."""
+    del operator
+    return True
+
+
+@functools.singledispatch
+def is_sparse(operator: AbstractOperator) -> bool:
+    """Whether `operator` stores a sparse matrix that sparse solvers (`SparseCholesky`,
+    sparse triangular substitution) work on directly, without densifying it."""
+    del operator
+    return False
+
+
+@functools.singledispatch
+def lower_matrix(operator: AbstractOperator) -> Array:
+    """A matrix whose lower triangle (diagonal included) is that of `as_matrix()`, the strict
+    upper triangle unspecified: what a factorization that reads one triangle (Cholesky)
+    needs, so that a stored matrix gets no mirrored copy."""
+    return operator.as_matrix()
+
+
+@functools.singledispatch
+def with_tags(operator: AbstractOperator, tags: frozenset) -> AbstractOperator | None:
+    """`operator` with `tags` added, of the same kind (a stored matrix then reads the entries
+    the new tags say), or `None` where its kind cannot carry extra tags."""
+    del operator, tags
+    return None
+
+
+for _kind in (MatrixOperator, DiagonalOperator, IdentityOperator):
+    is_matrix_free.register(_kind)(lambda operator: False)
+for _kind in (TransposedOperator, ScaledOperator):
+    is_matrix_free.register(_kind)(lambda operator: is_matrix_free(operator.operator))
+for _kind in (AddOperator, ComposedOperator):
+    is_matrix_free.register(_kind)(
+        lambda operator: is_matrix_free(operator.operator1) or is_matrix_free(operator.operator2)
+    )
+lower_matrix.register(MatrixOperator)(lambda operator: lower_read(operator.matrix, operator.tags))
+with_tags.register(MatrixOperator)(lambda op, tags: MatrixOperator(op.matrix, op.tags | tags))
+with_tags.register(DiagonalOperator)(lambda op, tags: DiagonalOperator(op.diagonal, op.tags | tags))
+# The identity already carries every tag that can hold for it.
+with_tags.register(IdentityOperator)(lambda op, tags: op)
 
 
 __all__ = [
@@ -655,4 +703,10 @@ __all__ = [
     "ScaledOperator",
     "ComposedOperator",
     "as_operator",
+    "check_square_for",
+    "is_complex",
+    "is_matrix_free",
+    "is_sparse",
+    "lower_matrix",
+    "with_tags",
 ]

@@ -6,6 +6,7 @@ from typing import Any
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+import lineax as lx
 import numpy as np
 from jaxtyping import Array, Int
 
@@ -70,8 +71,6 @@ class RESULTS(enum.IntEnum):
         """The `lineax.RESULTS` item of a result code (traced or not), for code written
         against lineax: `ls.RESULTS.to_lineax(sol.result) == lineax.RESULTS.successful`.
         `not_positive_definite` maps to lineax's `singular` (lineax has no such code)."""
-        from ._lineax_solver import lineax_result
-
         return lineax_result(jnp.asarray(code, jnp.int32))
 
 
@@ -170,3 +169,46 @@ def _result_name(code) -> str:
     if codes.ndim == 0:
         return names[0]
     return f"[{', '.join(names)}]" if codes.size <= 8 else _short(code)
+
+
+# lineax has no `not_positive_definite`: its own Cholesky reports `singular` (whose
+# message names an unmet definiteness promise as a cause).
+_RESULTS_TO_LINEAX = {
+    RESULTS.successful: lx.RESULTS.successful,
+    RESULTS.max_steps_reached: lx.RESULTS.max_steps_reached,
+    RESULTS.singular: lx.RESULTS.singular,
+    RESULTS.not_positive_definite: lx.RESULTS.singular,
+    RESULTS.nonfinite_input: lx.RESULTS.nonfinite_input,
+    RESULTS.breakdown: lx.RESULTS.breakdown,
+    RESULTS.stagnation: lx.RESULTS.stagnation,
+    # An overflowing solution of finite input: lineax's `singular` names ill-conditioning.
+    RESULTS.nonfinite_output: lx.RESULTS.singular,
+    RESULTS.not_symmetric: lx.RESULTS.singular,  # an unmet promise, as not_positive_definite
+}
+assert set(_RESULTS_TO_LINEAX) == set(RESULTS), "every linsolve result needs a lineax one"
+
+
+def lineax_result(code: Array) -> lx.RESULTS:
+    """A linsolve result code (int32 array, traced or not) as a `lineax.RESULTS` item."""
+    out = lx.RESULTS.successful
+    for ours, theirs in _RESULTS_TO_LINEAX.items():
+        if ours != RESULTS.successful:
+            out = lx.RESULTS.where(code == ours, theirs, out)
+    return out
+
+
+def _error_messages():
+    return [RESULTS.message(code) for code in RESULTS]
+
+
+def raise_on_failure(x, result, where: str, name: str = "linsolve.linear_solve", messages=None):
+    """`x`, made to raise (under `jit` too) with the message of `result` when it is not
+    `successful`: "`name` (`where`): message". `messages` overrides `RESULTS.message` for
+    some codes (other functions' wording)."""
+    messages = messages or {}
+    msgs = [f"{name} ({where}): {messages.get(c, m)}" for c, m in zip(RESULTS, _error_messages())]
+    # The check runs on a scalar that is then added to x, not on x: its error branch is a
+    # host callback, and passing x through it would gather a sharded solution onto one
+    # device (and replicate the output).
+    flag = eqx.branched_error_if(jnp.zeros((), x.dtype), result != RESULTS.successful, result, msgs)
+    return x + flag

@@ -23,6 +23,7 @@ How derivatives work here (and nowhere else):
   Gram matrix (`gram_solve`).
 """
 
+import functools
 from typing import Any
 
 import equinox as eqx
@@ -33,35 +34,17 @@ from jaxtyping import ArrayLike, Inexact
 
 from ._operator import AbstractOperator, as_operator
 from ._recycle import RecycleSpace
-from ._solution import RESULTS, Solution, first_failure
-from ._solver.abstract import AbstractSolver
+from ._solution import RESULTS, Solution, first_failure, raise_on_failure
+from ._solver.abstract import AbstractLeastSquaresSolver, AbstractSolver
 from ._solver.auto import AutoSolver
 from ._solver.checks import operator_finite
+from ._tangent import is_zero_tangent, tangent_adjoint_mv, tangent_mv
 
 
 def _stop(tree):
     return jax.tree_util.tree_map(
         lambda x: jax.lax.stop_gradient(x) if eqx.is_inexact_array(x) else x, tree
     )
-
-
-def _error_messages():
-    return [RESULTS.message(code) for code in RESULTS]
-
-
-def _raise_on_failure(x, result, where: str, name: str = "linsolve.linear_solve", messages=None):
-    # `messages` overrides RESULTS.message for some codes (other functions' wording).
-    messages = messages or {}
-    msgs = [f"{name} ({where}): {messages.get(c, m)}" for c, m in zip(RESULTS, _error_messages())]
-    # The check runs on a scalar that is then added to x, not on x: its error branch is a
-    # host callback, and passing x through it would gather a sharded solution onto one
-    # device (and replicate the output).
-    flag = eqx.branched_error_if(jnp.zeros((), x.dtype), result != RESULTS.successful, result, msgs)
-    return x + flag
-
-
-def _is_zero_tangent(t) -> bool:
-    return all(leaf is None for leaf in jax.tree_util.tree_leaves(t, is_leaf=lambda v: v is None))
 
 
 def _zero_tangents(tree):
@@ -83,19 +66,14 @@ def _solve_jvp(primals, tangents, *, throw):
     out = _solve(solver, state, operator, vector, y0, adjoint_y0, throw=throw)
     x = out[0]
     out_tangents = (None, None, _zero_tangents(out[2]))
-    operator_moves = not _is_zero_tangent(t_operator)
+    operator_moves = not is_zero_tangent(t_operator)
     if t_vector is None and not operator_moves:
         return out, (jnp.zeros_like(x),) + out_tangents[1:]
 
-    def t_mv(v):  # Ȧ v, the JVP of `mv` in the operator's arrays with v fixed
-        return eqx.filter_jvp(lambda op: op.mv(v), (operator,), (t_operator,))[1]
+    t_mv = functools.partial(tangent_mv, operator, t_operator)  # Ȧ v
+    t_hmv = functools.partial(tangent_adjoint_mv, operator, t_operator)  # Ȧᴴ v
 
-    def t_hmv(v):  # Ȧᴴ v
-        tv = eqx.filter_jvp(lambda op: op.rmv(jnp.conj(v)), (operator,), (t_operator,))[1]
-        return jnp.conj(tv)
-
-    def hmv(v):  # Aᴴ v
-        return jnp.conj(operator.rmv(jnp.conj(v)))
+    hmv = functools.partial(adjoint_mv, operator)  # Aᴴ v
 
     rhs = jnp.zeros_like(vector) if t_vector is None else t_vector
     # What the forward solve learned (e.g. a recycled Krylov subspace) for the derivative's
@@ -110,7 +88,7 @@ def _solve_jvp(primals, tangents, *, throw):
         def backward_solve(r):
             y, result, _ = solver.transpose_solve(state, r, adjoint_y0)
             if throw:
-                y = _raise_on_failure(y, result, "transposed solve of reverse mode")
+                y = raise_on_failure(y, result, "transposed solve of reverse mode")
             else:
                 # A gradient has nowhere to carry a result code: mark the failure with NaN
                 # rather than return a silently wrong (e.g. truncated) adjoint.
@@ -122,7 +100,7 @@ def _solve_jvp(primals, tangents, *, throw):
             # throw=True that must raise, not give a silently wrong JVP.
             y, result, _ = solver.solve(state, r, None)
             if throw:
-                y = _raise_on_failure(y, result, "tangent solve of forward mode")
+                y = raise_on_failure(y, result, "tangent solve of forward mode")
             return y
 
         t_x = jax.lax.custom_linear_solve(
@@ -156,12 +134,16 @@ def _solve_jvp(primals, tangents, *, throw):
     return out, (t_x,) + out_tangents[1:]
 
 
+def adjoint_mv(operator, v):
+    """`Aᴴ v` (the plain transpose's product, conjugated)."""
+    return jnp.conj(operator.rmv(jnp.conj(v)))
+
+
 def _gram_solve(solver, state, operator, w):
     """Solve `G z = w` with `G = AᴴA` (tall `A`) or `AAᴴ` (wide), differentiably in `A`."""
     m, n = operator.shape
 
-    def hmv(v):
-        return jnp.conj(operator.rmv(jnp.conj(v)))
+    hmv = functools.partial(adjoint_mv, operator)  # Aᴴ v
 
     def gram_mv(v):
         return hmv(operator.mv(v)) if m > n else operator.mv(hmv(v))
@@ -268,7 +250,7 @@ def linear_solve(
     if isinstance(solver, AutoSolver):
         solver = solver.select(operator)
     m, n = operator.shape
-    if m != n and not solver.supports_nonsquare:
+    if m != n and not isinstance(solver, AbstractLeastSquaresSolver):
         raise ValueError(
             f"{type(solver).__name__} needs a square operator; got shape {operator.shape}. "
             "Use linsolve.QR() for least-squares / minimum-norm solves."
@@ -289,5 +271,5 @@ def linear_solve(
         (~finite_x, _nonfinite_solution_code(operator, ~finite_x)),
     )
     if throw:
-        x = _raise_on_failure(x, result, "solve")
+        x = raise_on_failure(x, result, "solve")
     return Solution(value=x, result=result, stats=stats)

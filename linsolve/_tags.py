@@ -8,6 +8,7 @@ operation only where the mathematics guarantees it.
 from collections.abc import Iterable
 from typing import Any
 
+import lineax as lx
 import numpy as np
 
 
@@ -48,6 +49,36 @@ ALL_TAGS = frozenset(
     }
 )
 
+# lineax has no hermitian tag: its semidefinite tags mean hermitian for complex dtypes,
+# as linsolve's do, and its symmetric tag is plain (complex-)symmetric, as linsolve's is.
+_TAG_PAIRS = (
+    (lx.symmetric_tag, symmetric_tag),
+    (lx.positive_semidefinite_tag, positive_semidefinite_tag),
+    (lx.negative_semidefinite_tag, negative_semidefinite_tag),
+    (lx.lower_triangular_tag, lower_triangular_tag),
+    (lx.upper_triangular_tag, upper_triangular_tag),
+    (lx.diagonal_tag, diagonal_tag),
+    (lx.unit_diagonal_tag, unit_diagonal_tag),
+)
+FROM_LINEAX = dict(_TAG_PAIRS)
+TO_LINEAX = {ours: theirs for theirs, ours in _TAG_PAIRS}
+
+
+def linsolve_tag_of(tag: Any):
+    """The linsolve tag a lineax tag object stands for; `None` if `tag` is not a lineax
+    tag. lineax's `tridiagonal_tag` has no linsolve counterpart and is refused."""
+    if tag is lx.tridiagonal_tag:
+        raise ValueError(
+            "lineax's tridiagonal_tag has no linsolve counterpart: pass a "
+            "`lineax.TridiagonalLinearOperator` (converted to a `linsolve.SparseOperator`) "
+            "or build a `linsolve.SparseOperator` directly."
+        )
+    try:
+        return FROM_LINEAX.get(tag)
+    except TypeError:  # unhashable: not a tag
+        return None
+
+
 _SEMIDEFINITE = frozenset({positive_semidefinite_tag, negative_semidefinite_tag})
 _SELF_ADJOINT = frozenset({symmetric_tag, hermitian_tag}) | _SEMIDEFINITE
 
@@ -68,8 +99,6 @@ def _one_tag(tag: Any) -> "_Tag":
                 "tag objects, e.g. `linsolve.symmetric_tag`)."
             )
         return found
-    from ._lineax import linsolve_tag_of  # lazily: lineax's tags are translated there
-
     found = linsolve_tag_of(tag)
     if found is None:
         raise TypeError(
@@ -83,8 +112,6 @@ def as_tags(tags: Any) -> frozenset:
     """Normalise a `tags=` argument to a frozenset of linsolve tags. Accepted: one tag or an
     iterable of tags, where a tag is a linsolve tag object, its name as a string
     (`"symmetric"` or `"symmetric_tag"`), or one of lineax's tag objects."""
-    from ._lineax import linsolve_tag_of
-
     if isinstance(tags, (_Tag, str)) or linsolve_tag_of(tags) is not None:
         tags = (tags,)
     elif not isinstance(tags, Iterable):

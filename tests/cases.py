@@ -208,6 +208,8 @@ CASES = [
         kind="sparse",
         unit=True,
     ),
+    # The sparse factorization itself (the row above densifies for dense Cholesky).
+    Case("sparsecholesky", ls.SparseCholesky, (PSD,), "spd", kind="sparse"),
     # Krylov solvers (more in tests/test_iterative.py, recycling included). Few rows, mostly
     # dense: each costs compile time, and a FunctionOperator defeats the compilation cache.
     Case("cg-preconditioned", _cg_preconditioned, (PSD,), "spd", iterative=True),
@@ -224,6 +226,7 @@ CASES = [
     Case(
         "bicgstab-function", iterative(ls.BiCGStab), (), "general", kind="function", iterative=True
     ),
+    Case("cg-sparse", iterative(ls.CG), (PSD,), "spd", kind="sparse", iterative=True),
 ]
 
 REAL_DTYPES = (np.float32, np.float64)

@@ -26,28 +26,18 @@ The tangent is linear in `(Ȧ, Ḃ)` and built from operator JVPs, matrix produc
 the same k projected solves (transposed: the same symmetric operators).
 """
 
+import dataclasses
 from typing import Any
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._operator import FunctionOperator
 from .._solution import RESULTS
+from .._solve import linear_solve
 from .._tags import positive_semidefinite_tag
-
-
-def is_zero_tangent(t) -> bool:
-    return all(leaf is None for leaf in jax.tree_util.tree_leaves(t, is_leaf=lambda v: v is None))
-
-
-def operator_tangent_mv(operator, t_operator, v: Array) -> Array:
-    """`Ȧ v`: the JVP of `operator.mv(v)` in the operator's arrays, `v` fixed. Linear in
-    `t_operator`, and transposable (it is a JVP)."""
-    if operator is None or t_operator is None or is_zero_tangent(t_operator):
-        return jnp.zeros_like(v)
-    return eqx.filter_jvp(lambda op: op.mv(v), (operator,), (t_operator,))[1]
+from .._tangent import is_zero_tangent, tangent_mv
 
 
 def degenerate_pairs(values: Array, threshold: Array) -> Array:
@@ -85,8 +75,8 @@ def projected_solves(
 
     `rhs` (n, k) must satisfy `Uᵀ rhsⱼ = 0`. The operators `sign · Q (A − λⱼ B) Qᵀ` are
     positive semidefinite (sign = +1 for the smallest eigenvalues, −1 for the largest).
-    Each solve is a `custom_linear_solve` (symmetric), so this is linear and transposable
-    in `rhs`. Returns `W` with `Uᵀ B W = 0`."""
+    Each solve is a `linear_solve` on the projected operator (so its derivative rule is
+    linsolve's one), linear and transposable in `rhs`. Returns `W` with `Uᵀ B W = 0`."""
     u, bu = vectors, b_vectors
     n = u.shape[0]
     dtype = u.dtype
@@ -97,40 +87,26 @@ def projected_solves(
     def qt(v):  # v − U (BU)ᵀ v: onto the B-orthogonal complement of U
         return v - u @ (bu.T @ v)
 
+    example = jax.ShapeDtypeStruct((n,), dtype)
+    this_solver = solver
+    if preconditioner is not None and getattr(solver, "preconditioner", 0) is None:
+        # The preconditioner, projected as the operator is (the same for every j).
+        pre = FunctionOperator(
+            lambda v: qt(preconditioner.mv(q(v))), example, tags=positive_semidefinite_tag
+        )
+        this_solver = dataclasses.replace(solver, preconditioner=pre)
+
     def one(lam, r):
         def mv(v):
             v = qt(v)
             out = operator.mv(v) - lam * (v if B is None else B.mv(v))
             return sign * q(out)
 
-        example = jax.ShapeDtypeStruct((n,), dtype)
         proj = FunctionOperator(mv, example, tags=positive_semidefinite_tag)
-        this_solver = solver
-        if preconditioner is not None and getattr(solver, "preconditioner", 0) is None:
-            pre = FunctionOperator(
-                lambda v: qt(preconditioner.mv(q(v))), example, tags=positive_semidefinite_tag
-            )
-            this_solver = eqx.tree_at(
-                lambda s: s.preconditioner, solver, pre, is_leaf=lambda x: x is None
-            )
-        state = this_solver.init(proj)
-
-        def solve(_, b):
-            x, result, _ = this_solver.solve(state, b, None)
-            if not throw:
-                # As linear_solve's reverse pass: a failure shows as NaN, never as a
-                # silently inaccurate derivative.
-                return jnp.where(result == RESULTS.successful, x, jnp.nan)
-            return eqx.error_if(
-                x,
-                result != RESULTS.successful,
-                "linsolve.lobpcg: a projected solve of the eigenvector derivative did not "
-                "succeed (increase the adjoint solver's `max_steps`, or check that the "
-                "eigenvalues are the wanted extreme ones and that there is a gap between "
-                "the k-th and the (k+1)-th).",
-            )
-
-        return jax.lax.custom_linear_solve(proj.mv, sign * r, solve, symmetric=True)
+        # `linear_solve`'s derivative rule and failure policy: with throw=False a failed
+        # solve is NaN here too, never a silently inaccurate derivative.
+        sol = linear_solve(proj, sign * r, this_solver, throw=throw)
+        return jnp.where(sol.result == RESULTS.successful, sol.value, jnp.nan)
 
     w_hat = jax.vmap(one, in_axes=(0, 1), out_axes=1)(values, rhs)
     return qt(w_hat)
@@ -155,9 +131,9 @@ def eigenpair_tangents(
     `(t_operator, t_B)` (either may be `None`). `complete=True` means U spans the whole
     space (dense `eigh`): no projected solves."""
     u = vectors
-    a_dot_u = operator_tangent_mv(operator, t_operator, u)
+    a_dot_u = tangent_mv(operator, t_operator, u)
     has_b_dot = B is not None and t_B is not None and not is_zero_tangent(t_B)
-    b_dot_u = operator_tangent_mv(B, t_B, u) if has_b_dot else None
+    b_dot_u = tangent_mv(B, t_B, u) if has_b_dot else None
     m_cols = a_dot_u if b_dot_u is None else a_dot_u - b_dot_u * values[None, :]
     k_mat = u.T @ m_cols
     g_mat = None if b_dot_u is None else u.T @ b_dot_u

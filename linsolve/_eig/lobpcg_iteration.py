@@ -52,7 +52,10 @@ from .. import _lapack
 from .._dtype import check_same_dtype
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, first_failure
+from .._solver.cg import CG
+from .._solver.krylov import AbstractKrylovSolver
 from .._tags import is_self_adjoint
+from .adjoint import eigenpair_tangents
 
 
 class Eigenpairs(eqx.Module):
@@ -473,8 +476,6 @@ def _lobpcg(op, B, pre, x0, limits, adjoint_solver, *, cfg, threshold_rtol, thro
 
 @_lobpcg.def_jvp
 def _lobpcg_jvp(primals, tangents, *, cfg, threshold_rtol, throw):
-    from .adjoint import eigenpair_tangents
-
     op, B, pre, x0, limits, adjoint_solver = primals
     # The preconditioner, X0, the limits and the solver have zero derivative.
     t_op, t_B = tangents[:2]
@@ -641,9 +642,6 @@ def lobpcg(
     degenerate eigenspace among the k, only basis-independent quantities (sums of its
     eigenvalues, its projector) have derivatives; see the docs page on eigenpairs.
     """
-    from .._solver.cg import CG
-    from .._solver.krylov import AbstractKrylovSolver
-
     op = _check_operator(operator, "operator")
     n = op.shape[0]
     if B is not None:

@@ -1,9 +1,10 @@
 """The interface every solver implements. A solver says how to factorize (`init`) and how
-to solve and transpose-solve from that state; how to differentiate lives in `_solve.py`."""
+to solve and transpose-solve from that state; how to differentiate lives in `_solve.py`.
+The abstract classes say, by kind, what else a solver can be asked for."""
 
 import abc
 import functools
-from typing import Any, ClassVar
+from typing import Any, Generic, TypeVar
 
 import equinox as eqx
 import jax
@@ -11,17 +12,24 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._operator import AbstractOperator
+from .._solution import RESULTS, result_code
 
 
-class AbstractSolver(eqx.Module):
+_State = TypeVar("_State")
+
+
+class AbstractSolver(eqx.Module, Generic[_State]):
     """Base class of linsolve's solvers.
 
     `init` runs once per `linear_solve` (a direct solver factorizes there); `solve` and
-    `transpose_solve` reuse its state, so reverse mode never factorizes again.
-    """
+    `transpose_solve` reuse its state, so reverse mode never factorizes again. How a solve
+    is differentiated is not a solver's business: `linear_solve` does it, once, for all.
 
-    #: Whether the solver accepts non-square operators (least squares / minimum norm).
-    supports_nonsquare: ClassVar[bool] = False
+    The abstract classes below say what else a solver can be asked for:
+    [`linsolve.AbstractDirectSolver`][] (factorizes; the derivative's solves reuse the
+    state as it is), its kinds with a log-determinant (`slogdet`) or least squares
+    (`gram_solve`), and the Krylov solvers.
+    """
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -52,35 +60,100 @@ class AbstractSolver(eqx.Module):
         _lineax_misuse(self, "assume_full_rank")
 
     @abc.abstractmethod
-    def init(self, operator: AbstractOperator) -> Any:
+    def init(self, operator: AbstractOperator) -> _State:
         """Check the operator (at trace time) and precompute what solves need."""
 
     @abc.abstractmethod
-    def solve(self, state: Any, vector: Array, y0: Array | None) -> tuple[Array, Array, dict]:
+    def solve(self, state: _State, vector: Array, y0: Array | None) -> tuple[Array, Array, dict]:
         """Solve `A x = vector` (vector of shape `(m,)` or `(m, k)`), starting from `y0`
         where the solver is iterative. Returns `(x, result, stats)`."""
 
     @abc.abstractmethod
     def transpose_solve(
-        self, state: Any, vector: Array, y0: Array | None
+        self, state: _State, vector: Array, y0: Array | None
     ) -> tuple[Array, Array, dict]:
         """Solve `A.T x = vector` (plain transpose) from the same state."""
 
-    def adjoint_state(self, state: Any, stats: dict) -> Any:
+    @abc.abstractmethod
+    def adjoint_state(self, state: _State, stats: dict) -> _State:
         """The state the tangent and transposed solves of a derivative start from, given
-        the forward solve's `stats`. Direct solvers reuse `state`; a Krylov solver may
-        attach what its forward solve learned (e.g. a recycled subspace)."""
+        the forward solve's `stats` (a Krylov solver may attach what its forward solve
+        learned, e.g. a recycled subspace)."""
+
+    @abc.abstractmethod
+    def recycle_state(self, state: _State, space: Any, vector_shape: tuple) -> _State:
+        """The state with a user's recycle space (`linear_solve(..., recycle=space)`)
+        attached; solvers that do not recycle raise a `TypeError`."""
+
+
+def does_not_recycle(solver: AbstractSolver):
+    """The `recycle_state` of a solver that takes no recycle space."""
+    raise TypeError(
+        f"linear_solve: {type(solver).__name__} does not take a recycle space; "
+        "linsolve.CG(recycle=m) and linsolve.MINRES(recycle=m) do."
+    )
+
+
+class AbstractReusingSolver(AbstractSolver[_State]):
+    """A solver whose derivative's solves reuse the state of `init` as it is (nothing learned
+    by the forward solve is passed on), and which takes no recycle space."""
+
+    def adjoint_state(self, state: _State, stats: dict) -> _State:
         del stats
         return state
 
-    def recycle_state(self, state: Any, space: Any, vector_shape: tuple) -> Any:
-        """The state with a user's recycle space (`linear_solve(..., recycle=space)`)
-        attached; only Krylov solvers that recycle (CG, MINRES) take one."""
+    def recycle_state(self, state: _State, space: Any, vector_shape: tuple) -> _State:
         del state, space, vector_shape
-        raise TypeError(
-            f"linear_solve: {type(self).__name__} does not take a recycle space; "
-            "linsolve.CG(recycle=m) and linsolve.MINRES(recycle=m) do."
-        )
+        does_not_recycle(self)
+
+
+class AbstractDirectSolver(AbstractReusingSolver[_State]):
+    """A solver that factorizes in `init`; the derivative's solves reuse the
+    factorization."""
+
+
+class AbstractDeterminantSolver(AbstractDirectSolver[_State]):
+    """A direct solver whose factorization gives the determinant: `logdet` and `slogdet`
+    use it ([`linsolve.Cholesky`][], [`linsolve.LU`][], [`linsolve.SparseCholesky`][],
+    [`linsolve.Triangular`][], [`linsolve.Diagonal`][])."""
+
+    @abc.abstractmethod
+    def slogdet(self, operator: AbstractOperator) -> tuple[Array, Array, Array]:
+        """`(sign, logabsdet, result)` of the square `operator`, differentiable in it: from
+        one factorization, whose derivative rule (`d log det A = tr(A⁻¹ dA)`) reuses it.
+        `result` names NaN/Inf input, a failed factorization or a broken symmetry promise;
+        a singular operator is not a failure (`(0, −inf)` is its answer)."""
+
+    @abc.abstractmethod
+    def positive_definite(self, operator: AbstractOperator) -> bool:
+        """Whether a successful factorization of `operator` proves it positive definite:
+        its log-determinant is then `logabsdet` itself (real, for complex dtypes too)."""
+
+
+class AbstractLeastSquaresSolver(AbstractDirectSolver[_State]):
+    """A direct solver that also solves non-square systems (least squares for a tall
+    operator, minimum norm for a wide one). `linear_solve` differentiates those through
+    the normal equations, solved with the solver's factorization of the Gram matrix."""
+
+    @abc.abstractmethod
+    def gram_solve(self, state: _State, vector: Array) -> Array:
+        """Solve with the Gram matrix `AᴴA` (tall `A`) or `AAᴴ` (wide) from the state."""
+
+
+def hermitian_transpose_solve(solve, vector: Array, y0: Array | None):
+    """`Aᵀ x = b` for a hermitian (real: symmetric) `A`, through its own solve: `Aᵀ =
+    conj(A)`, so `x = conj(A⁻¹ conj(b))`. `solve(vector, y0)` returns `(x, result, stats)`."""
+    if not jnp.iscomplexobj(vector):
+        return solve(vector, y0)
+    y0 = None if y0 is None else jnp.conj(y0)
+    x, result, stats = solve(jnp.conj(vector), y0)
+    return jnp.conj(x), result, stats
+
+
+def check_square(operator: AbstractOperator, what: str) -> None:
+    """Raise at trace time, naming the shape, if `operator` is not square."""
+    if operator.shape[0] != operator.shape[1]:
+        raise ValueError(f"{what} needs a square operator; got shape {operator.shape}.")
 
 
 def _lineax_misuse(solver: "AbstractSolver", method: str):
@@ -105,7 +178,6 @@ def input_check(operator: AbstractOperator, failed: Array, code) -> Array:
     the operator defines holds NaN/Inf, else `code`. The matrix is read again only on
     failure (inside the `cond`), so on success the factorization is its only reader and
     XLA can factorize in the buffer the matrix is formed in."""
-    from .._solution import RESULTS, result_code
 
     def diagnose():
         finite = jnp.all(jnp.isfinite(dense_input(operator)))

@@ -1,9 +1,9 @@
 """AutoSolver: picks a solver from the operator's tags and kind."""
 
 import equinox as eqx
-import jax
 import jax.numpy as jnp
 
+from .._operator import is_matrix_free, is_sparse
 from .._tags import (
     diagonal_tag,
     is_hermitian,
@@ -14,20 +14,18 @@ from .._tags import (
     upper_triangular_tag,
 )
 from .abstract import AbstractSolver
+from .cg import CG
+from .cholesky import Cholesky
+from .diagonal import Diagonal
+from .gmres import GMRES
+from .lu import LU
+from .minres import MINRES
+from .qr import QR
+from .sparse_cholesky import SparseCholesky
+from .triangular import Triangular
 
 
-def is_matrix_free(operator) -> bool:
-    """Whether applying `operator` involves a `FunctionOperator` or a lineax operator that
-    is not a matrix one (lineax matrices are converted to `MatrixOperator`s on entry)."""
-    from .._lineax import LineaxOperator
-    from .._operator import FunctionOperator
-
-    kinds = (FunctionOperator, LineaxOperator)
-    leaves = jax.tree_util.tree_leaves(operator, is_leaf=lambda x: isinstance(x, kinds))
-    return any(isinstance(leaf, kinds) for leaf in leaves)
-
-
-class AutoSolver(AbstractSolver):
+class AutoSolver(AbstractSolver[tuple]):
     """Chooses a solver from the operator's tags and kind:
 
     | operator | solver |
@@ -59,12 +57,6 @@ class AutoSolver(AbstractSolver):
     def select(self, operator, *, direct: bool = False) -> AbstractSolver:
         """The solver this `AutoSolver` uses for `operator`; with `direct=True` never a
         Krylov one (what `logdet` needs: a factorization)."""
-        from .cholesky import Cholesky
-        from .diagonal import Diagonal
-        from .lu import LU
-        from .qr import QR
-        from .triangular import Triangular
-
         tags = operator.tags
         if operator.shape[0] != operator.shape[1]:
             return QR()
@@ -73,17 +65,9 @@ class AutoSolver(AbstractSolver):
         if tags & {lower_triangular_tag, upper_triangular_tag}:
             return Triangular()
         semidefinite = tags & {positive_semidefinite_tag, negative_semidefinite_tag}
-        from .._sparse.operator import SparseOperator
-
-        if isinstance(operator, SparseOperator) and positive_semidefinite_tag in tags:
-            from .sparse_cholesky import SparseCholesky
-
+        if is_sparse(operator) and positive_semidefinite_tag in tags:
             return SparseCholesky()
         if not direct and operator.shape[0] >= self.materialize_below and is_matrix_free(operator):
-            from .cg import CG
-            from .gmres import GMRES
-            from .minres import MINRES
-
             if semidefinite:
                 return CG()
             cplx = jnp.issubdtype(operator.dtype, jnp.complexfloating)
@@ -109,3 +93,7 @@ class AutoSolver(AbstractSolver):
     def adjoint_state(self, state, stats):
         solver, inner = state
         return solver, solver.adjoint_state(inner, stats)
+
+    def recycle_state(self, state, space, vector_shape):
+        solver, inner = state
+        return solver, solver.recycle_state(inner, space, vector_shape)

@@ -1,10 +1,13 @@
 """BiCGStab (van der Vorst 1992) with right preconditioning, for any square operator."""
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
 
 from .._solution import RESULTS, result_code
+from .abstract import AbstractReusingSolver
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
@@ -21,7 +24,7 @@ from .krylov import (
 )
 
 
-class BiCGStab(AbstractKrylovSolver):
+class BiCGStab(AbstractKrylovSolver, AbstractReusingSolver[KrylovState]):
     """Right-preconditioned BiCGStab for any square operator (real or complex). Two
     matrix-vector products per iteration and short recurrences (constant memory); the
     monitored residual is the unpreconditioned one.
@@ -40,6 +43,12 @@ class BiCGStab(AbstractKrylovSolver):
     `sol.stats` has `num_steps` (iterations), `num_restarts` and `residual_norm` (of the
     true residual).
     """
+
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int | None = eqx.field(static=True, default=None)
+    preconditioner: Any = None
+    verbose: bool = eqx.field(static=True, default=False)
 
     def init(self, operator) -> KrylovState:
         return self._make_state(operator)

@@ -36,6 +36,8 @@ solve and `4m` for the deflation in the derivative's solves — worth it when a
 matrix-vector product costs more than that.
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -52,7 +54,7 @@ from .._recycle import (
 )
 from .._solution import RESULTS, result_code
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
-from .abstract import tag_names
+from .abstract import hermitian_transpose_solve, tag_names
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
@@ -94,7 +96,16 @@ class CG(AbstractKrylovSolver):
     `RESULTS.breakdown`.
     """
 
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int | None = eqx.field(static=True, default=None)
+    preconditioner: Any = None
+    verbose: bool = eqx.field(static=True, default=False)
     recycle: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if self.recycle < 0:
+            raise ValueError(f"CG: `recycle` must be >= 0, got {self.recycle}.")
 
     def init(self, operator) -> KrylovState:
         tags = operator.tags
@@ -105,8 +116,6 @@ class CG(AbstractKrylovSolver):
                 f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use MINRES() for "
                 "symmetric indefinite operators, GMRES() or BiCGStab() otherwise."
             )
-        if self.recycle < 0:
-            raise ValueError(f"CG: `recycle` must be >= 0, got {self.recycle}.")
         return self._make_state(operator, negate=negative)
 
     def solve(self, state: KrylovState, vector, y0):
@@ -121,11 +130,9 @@ class CG(AbstractKrylovSolver):
     def transpose_solve(self, state: KrylovState, vector, y0):
         # A is hermitian: Aᵀ = conj(A), so Aᵀ x = b  ⇔  A conj(x) = conj(b). The
         # preconditioner (hermitian too) and a recycled subspace of A apply unchanged.
-        if jnp.iscomplexobj(vector):
-            y0 = None if y0 is None else jnp.conj(y0)
-            x, result, out = self._solve(state, jnp.conj(vector), y0, False, "CG (transposed)")
-            return jnp.conj(x), result, out
-        return self._solve(state, vector, y0, False, "CG (transposed)")
+        return hermitian_transpose_solve(
+            lambda v, x0: self._solve(state, v, x0, False, "CG (transposed)"), vector, y0
+        )
 
     def adjoint_state(self, state: KrylovState, stats: dict) -> KrylovState:
         if self.recycle == 0 or "recycle" not in stats:

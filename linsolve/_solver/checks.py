@@ -7,6 +7,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array
 
+from .._operator import MatrixOperator, is_matrix_free
 from .._tags import is_hermitian, is_self_adjoint
 
 
@@ -24,8 +25,6 @@ def broken_symmetry(operator, matrix: Array) -> Array | None:
     full `matrix` it materializes to breaks that promise (`None` where there is nothing to
     check: a stored matrix is read by one triangle under the structure convention, so it
     cannot break it). NaN counts as not broken: it is reported as NaN input."""
-    from .auto import is_matrix_free
-
     tags = operator.tags
     if not (is_self_adjoint(tags) and is_matrix_free(operator)) or matrix.size == 0:
         return None
@@ -42,7 +41,6 @@ def operator_finite(operator) -> Array:
     floating-point array in the operator (sparse values, diagonals, a matrix-free
     function's closed-over arrays) as stored. Never materializes a matrix-free or
     sparse operator."""
-    from .._operator import MatrixOperator
 
     def is_node(x):
         return isinstance(x, MatrixOperator)

@@ -6,12 +6,19 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
+from .._operator import is_matrix_free, lower_matrix
 from .._solution import RESULTS, first_failure, result_code
 from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
 from . import rcond as _rcond
-from .abstract import AbstractSolver, tag_names
-from .auto import is_matrix_free
+from .abstract import (
+    AbstractDeterminantSolver,
+    check_square,
+    dense_input,
+    hermitian_transpose_solve,
+    tag_names,
+)
 from .checks import broken_symmetry
+from .determinant import dense_determinant_checks, finite, logdet_cholesky
 
 
 class _CholeskyState(eqx.Module):
@@ -48,7 +55,7 @@ def _failure_code(failed, matrix, norm):
     return jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful))
 
 
-class Cholesky(AbstractSolver):
+class Cholesky(AbstractDeterminantSolver[_CholeskyState]):
     """Dense Cholesky factorization `A = L Lᴴ` (or `−A = L Lᴴ` for a negative definite
     operator). Needs `positive_semidefinite_tag` or `negative_semidefinite_tag`; reads the
     lower triangle only.
@@ -70,15 +77,7 @@ class Cholesky(AbstractSolver):
     check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _CholeskyState:
-        tags = operator.tags
-        negative = negative_semidefinite_tag in tags
-        if not (negative or positive_semidefinite_tag in tags):
-            raise ValueError(
-                "Cholesky needs an operator tagged positive_semidefinite_tag or "
-                f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use LU() otherwise."
-            )
-        if operator.shape[0] != operator.shape[1]:
-            raise ValueError(f"Cholesky needs a square operator; got shape {operator.shape}.")
+        negative = _check_tags(operator)
         if is_matrix_free(operator):
             # Materialized in full, so that the symmetry the tag promises can be checked.
             matrix = jax.lax.stop_gradient(operator.as_matrix())
@@ -86,7 +85,7 @@ class Cholesky(AbstractSolver):
         else:
             # LAPACK/cuSOLVER potrf reads only the lower triangle (so does
             # lax.linalg.cholesky with symmetrize_input=False): no mirrored upper one.
-            matrix = jax.lax.stop_gradient(operator._lower_matrix())
+            matrix = jax.lax.stop_gradient(lower_matrix(operator))
             asymmetric = None
         if negative:
             matrix = -matrix
@@ -123,8 +122,35 @@ class Cholesky(AbstractSolver):
         return self._solve(state, vector), state.result, dict(state.stats)
 
     def transpose_solve(self, state, vector, y0):
-        del y0
-        # A is hermitian: Aᵀ = conj(A), so Aᵀ x = b  ⇔  A conj(x) = conj(b).
-        if jnp.iscomplexobj(state.factor):
-            return jnp.conj(self._solve(state, jnp.conj(vector))), state.result, dict(state.stats)
-        return self._solve(state, vector), state.result, dict(state.stats)
+        return hermitian_transpose_solve(lambda v, _: self.solve(state, v, None), vector, y0)
+
+    def slogdet(self, operator):
+        negative = _check_tags(operator)
+        matrix = dense_input(operator)
+        checks = dense_determinant_checks(operator, matrix)
+        if negative:
+            n = operator.shape[0]
+            sign = jnp.asarray(-1.0 if n % 2 else 1.0, matrix.dtype)
+            value = logdet_cholesky(-matrix)
+        else:
+            sign, value = jnp.ones((), matrix.dtype), logdet_cholesky(matrix)
+        # A failed factorization shows as a NaN log-determinant (−inf: a zero pivot).
+        checks.append((~finite(value), RESULTS.not_positive_definite))
+        return sign, value, first_failure(*checks)
+
+    def positive_definite(self, operator):
+        return negative_semidefinite_tag not in operator.tags
+
+
+def _check_tags(operator) -> bool:
+    """Cholesky's trace-time checks (tags, shape); whether the operator is negative
+    definite."""
+    tags = operator.tags
+    negative = negative_semidefinite_tag in tags
+    if not (negative or positive_semidefinite_tag in tags):
+        raise ValueError(
+            "Cholesky needs an operator tagged positive_semidefinite_tag or "
+            f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use LU() otherwise."
+        )
+    check_square(operator, "Cholesky")
+    return negative

@@ -1,11 +1,14 @@
 """Restarted GMRES (Saad & Schultz 1986) with right preconditioning, for any square operator."""
 
+from typing import Any
+
 import equinox as eqx
 import jax.numpy as jnp
 import jax.scipy.linalg as jsl
 from jax import lax
 
 from .._solution import RESULTS, result_code
+from .abstract import AbstractReusingSolver
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
@@ -21,7 +24,7 @@ from .krylov import (
 )
 
 
-class GMRES(AbstractKrylovSolver):
+class GMRES(AbstractKrylovSolver, AbstractReusingSolver[KrylovState]):
     """Restarted GMRES(`restart`) with right preconditioning, for any square operator
     (real or complex, no structure needed). One matrix-vector product per iteration, plus
     one per restart for the true residual. The monitored residual is the true,
@@ -37,11 +40,18 @@ class GMRES(AbstractKrylovSolver):
     first) and `residual_norm`.
     """
 
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int | None = eqx.field(static=True, default=None)
+    preconditioner: Any = None
+    verbose: bool = eqx.field(static=True, default=False)
     restart: int = eqx.field(static=True, default=20)
 
-    def init(self, operator) -> KrylovState:
+    def __check_init__(self):
         if self.restart < 1:
             raise ValueError(f"GMRES: `restart` must be >= 1, got {self.restart}.")
+
+    def init(self, operator) -> KrylovState:
         return self._make_state(operator)
 
     def solve(self, state, vector, y0):

@@ -23,7 +23,7 @@ from jaxtyping import Array
 from .._dtype import check_same_dtype
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, result_code
-from .abstract import AbstractSolver
+from .abstract import AbstractSolver, check_square
 
 
 def inner(a: Array, b: Array) -> Array:
@@ -60,7 +60,7 @@ class KrylovState(eqx.Module):
     recycled: Any = None
 
 
-class AbstractKrylovSolver(AbstractSolver):
+class AbstractKrylovSolver(AbstractSolver[KrylovState]):
     """Configuration shared by linsolve's Krylov solvers.
 
     **Arguments:**
@@ -83,20 +83,25 @@ class AbstractKrylovSolver(AbstractSolver):
       `jit`).
     """
 
-    rtol: float | None = eqx.field(static=True, default=None)
-    atol: float | None = eqx.field(static=True, default=None)
-    max_steps: int | None = eqx.field(static=True, default=None)
-    preconditioner: Any = None
-    verbose: bool = eqx.field(static=True, default=False)
+    # Declared here, defined (with their defaults) by each final solver: equinox's rule
+    # that fields live on final classes only.
+    rtol: eqx.AbstractVar[float | None]
+    atol: eqx.AbstractVar[float | None]
+    max_steps: eqx.AbstractVar[int | None]
+    preconditioner: eqx.AbstractVar[Any]
+    verbose: eqx.AbstractVar[bool]
 
-    def _check_square(self, operator):
-        if operator.shape[0] != operator.shape[1]:
-            raise ValueError(
-                f"{type(self).__name__} needs a square operator; got shape {operator.shape}."
-            )
+    def __check_init__(self):
+        name = type(self).__name__
+        for what, value in (("rtol", self.rtol), ("atol", self.atol)):
+            # (`not >= 0` also rejects NaN; an infinite tolerance would accept anything.)
+            if value is not None and not 0 <= value < float("inf"):
+                raise ValueError(f"{name}: `{what}` must be finite and >= 0, got {value}.")
+        if self.max_steps is not None and self.max_steps < 0:
+            raise ValueError(f"{name}: `max_steps` must be >= 0, got {self.max_steps}.")
 
     def _make_state(self, operator, negate: bool = False) -> KrylovState:
-        self._check_square(operator)
+        check_square(operator, type(self).__name__)
         n = operator.shape[0]
         preconditioner = None
         if self.preconditioner is not None:
@@ -112,14 +117,6 @@ class AbstractKrylovSolver(AbstractSolver):
                 "the operator",
                 f"The preconditioner of {type(self).__name__}",
             )
-        for name, value in (("rtol", self.rtol), ("atol", self.atol)):
-            # (`not >= 0` also rejects NaN; an infinite tolerance would accept anything.)
-            if value is not None and not 0 <= value < float("inf"):
-                raise ValueError(
-                    f"{type(self).__name__}: `{name}` must be finite and >= 0, got {value}."
-                )
-        if self.max_steps is not None and self.max_steps < 0:
-            raise ValueError(f"{type(self).__name__}: `max_steps` must be >= 0.")
         rtol = default_tolerance(operator.dtype) if self.rtol is None else float(self.rtol)
         atol = 0.0 if self.atol is None else float(self.atol)
         max_steps = 10 * n if self.max_steps is None else int(self.max_steps)

@@ -8,8 +8,15 @@ from jaxtyping import Array
 from .. import _lapack
 from .._solution import RESULTS, first_failure
 from . import rcond as _rcond
-from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
+from .abstract import (
+    AbstractDeterminantSolver,
+    check_square,
+    dense_input,
+    input_check,
+    numerically_singular,
+)
 from .checks import broken_symmetry
+from .determinant import dense_determinant_checks, slogdet_lu
 
 
 class _LUState(eqx.Module):
@@ -19,7 +26,7 @@ class _LUState(eqx.Module):
     stats: dict
 
 
-class LU(AbstractSolver):
+class LU(AbstractDeterminantSolver[_LUState]):
     """Dense LU factorization with partial pivoting, `P A = L U`, for square operators.
 
     A pivot that is zero up to rounding gives `RESULTS.singular`, and so does a system
@@ -37,8 +44,7 @@ class LU(AbstractSolver):
     check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _LUState:
-        if operator.shape[0] != operator.shape[1]:
-            raise ValueError(f"LU needs a square operator; got shape {operator.shape}.")
+        check_square(operator, "LU")
         matrix = jax.lax.stop_gradient(dense_input(operator))  # the state is not differentiated
         lu, pivots, perm = _lapack.lu(matrix)
         checks = [(numerically_singular(lu), RESULTS.singular)]
@@ -74,3 +80,12 @@ class LU(AbstractSolver):
     def transpose_solve(self, state, vector, y0):
         del y0
         return _lapack.lu_solve(state.lu, state.pivots, vector, 1), state.result, dict(state.stats)
+
+    def slogdet(self, operator):
+        check_square(operator, "LU")
+        matrix = dense_input(operator)
+        sign, logabsdet = slogdet_lu(matrix)
+        return sign, logabsdet, first_failure(*dense_determinant_checks(operator, matrix))
+
+    def positive_definite(self, operator):
+        return False

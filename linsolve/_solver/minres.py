@@ -10,6 +10,8 @@ run go into an eigCG window (Ritz values smallest in magnitude), and the refresh
 a harmonic Rayleigh–Ritz step over `Q` and the window's Ritz vectors.
 """
 
+from typing import Any
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -25,7 +27,7 @@ from .._recycle import (
 )
 from .._solution import RESULTS, result_code
 from .._tags import is_hermitian, is_self_adjoint
-from .abstract import tag_names
+from .abstract import hermitian_transpose_solve, tag_names
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
@@ -71,7 +73,17 @@ class MINRES(AbstractKrylovSolver):
     gives `RESULTS.breakdown`.
     """
 
+    rtol: float | None = eqx.field(static=True, default=None)
+    atol: float | None = eqx.field(static=True, default=None)
+    max_steps: int | None = eqx.field(static=True, default=None)
+    preconditioner: Any = None
+    verbose: bool = eqx.field(static=True, default=False)
+    # The size of the space; 0: no recycling.
     recycle: int = eqx.field(static=True, default=0)
+
+    def __check_init__(self):
+        if self.recycle < 0:
+            raise ValueError(f"MINRES: `recycle` must be >= 0, got {self.recycle}.")
 
     def init(self, operator) -> KrylovState:
         tags = operator.tags
@@ -82,8 +94,6 @@ class MINRES(AbstractKrylovSolver):
                 "or semidefinite if real, hermitian_tag or semidefinite if complex; got tags "
                 f"{tag_names(tags)} (dtype {operator.dtype}). Use GMRES() or BiCGStab()."
             )
-        if self.recycle < 0:
-            raise ValueError(f"MINRES: `recycle` must be >= 0, got {self.recycle}.")
         return self._make_state(operator)
 
     def solve(self, state, vector, y0):
@@ -93,14 +103,11 @@ class MINRES(AbstractKrylovSolver):
         return self._solve(state, vector, y0, collect, "MINRES")
 
     def transpose_solve(self, state, vector, y0):
-        label = "MINRES (transposed)"
         # Aᵀ = A (real symmetric) or conj(A) (hermitian): Aᵀ x = b  ⇔  A conj(x) = conj(b).
         # A recycled space of A serves unchanged.
-        if jnp.iscomplexobj(vector):
-            y0 = None if y0 is None else jnp.conj(y0)
-            x, result, out = self._solve(state, jnp.conj(vector), y0, False, label)
-            return jnp.conj(x), result, out
-        return self._solve(state, vector, y0, False, label)
+        return hermitian_transpose_solve(
+            lambda v, x0: self._solve(state, v, x0, False, "MINRES (transposed)"), vector, y0
+        )
 
     def recycle_state(self, state, space: RecycleSpace, vector_shape):
         return attach(self, state, space, vector_shape, matvec(state), definite=False)

@@ -1,8 +1,6 @@
 """QR: square, least-squares (tall, full column rank) and minimum-norm (wide, full row
 rank) solves."""
 
-from typing import ClassVar
-
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -11,7 +9,7 @@ from jaxtyping import Array
 from .. import _lapack
 from .._solution import RESULTS, first_failure
 from . import rcond as _rcond
-from .abstract import AbstractSolver, dense_input, input_check, numerically_singular
+from .abstract import AbstractLeastSquaresSolver, dense_input, input_check, numerically_singular
 from .checks import broken_symmetry
 
 
@@ -23,7 +21,7 @@ class _QRState(eqx.Module):
     stats: dict
 
 
-class QR(AbstractSolver):
+class QR(AbstractLeastSquaresSolver[_QRState]):
     """Householder QR. For a square operator it solves `A x = b`; for a tall one
     (full column rank) it returns the least-squares solution; for a wide one (full row
     rank) the minimum-norm solution. Derivatives are those of the pseudo-inverse
@@ -41,7 +39,6 @@ class QR(AbstractSolver):
       triangular solves) and keeps only the test on `R`'s diagonal.
     """
 
-    supports_nonsquare: ClassVar[bool] = True
     check_condition: bool = eqx.field(static=True, default=True)
 
     def init(self, operator) -> _QRState:

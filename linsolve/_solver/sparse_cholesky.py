@@ -12,13 +12,14 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 
+from .._operator import is_sparse
 from .._solution import RESULTS
-from .._sparse import numeric
+from .._sparse import numeric, selinv
 from .._sparse.elimination import ORDERINGS
-from .._sparse.operator import SparseOperator
 from .._sparse.symbolic import Symbolic, _analyse_cached, analyse
 from .._tags import positive_semidefinite_tag
-from .abstract import AbstractSolver, tag_names
+from .abstract import AbstractDeterminantSolver, hermitian_transpose_solve, tag_names
+from .determinant import factorization_failure, finite
 
 
 class _SparseCholeskyState(eqx.Module):
@@ -30,7 +31,7 @@ class _SparseCholeskyState(eqx.Module):
 def symbolic_of(operator, ordering: str = "auto") -> Symbolic:
     """The cached symbolic analysis of a positive definite `SparseOperator` (trace-time
     checks included)."""
-    if not isinstance(operator, SparseOperator):
+    if not is_sparse(operator):
         raise TypeError(
             f"SparseCholesky needs a linsolve.SparseOperator; got {type(operator).__name__}."
         )
@@ -43,7 +44,7 @@ def symbolic_of(operator, ordering: str = "auto") -> Symbolic:
     return analyse(p.indptr, p.indices, p.shape[0], ordering=ordering)
 
 
-class SparseCholesky(AbstractSolver):
+class SparseCholesky(AbstractDeterminantSolver[_SparseCholeskyState]):
     """Sparse supernodal Cholesky `P A Pᵀ = L Lᴴ` with a fill-reducing ordering (METIS
     nested dissection via `pymetis`). Needs a `SparseOperator` tagged
     `positive_semidefinite_tag`, real symmetric or complex hermitian; only its lower
@@ -102,8 +103,14 @@ class SparseCholesky(AbstractSolver):
         return numeric.solve(state.symbolic, state.factor, vector), state.result, {}
 
     def transpose_solve(self, state, vector, y0):
-        # A is hermitian: A^T x = b is A conj(x) = conj(b) (for real A, the same solve).
-        if not jnp.iscomplexobj(state.factor.g[0]):
-            return self.solve(state, vector, y0)
-        x, result, stats = self.solve(state, jnp.conj(vector), None)
-        return jnp.conj(x), result, stats
+        return hermitian_transpose_solve(lambda v, _: self.solve(state, v, None), vector, y0)
+
+    def slogdet(self, operator):
+        # d logdet from the selected inverse (Takahashi), never a dense inverse.
+        sym = symbolic_of(operator, self.ordering)
+        value, ok = selinv.logdet_and_ok(sym, operator.values)
+        result = factorization_failure(jax.lax.stop_gradient(ok), finite(operator.values))
+        return jnp.ones((), operator.dtype), value, result
+
+    def positive_definite(self, operator):
+        return True

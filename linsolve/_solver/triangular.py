@@ -6,11 +6,15 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
+from .._operator import is_sparse
 from .._solution import RESULTS, first_failure
 from .._sparse.operator import SparseOperator
 from .._sparse.triangular import Schedule, schedule
+from .._structure import read_diagonal
 from .._tags import diagonal_tag, lower_triangular_tag, unit_diagonal_tag, upper_triangular_tag
-from .abstract import AbstractSolver, dense_input, input_check, tag_names
+from .abstract import AbstractDeterminantSolver, check_square, dense_input, input_check, tag_names
+from .checks import operator_finite
+from .determinant import factorization_failure, slogdet_of_diagonal
 
 
 class _TriangularState(eqx.Module):
@@ -20,23 +24,14 @@ class _TriangularState(eqx.Module):
     result: Array
 
 
-class Triangular(AbstractSolver):
+class Triangular(AbstractDeterminantSolver["_TriangularState | _SparseTriangularState"]):
     """Forward / back substitution for an operator tagged `lower_triangular_tag` or
     `upper_triangular_tag` (with `unit_diagonal_tag`, the diagonal is not read). A zero on
     the diagonal gives `RESULTS.singular`."""
 
-    def init(self, operator) -> _TriangularState:
-        tags = operator.tags
-        lower = lower_triangular_tag in tags or diagonal_tag in tags
-        if not (lower or upper_triangular_tag in tags):
-            raise ValueError(
-                "Triangular needs an operator tagged lower_triangular_tag or "
-                f"upper_triangular_tag; got tags {tag_names(tags)}."
-            )
-        if operator.shape[0] != operator.shape[1]:
-            raise ValueError(f"Triangular needs a square operator; got shape {operator.shape}.")
-        unit = unit_diagonal_tag in tags
-        if isinstance(operator, SparseOperator):
+    def init(self, operator) -> "_TriangularState | _SparseTriangularState":
+        lower, unit = _check_tags(operator)
+        if is_sparse(operator):
             return _sparse_init(operator, unit)
         matrix = dense_input(operator)
         # NaN/Inf off the diagonal shows in the solution (checked by linear_solve).
@@ -61,6 +56,29 @@ class Triangular(AbstractSolver):
         if isinstance(state, _SparseTriangularState):
             return state.backward.solve(state.off_values, state.diagonal, vector), state.result, {}
         return self._solve(state, vector, 1), state.result, {}
+
+    def slogdet(self, operator):
+        _check_tags(operator)
+        sign, logabsdet = slogdet_of_diagonal(read_diagonal(operator.diag(), operator.tags))
+        # NaN above / below the diagonal does not change the determinant, but it is NaN
+        # input all the same.
+        return sign, logabsdet, factorization_failure(jnp.asarray(True), operator_finite(operator))
+
+    def positive_definite(self, operator):
+        return False
+
+
+def _check_tags(operator) -> tuple[bool, bool]:
+    """Triangular's trace-time checks (tags, shape); `(lower, unit)`."""
+    tags = operator.tags
+    lower = lower_triangular_tag in tags or diagonal_tag in tags
+    if not (lower or upper_triangular_tag in tags):
+        raise ValueError(
+            "Triangular needs an operator tagged lower_triangular_tag or "
+            f"upper_triangular_tag; got tags {tag_names(tags)}."
+        )
+    check_square(operator, "Triangular")
+    return lower, unit_diagonal_tag in tags
 
 
 class _SparseTriangularState(eqx.Module):

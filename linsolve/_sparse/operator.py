@@ -23,8 +23,16 @@ import numpy as np
 import scipy.sparse as sp
 from jaxtyping import Array, ArrayLike, Inexact
 
-from .._dtype import check_supported
-from .._operator import AbstractOperator, TransposedOperator, _check_square_for, _is_complex
+from .._dtype import as_supported
+from .._operator import (
+    AbstractOperator,
+    TransposedOperator,
+    check_square_for,
+    is_complex,
+    is_matrix_free,
+    is_sparse,
+    with_tags,
+)
 from .._tags import (
     as_tags,
     diagonal_tag,
@@ -275,10 +283,7 @@ class SparseOperator(AbstractOperator):
                 "SparseOperator needs (values, indices, indptr, shape) in CSC form, or a scipy.sparse "
                 "matrix (`SparseOperator.from_scipy(matrix, tags)`)."
             )
-        values = jnp.asarray(values)
-        if not jnp.issubdtype(values.dtype, jnp.inexact):
-            values = values.astype(jnp.result_type(float))
-        check_supported(values.dtype, "the values of a SparseOperator")
+        values = as_supported(values, "the values of a SparseOperator")
         try:
             indices, indptr = np.asarray(indices), np.asarray(indptr)
         except jax.errors.TracerArrayConversionError as e:
@@ -301,7 +306,7 @@ class SparseOperator(AbstractOperator):
                 )
         pattern = Pattern(indices, indptr, shape, _checked=True)
         tags = as_tags(tags)
-        _check_square_for(tags, pattern.shape)
+        check_square_for(tags, pattern.shape)
         self.values = values
         self.pattern = pattern
         self._tags = tags
@@ -356,7 +361,7 @@ class SparseOperator(AbstractOperator):
 
     # -- what is read --------------------------------------------------------------------
     def _hermitian(self) -> bool:
-        return is_hermitian(self._tags, _is_complex(self.values.dtype))
+        return is_hermitian(self._tags, is_complex(self.values.dtype))
 
     def _entries(self):
         """(rows, cols, values) of the entries that are read, plus the diagonal part."""
@@ -432,3 +437,14 @@ class SparseOperator(AbstractOperator):
     @property
     def tags(self):
         return self._tags
+
+
+# The operator queries of `_operator.py` for sparse operators.
+is_matrix_free.register(SparseOperator)(lambda operator: False)
+is_sparse.register(SparseOperator)(lambda operator: True)
+
+
+@with_tags.register(SparseOperator)
+def _with_tags(operator: SparseOperator, tags: frozenset) -> SparseOperator:
+    p = operator.pattern
+    return SparseOperator(operator.values, p.indices, p.indptr, p.shape, operator.tags | tags)
