@@ -165,30 +165,30 @@ _SMALL_PIVOT_BLOCK = 8
 def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
     """`_partial_cholesky` for small pivot blocks, in vectorised XLA ops over the batch.
 
-    Right-looking Cholesky of `F11` with the rows `[I; F21]` stacked below it: step `j`
-    turns column `j` of the stack into column `j` of `L` (rows of F11) and of
-    `[I; F21] L^-H` (the stacked rows, by the same rank-one updates a forward substitution
-    does), so one `fori_loop` over the `K` columns gives `X` (a loop, not unrolled: compile
-    time stays that of one step; one loop, not two: XLA:CPU compiles every loop body
-    separately). Reads the lower triangle of `F11` only. A non-positive pivot gives NaN,
-    like LAPACK's failure path.
+    Right-looking Cholesky of `F11` with the rows of `I` stacked below it: step `j` turns
+    column `j` of the stack into column `j` of `L` (rows of F11) and of `L^-H` (the
+    stacked rows, by the same rank-one updates a forward substitution does), so one
+    `fori_loop` over the `K` columns gives `L^-H` (a loop, not unrolled: compile time
+    stays that of one step; one loop, not two: XLA:CPU compiles every loop body on its
+    own). `F21 L^-H` is then one matmul. Reads the lower triangle of `F11` only. A
+    non-positive pivot gives NaN, like LAPACK's failure path.
     """
     K = f11.shape[-1]
     eye = jnp.broadcast_to(jnp.eye(K, dtype=f11.dtype), f11.shape)
-    a = jnp.concatenate([f11, eye, f21], axis=-2)  # (b, 2K + M, K)
-    row = jnp.arange(a.shape[-2])[:, None]
+    a = jnp.concatenate([f11, eye], axis=-2)  # (b, 2K, K)
+    row = jnp.arange(2 * K)
     col = jnp.arange(K)
 
     def step(j, a):
         d = jnp.sqrt(jnp.real(a[:, j, j])).astype(a.dtype)
-        v = a[:, :, j] / d[:, None]  # column j of L (rows >= j of F11) and of X
-        v = jnp.where((row[:, 0] >= j), v, 0)
-        below = jnp.where(row[:, 0] > j, v, 0)
+        v = jnp.where(row >= j, a[:, :, j] / d[:, None], 0)  # column j of L and of L^-H
+        below = jnp.where(row > j, v, 0)
         upd = below[:, :, None] * jnp.conj(v[:, None, :K])
         a = a - jnp.where(col > j, upd, 0)
         return jnp.where(col == j, v[:, :, None], a)
 
-    return lax.fori_loop(0, K, step, a)[:, K:]
+    xt = lax.fori_loop(0, K, step, a)[:, K:]  # L^-H
+    return jnp.concatenate([xt, jnp.matmul(f21, xt, precision=_HI)], axis=-2)
 
 
 @_partial_cholesky.defjvp
