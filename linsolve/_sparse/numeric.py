@@ -133,7 +133,8 @@ def _assemble(out: Array, dst: np.ndarray, source: Array, src: np.ndarray) -> Ar
 def _partial_cholesky(f11: Array, f21: Array) -> Array:
     """Dense kernel of one bucket: `X = [L^-H; F21 L^-H]` where `F11 = L L^H`.
 
-    `f11` must be hermitian. Non-positive-definite blocks give NaN (LAPACK info != 0).
+    Only the lower triangle of `f11` is read (the hermitian matrix it defines is the one
+    factorized). Non-positive-definite blocks give NaN (LAPACK info != 0).
     """
     K = f11.shape[-1]
     if K <= _SMALL_PIVOT_BLOCK:
@@ -162,33 +163,32 @@ _SMALL_PIVOT_BLOCK = 8
 
 
 def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
-    """`_partial_cholesky` for small pivot blocks, in vectorised XLA ops over the batch:
-    right-looking Cholesky, then `L^-1` by forward substitution, each a `fori_loop` over
-    the `K` columns (a loop, not unrolled: compile time stays that of one step). A
-    non-positive pivot gives NaN, like LAPACK's failure path."""
+    """`_partial_cholesky` for small pivot blocks, in vectorised XLA ops over the batch.
+
+    Right-looking Cholesky of `F11` with the rows of `I` stacked below it: step `j` turns
+    column `j` of the stack into column `j` of `L` (rows of F11) and of `L^-H` (the
+    stacked rows, by the same rank-one updates a forward substitution does), so one
+    `fori_loop` over the `K` columns gives `L^-H` (a loop, not unrolled: compile time
+    stays that of one step; one loop, not two: XLA:CPU compiles every loop body on its
+    own). `F21 L^-H` is then one matmul. Reads the lower triangle of `F11` only. A
+    non-positive pivot gives NaN, like LAPACK's failure path.
+    """
     K = f11.shape[-1]
-    idx = jnp.arange(K)
+    eye = jnp.broadcast_to(jnp.eye(K, dtype=f11.dtype), f11.shape)
+    a = jnp.concatenate([f11, eye], axis=-2)  # (b, 2K, K)
+    row = jnp.arange(2 * K)
+    col = jnp.arange(K)
 
-    def chol_step(j, carry):
-        a, low = carry
+    def step(j, a):
         d = jnp.sqrt(jnp.real(a[:, j, j])).astype(a.dtype)
-        col = jnp.where(idx >= j, a[:, :, j], 0) / d[:, None]  # column j of L
-        below = jnp.where(idx > j, col, 0)
-        a = a - below[:, :, None] * jnp.conj(below[:, None, :])
-        return a, low.at[:, :, j].set(col)
+        v = jnp.where(row >= j, a[:, :, j] / d[:, None], 0)  # column j of L and of L^-H
+        below = jnp.where(row > j, v, 0)
+        upd = below[:, :, None] * jnp.conj(v[:, None, :K])
+        a = a - jnp.where(col > j, upd, 0)
+        return jnp.where(col == j, v[:, :, None], a)
 
-    _, low = lax.fori_loop(0, K, chol_step, (f11, jnp.zeros_like(f11)))
-
-    def inv_step(i, inv):
-        # inv[i] = (e_i - L[i, :i] inv[:i]) / L[i, i]  (rows >= i of inv are still zero)
-        l_i = jnp.where(idx < i, low[:, i, :], 0)
-        r = (idx == i).astype(f11.dtype) - jnp.einsum("bk,bkj->bj", l_i, inv, precision=_HI)
-        return inv.at[:, i, :].set(r / low[:, i, i][:, None])
-
-    inv = lax.fori_loop(0, K, inv_step, jnp.zeros_like(f11))
-    xt = _H(inv)  # L^-H
-    x21 = jnp.matmul(f21, xt, precision=_HI)
-    return jnp.concatenate([xt, x21], axis=-2)
+    xt = lax.fori_loop(0, K, step, a)[:, K:]  # L^-H
+    return jnp.concatenate([xt, jnp.matmul(f21, xt, precision=_HI)], axis=-2)
 
 
 @_partial_cholesky.defjvp
@@ -203,12 +203,20 @@ def _partial_cholesky_jvp(primals, tangents):
     K = f11.shape[-1]
     X = _partial_cholesky(f11, f21)
     xt = X[..., :K, :]
-    S = jnp.matmul(_H(xt), jnp.matmul(df11, xt, precision=_HI), precision=_HI)
+    # the primal reads the lower triangle of F11: so does its tangent
+    S = jnp.matmul(_H(xt), jnp.matmul(_tril_sym(df11), xt, precision=_HI), precision=_HI)
     phi = jnp.tril(S) - 0.5 * jnp.eye(K, dtype=S.dtype) * S
     dX = -jnp.matmul(X, _H(phi), precision=_HI)
     if f21.shape[-2]:
         dX = dX.at[..., K:, :].add(jnp.matmul(df21, xt, precision=_HI))
     return X, dX
+
+
+def _diag(x: Array) -> Array:
+    """Diagonal of the last two (square) axes, as a strided slice (`jnp.diagonal` is a
+    gather: a kernel of its own in XLA:CPU)."""
+    K = x.shape[-1]
+    return x.reshape(x.shape[:-2] + (K * K,))[..., :: K + 1]
 
 
 def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
@@ -253,17 +261,18 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
                 W = L21 * xt
                 S = L21 * _H(L21) if M else None
             else:
-                f11 = _tril_sym(P[:, :K])
+                f11 = P[:, :K]  # lower triangle read
                 if token is not None:
                     f11 = _after(f11, token)
                 X = _partial_cholesky(f11, f21)  # [L11^-H; L21]
                 token = X
                 xt, L21 = X[:, :K], X[:, K:]
                 if M:
-                    W = jnp.matmul(L21, _H(xt), precision=_HI)  # L21 L11^-1
-                    S = jnp.matmul(L21, _H(L21), precision=_HI)
+                    # [W, S] = L21 [L11^-1, L21^H] in one matmul
+                    WS = jnp.matmul(L21, _H(X), precision=_HI)
+                    W, S = WS[:, :, :K], WS[:, :, K:]
             # 1 / diag(L11) (real)
-            pivots.append(jnp.real(jnp.diagonal(xt, axis1=-2, axis2=-1)).reshape(-1))
+            pivots.append(jnp.real(_diag(xt)).reshape(-1))
             if M:
                 neg_s.append(-S.reshape(-1))
                 g[b] = jnp.concatenate([_H(xt), -W], axis=1)
