@@ -7,6 +7,7 @@ overflowing solution, malformed sparse input; across solvers, jit / vmap, throw,
 float32 / float64. Batches of seeds run under one `vmap` so that one compilation covers
 them."""
 
+import functools
 import re
 
 import hypothesis.extra.numpy as hnp
@@ -556,6 +557,22 @@ def bad_square(draw, n=4):
     return kind, a
 
 
+@functools.cache
+def _adversarial_fns(solver, tags):
+    """The jitted batched (throw=False) and single (throw=True) solves, compiled once per
+    solver for all of hypothesis' examples."""
+
+    def solve(m, throw):
+        return ls.linear_solve(
+            ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver](), throw=throw
+        )
+
+    return (
+        jax.jit(jax.vmap(lambda m: solve(m, False))),
+        jax.jit(lambda m: solve(m, True).value),
+    )
+
+
 @given(bad_square(), st.sampled_from(["LU", "QR", "Cholesky"]), st.booleans())
 @settings(max_examples=40, deadline=None)
 def test_adversarial_direct(case, solver, throw):
@@ -567,14 +584,7 @@ def test_adversarial_direct(case, solver, throw):
         a = a @ a.T if kind in ("duplicate_rows", "low_rank") else a
         if kind == "good":
             a = a @ a.T + 10 * np.eye(4)
-    op_fn = jax.jit(
-        jax.vmap(
-            lambda m: ls.linear_solve(
-                ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver](), throw=False
-            )
-        )
-    )
-    sol = op_fn(np.stack([a, np.eye(4) * 3]))
+    sol = _adversarial_fns(solver, tags)[0](np.stack([a, np.eye(4) * 3]))
     code, other = (int(c) for c in sol.result)
     assert other == R.successful  # a good batch member is not affected
     if kind in ("nan", "inf"):
@@ -592,10 +602,4 @@ def test_adversarial_direct(case, solver, throw):
         assert np.linalg.norm(eff @ x - 1) <= 1e-8 * np.linalg.norm(eff) * np.linalg.norm(x) + 1e-8
     if throw and code != R.successful:
         with pytest.raises(Exception, match="linsolve.linear_solve"):
-            jax.jit(
-                lambda m: (
-                    ls.linear_solve(
-                        ls.MatrixOperator(m, tags), jnp.ones(4), SOLVERS[solver]()
-                    ).value
-                )
-            )(a).block_until_ready()
+            _adversarial_fns(solver, tags)[1](a).block_until_ready()

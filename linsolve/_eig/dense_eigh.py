@@ -25,7 +25,7 @@ from .._dtype import check_same_dtype
 from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, first_failure
 from .adjoint import eigenpair_tangents
-from .lobpcg_iteration import Eigenpairs, _check_operator
+from .lobpcg_iteration import Eigenpairs, check_operator
 
 
 @unbatched_on_cpu(1)
@@ -98,9 +98,9 @@ def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) 
     `not_positive_definite` for a `B` that is not positive definite, or singular to
     working precision) and empty `stats`. Differentiable w.r.t. the arrays inside `A` and `B`.
     """
-    op = _check_operator(operator, "operator")
+    op = check_operator(operator, "operator")
     if B is not None:
-        B = _check_operator(B, "B")
+        B = check_operator(B, "B")
         if B.shape != op.shape:
             raise ValueError(f"eigh: `B` has shape {B.shape}, the operator {op.shape}.")
         check_same_dtype(op.dtype, B.dtype, "the operator", "eigh: `B`")

@@ -531,7 +531,7 @@ def _check_tolerance(tol) -> None:
         raise ValueError(f"lobpcg: `tol` must be finite and >= 0, got {tol}.")
 
 
-def _check_operator(op, name: str) -> AbstractOperator:
+def check_operator(op, name: str) -> AbstractOperator:
     op = as_operator(op)
     if op.shape[0] != op.shape[1]:
         raise ValueError(f"lobpcg: `{name}` must be square, got shape {op.shape}.")
@@ -642,10 +642,10 @@ def lobpcg(
     degenerate eigenspace among the k, only basis-independent quantities (sums of its
     eigenvalues, its projector) have derivatives; see the docs page on eigenpairs.
     """
-    op = _check_operator(operator, "operator")
+    op = check_operator(operator, "operator")
     n = op.shape[0]
     if B is not None:
-        B = _check_operator(B, "B")
+        B = check_operator(B, "B")
         if B.shape != op.shape:
             raise ValueError(f"lobpcg: `B` has shape {B.shape}, the operator {op.shape}.")
         check_same_dtype(op.dtype, B.dtype, "the operator", "lobpcg: `B`")

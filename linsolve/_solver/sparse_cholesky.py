@@ -16,7 +16,7 @@ from .._operator import is_sparse
 from .._solution import RESULTS
 from .._sparse import numeric, selinv
 from .._sparse.elimination import ORDERINGS
-from .._sparse.symbolic import Symbolic, _analyse_cached, analyse
+from .._sparse.symbolic import Symbolic, analyse, cache_hits
 from .._tags import positive_semidefinite_tag
 from .abstract import AbstractDeterminantSolver, hermitian_transpose_solve, tag_names
 from .determinant import factorization_failure, finite
@@ -80,10 +80,10 @@ class SparseCholesky(AbstractDeterminantSolver[_SparseCholeskyState]):
         return symbolic_of(operator, self.ordering).summary()
 
     def init(self, operator) -> _SparseCholeskyState:
-        hits = _analyse_cached.cache_info().hits
+        hits = cache_hits()
         sym = symbolic_of(operator, self.ordering)
         if self.verbose:
-            cached = _analyse_cached.cache_info().hits > hits
+            cached = cache_hits() > hits
             print(sym.summary() + (" (cached)" if cached else ""))
         factor = numeric.factor(sym, operator.values)
         finite = jnp.all(

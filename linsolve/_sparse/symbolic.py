@@ -226,6 +226,12 @@ def analyse(
     return _analyse_cached(indptr.tobytes(), indices.tobytes(), n, ordering, relax)
 
 
+def cache_hits() -> int:
+    """How many `analyse` calls so far were answered from the cache (to tell a user
+    whether an analysis was reused)."""
+    return _analyse_cached.cache_info().hits
+
+
 @functools.lru_cache(maxsize=32)
 def _analyse_cached(indptr_b: bytes, indices_b: bytes, n: int, ordering: str, relax: bool):
     indptr = np.frombuffer(indptr_b, dtype=np.int64)
