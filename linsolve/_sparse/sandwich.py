@@ -28,8 +28,6 @@ order) is plain forward-mode autodiff of the same computation.
 
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
 from jax.extend.core import Primitive
@@ -153,7 +151,7 @@ def _jvp(primals, tangents, *, sym, nbatch):
         )
         dy = dy_g if dy is None else [a + b for a, b in zip(dy, dy_g)]
     if dy is None:
-        dy = [ad.Zero.from_primal_value(a) for a in y]
+        dy = [ad.Zero(jax.typeof(a).to_tangent_aval()) for a in y]
     return y, dy
 
 

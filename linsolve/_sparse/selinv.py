@@ -14,11 +14,16 @@ matmuls, and write the new front `[[Z[J, J], Z[I, J]^T], [Z[I, J], Z[I, I]]]` to
 flat pool for the children. Only entries on the pattern of L are ever formed, never a dense
 inverse. Costs about twice the factorization.
 
+`selected_inverse`, `diag_inverse` and `selected_inverse_on_l` (functions of the stored
+values) are differentiated by their own rule, not by tracing the recurrences:
+`dZ = -P(Z dA Z)`, one more pass over the factor (`sandwich.py`), whose transpose is
+itself, so reverse mode costs one such pass and stores nothing of the recurrences.
+
 `logdet` has a `jax.custom_jvp` whose tangent is `sum_e w_e Z[row_e, col_e] dv_e` over the
 stored entries (w = 1 on the diagonal, 2 off it since a stored lower entry defines both
 (i, j) and (j, i), 0 for unread upper entries), computed from the selected inverse. It is
-linear in the tangent, so reverse mode follows by transposition, and `selected_inverse` is
-itself differentiable (by autodiff through the recurrences), so Hessian-vector products work.
+linear in the tangent, so reverse mode follows by transposition; its second derivatives
+go by autodiff through the recurrences (`_entries_from_factor`).
 """
 
 from __future__ import annotations
