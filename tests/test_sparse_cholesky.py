@@ -212,7 +212,7 @@ def _garbage_case(complex_: bool):
 
 
 @pytest.mark.parametrize("complex_", [False, True])
-def test_selected_inverse_derivative_rule_matches_dense(complex_):
+def test_selected_inverse_derivatives_match_dense_rule(complex_):
     """The JVP of selected_inverse / diag_inverse is -P(Z dA Z) (P: pattern of L), from the
     factor by its own rule; the VJP is its transpose. Batched over tangents and
     cotangents with one shared factor (the rule's vmap with an unbatched factor)."""
@@ -269,7 +269,7 @@ def test_complex_selected_inverse_derivatives_second_order():
     check_grads(sel, (op.values,), order=1, modes=["fwd", "rev"])
 
 
-def test_diag_inverse_gradient_is_one_extra_pass():
+def test_diag_inverse_gradients_cost_one_extra_pass():
     """The reverse pass of a diag_inverse loss is one application of the rule (no tape of
     the recurrences): one `selinv_sandwich` in the gradient's jaxpr, and XLA's memory for
     value + gradient stays within a small multiple of that of diag_inverse itself."""
