@@ -166,7 +166,7 @@ def _transpose(cts, *args, sym, nbatch):
     if all(type(c) is ad.Zero for c in cts):
         return [None] * nb + [ad.Zero(a.aval) for a in x]
     # c -> w conj(S(conj(c) / w))  (see the module docstring)
-    ws = [_valid(B, a.aval.dtype) for B, a in zip(sym.buckets, x)]
+    ws = [_valid(B, a.aval.dtype).astype(a.aval.dtype) for B, a in zip(sym.buckets, x)]
     cin = [
         jnp.where(w > 0, jnp.conj(ad.instantiate_zeros(c)) / jnp.where(w > 0, w, 1), 0)
         for c, w in zip(cts, ws)
