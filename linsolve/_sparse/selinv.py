@@ -14,11 +14,16 @@ matmuls, and write the new front `[[Z[J, J], Z[I, J]^T], [Z[I, J], Z[I, I]]]` to
 flat pool for the children. Only entries on the pattern of L are ever formed, never a dense
 inverse. Costs about twice the factorization.
 
+`selected_inverse`, `diag_inverse` and `selected_inverse_on_l` (functions of the stored
+values) are differentiated by their own rule, not by tracing the recurrences:
+`dZ = -P(Z dA Z)`, one more pass over the factor (`sandwich.py`), whose transpose is
+itself, so reverse mode costs one such pass and stores nothing of the recurrences.
+
 `logdet` has a `jax.custom_jvp` whose tangent is `sum_e w_e Z[row_e, col_e] dv_e` over the
 stored entries (w = 1 on the diagonal, 2 off it since a stored lower entry defines both
 (i, j) and (j, i), 0 for unread upper entries), computed from the selected inverse. It is
-linear in the tangent, so reverse mode follows by transposition, and `selected_inverse` is
-itself differentiable (by autodiff through the recurrences), so Hessian-vector products work.
+linear in the tangent, so reverse mode follows by transposition; its second derivatives
+go by autodiff through the recurrences (`_entries_from_factor`).
 """
 
 from __future__ import annotations
@@ -30,37 +35,57 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import numeric
+from . import numeric, sandwich
 from .numeric import _H, _HI, Factor, _const
 from .symbolic import Bucket, Symbolic
 
 
-def _fronts(sym: Symbolic, fac: Factor, emit):
-    """Run the Takahashi recurrence; call `emit(b, z11, z21, z22)` with each bucket's blocks
-    Z[J, J] (b, K, K), Z[I, J] (b, M, K) and Z[I, I] (b, M, M) (the last two None if M = 0).
+def _mm(a: Array, b: Array) -> Array:
+    """Batched matmul; an inner dimension of 1 (scalar pivots) as a broadcast product."""
+    if a.shape[-1] == 1:
+        return a * b
+    return jnp.matmul(a, b, precision=_HI)
+
+
+def _fronts(sym: Symbolic, g, emit, dg=None):
+    """Run the Takahashi recurrence on the factor blocks `g` (`Factor.g`); call
+    `emit(b, z11, z21)` with each bucket's blocks Z[J, J] (b, K, K) and Z[I, J] (b, M, K)
+    (None if M = 0).
+
+    With `dg` (a tangent of `g`, same layout) the recurrence's forward-mode derivative runs
+    alongside, and `emit(b, z11, z21, dz11, dz21)` also gets the tangent blocks.
     """
-    pool = None  # blocks of the level above, flat (see `Bucket.z_offset`)
+    pool = dpool = None  # blocks of the level above, flat (see `Bucket.z_offset`)
     for level in reversed(sym.levels):  # roots first
-        parts = []
+        parts, dparts = [], []
         for b in level:
             B = sym.buckets[b]
             K, M = B.K, B.M
-            G = fac.g[b]
-            linv = G[:, :K]
+            linv, gw = g[b][:, :K], g[b][:, K:]  # L11^-1, -W
+            # Z[J,J] = L11^-H L11^-1 - W^H Z[I,J],  Z[I,J] = -Z[I,I] W
+            z11 = _mm(_H(linv), linv)
+            z21 = z22 = None
             if M:
                 z22 = _gather_zii(B, pool)
-                z21 = jnp.matmul(z22, G[:, K:], precision=_HI)  # -Z[I,I] W
-                # Z[J,J] = L11^-H L11^-1 - W^H Z[I,J]
-                z11 = jnp.matmul(_H(linv), linv, precision=_HI) + jnp.matmul(
-                    _H(G[:, K:]), z21, precision=_HI
-                )
-                parts += [z11.reshape(-1), z21.reshape(-1), z22.reshape(-1)]
-            else:
-                z11 = jnp.matmul(_H(linv), linv, precision=_HI)
-                z21 = z22 = None
-                parts.append(z11.reshape(-1))
-            emit(b, z11, z21, z22)
+                z21 = _mm(z22, gw)
+                z11 = z11 + _mm(_H(gw), z21)
+            parts += [x.reshape(-1) for x in (z11, z21, z22) if x is not None]
+            if dg is None:
+                emit(b, z11, z21)
+                continue
+            dlinv, dgw = dg[b][:, :K], dg[b][:, K:]
+            t = _mm(_H(linv), dlinv)
+            dz11 = t + _H(t)
+            dz21 = dz22 = None
+            if M:
+                dz22 = _gather_zii(B, dpool)
+                dz21 = _mm(dz22, gw) + _mm(z22, dgw)
+                dz11 = dz11 + _mm(_H(dgw), z21) + _mm(_H(gw), dz21)
+            dparts += [x.reshape(-1) for x in (dz11, dz21, dz22) if x is not None]
+            emit(b, z11, z21, dz11, dz21)
         pool = jnp.concatenate(parts)
+        if dg is not None:
+            dpool = jnp.concatenate(dparts)
 
 
 def _gather_zii(B: Bucket, pool: Array) -> Array:
@@ -90,34 +115,59 @@ def _gather_zii(B: Bucket, pool: Array) -> Array:
     return z
 
 
-def _selinv(sym: Symbolic, fac: Factor, entries: bool = True, diag: bool = False):
-    """One Takahashi pass: (values at the stored entries or None, diag(A^-1) or None)."""
-    chunks: dict[int, Array] = {}
-    diags: dict[int, Array] = {}
+# Outputs of a Takahashi pass: "entries" (A^-1 at the stored entries), "diag" (diag A^-1),
+# "on_l" (A^-1 on the pattern of L). Each reads a small part of every bucket's blocks as
+# the recurrence emits them (`_take`), then puts the parts together (`_finish`).
 
-    def emit(b, z11, z21, z22):
-        B = sym.buckets[b]
-        if entries and B.sel_pos.size:
-            flat = _flat_blocks(z11, z21)
-            chunks[b] = flat.at[_const(B.sel_pos)].get(mode="fill", fill_value=0)
-        if diag:
-            diags[b] = jnp.diagonal(z11, axis1=-2, axis2=-1)
 
-    _fronts(sym, fac, emit)
-    out_e = out_d = None
-    if entries:
-        cat = jnp.concatenate([chunks[b] for b in sorted(chunks)])
-        out_e = cat[_const(sym.sel_order)]
-        if jnp.iscomplexobj(out_e):
-            # Entries are read from the lower triangle of the permuted inverse: where that is
-            # the mirror of the entry, A^-1[i, j] = conj(A^-1[j, i]).
-            out_e = jnp.where(_const(sym.entry_flip), jnp.conj(out_e), out_e)
-    if diag:
-        d = jnp.zeros(sym.n, fac.g[0].dtype)
-        for b, v in diags.items():
-            d = d.at[_const(sym.buckets[b].col_idx)].set(v, mode="drop")
-        out_d = d[sym.iperm]
-    return out_e, out_d
+def _take(sym: Symbolic, what: str, b: int, z11: Array, z21: Array | None) -> Array | None:
+    B = sym.buckets[b]
+    if what == "diag":
+        return jnp.diagonal(z11, axis1=-2, axis2=-1)
+    pos = B.sel_pos if what == "entries" else _on_l_reads(sym)[b]
+    if not pos.size:
+        return None
+    return _flat_blocks(z11, z21).at[_const(pos)].get(mode="fill", fill_value=0)
+
+
+def _finish(sym: Symbolic, what: str, chunks: dict, dtype) -> Array:
+    if what == "diag":
+        d = jnp.zeros(sym.n, dtype)
+        for b, v in chunks.items():
+            d = d.at[_const(sym.buckets[b].col_idx)].add(v, mode="drop")  # real columns unique
+        return d[sym.iperm]
+    out = jnp.concatenate([chunks[b] for b in sorted(chunks) if chunks[b] is not None])
+    if what == "entries":
+        out = out[_const(sym.sel_order)]
+        flip = sym.entry_flip
+    else:  # on_l: the buckets' reads are already in the order of `l_pattern`
+        flip = _l_pattern_maps(sym)[2][1]
+    if jnp.iscomplexobj(out):
+        # Values are read from the lower triangle of the permuted inverse: where that is the
+        # mirror of the entry, A^-1[i, j] = conj(A^-1[j, i]).
+        out = jnp.where(_const(flip), jnp.conj(out), out)
+    return out
+
+
+def _read(sym: Symbolic, whats: tuple[str, ...], g) -> tuple[Array, ...]:
+    """One Takahashi pass on the factor blocks `g`, giving each output in `whats`."""
+    chunks: dict[str, dict] = {w: {} for w in whats}
+
+    def emit(b, z11, z21):
+        for w in whats:
+            chunks[w][b] = _take(sym, w, b, z11, z21)
+
+    _fronts(sym, g, emit)
+    return tuple(_finish(sym, w, chunks[w], g[0].dtype) for w in whats)
+
+
+def _read_blocks(sym: Symbolic, what: str, y) -> Array:
+    """As `_read`, from blocks already computed, in the layout of the factor (`sandwich`)."""
+    chunks = {}
+    for b, B in enumerate(sym.buckets):
+        z21 = y[b][:, B.K :] if B.M else None
+        chunks[b] = _take(sym, what, b, y[b][:, : B.K], z21)
+    return _finish(sym, what, chunks, y[0].dtype)
 
 
 def _flat_blocks(z11, z21):
@@ -129,15 +179,79 @@ def _flat_blocks(z11, z21):
     return jnp.concatenate([z11.reshape(-1), z21.reshape(-1)])
 
 
+@functools.lru_cache(maxsize=8)
+def _inject_maps(sym: Symbolic):
+    """Per bucket, (stored entries read into it, their flat index in its blocks laid out
+    as the factor's `(b, N, K)`)."""
+    bounds = np.cumsum([0] + [B.sel_pos.size for B in sym.buckets])
+    owner = np.empty(sym.nnz, np.int64)  # entry -> position in concat(sel_pos)
+    owner[:] = sym.sel_order
+    maps = []
+    for b, B in enumerate(sym.buckets):
+        e = np.nonzero((owner >= bounds[b]) & (owner < bounds[b + 1]) & sym.entry_read)[0]
+        pos = B.sel_pos[owner[e] - bounds[b]].astype(np.int64)
+        K, M, N = B.K, B.M, B.N
+        top = B.size * K * K
+        t = np.where(pos < top, pos // (K * K), (pos - top) // max(M * K, 1))
+        r = np.where(pos < top, (pos // K) % K, K + ((pos - top) // K) % max(M, 1))
+        c = pos % K
+        maps.append((e.astype(np.int32), ((t * N + r) * K + c).astype(np.int32)))
+    return maps
+
+
+def _inject(sym: Symbolic, dv: Array):
+    """The stored values `dv` as lower-triangle blocks of the fronts, in the layout of the
+    factor (duplicates summed; for complex input the lower triangle of the permuted
+    matrix holds conj(v) where an entry lands above the diagonal)."""
+    if jnp.iscomplexobj(dv):
+        dv = jnp.where(_const(sym.entry_flip), jnp.conj(dv), dv)
+    out = []
+    for B, (e, pos) in zip(sym.buckets, _inject_maps(sym)):
+        x = jnp.zeros((B.size * B.N * B.K,), dv.dtype)
+        if e.size:
+            x = x.at[_const(pos)].add(dv[_const(e)])
+        out.append(x.reshape(B.size, B.N, B.K))
+    return out
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _selected(sym: Symbolic, what: str, values: Array) -> Array:
+    """Output `what` of the selected inverse of the matrix with stored `values`.
+
+    Derivative by its own rule: `dZ = -P(Z dA Z)`, computed from the factor by
+    `sandwich` (one forward-mode pass of factorization + recurrence), whose transpose is
+    itself; nothing of the recurrences is taped.
+    """
+    return _read(sym, (what,), numeric.factor(sym, values).g)[0]
+
+
+@_selected.defjvp
+def _selected_jvp(sym, what, primals, tangents):
+    (values,), (dv,) = primals, tangents
+    g = numeric.factor(sym, values).g
+    out = _read(sym, (what,), g)[0]
+    dz = sandwich.sandwich(sym, g, _inject(sym, dv))  # P(Z dA Z)
+    return out, -_read_blocks(sym, what, dz)
+
+
+def _values(sym: Symbolic, values) -> Array:
+    values = jnp.asarray(values)
+    if values.shape != (sym.nnz,):
+        raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
+    if not jnp.issubdtype(values.dtype, jnp.inexact):
+        values = values.astype(jnp.result_type(float))
+    return values
+
+
 def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
-    return _selinv(sym, fac, entries=True)[0]
+    return _read(sym, ("entries",), fac.g)[0]
 
 
 def selected_inverse_and_diag(
     sym: Symbolic, fac: Factor
 ) -> tuple[Float[Array, " nnz"], Float[Array, " n"]]:
     """`(selected_inverse_from_factor, diag_inverse_from_factor)` in a single pass."""
-    return _selinv(sym, fac, entries=True, diag=True)
+    return _read(sym, ("entries", "diag"), fac.g)
 
 
 def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnz"]:
@@ -146,22 +260,23 @@ def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array
     A stored strict-upper entry (full symmetric storage) gets the value of its mirror
     `A^-1[j, i]` (equal by symmetry), or 0 if that mirror is not on the pattern of L.
     """
-    return _entries_from_factor(sym, numeric.factor(sym, values))
+    return _selected(sym, "entries", _values(sym, values))
 
 
 def selected_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
-    """As `selected_inverse`, reusing a factorization."""
+    """As `selected_inverse`, reusing a factorization (differentiated through the
+    recurrence, not by the rule of `selected_inverse`)."""
     return _entries_from_factor(sym, fac)
 
 
 def diag_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " n"]:
     """diag(A^-1) in the original ordering (e.g. marginal variances of a GMRF)."""
-    return diag_inverse_from_factor(sym, numeric.factor(sym, values))
+    return _selected(sym, "diag", _values(sym, values))
 
 
 def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
-    """As `diag_inverse`, reusing a factorization."""
-    return _selinv(sym, fac, entries=False, diag=True)[1]
+    """As `diag_inverse`, reusing a factorization (differentiated through the recurrence)."""
+    return _read(sym, ("diag",), fac.g)[0]
 
 
 def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
@@ -177,7 +292,7 @@ def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
 @functools.lru_cache(maxsize=8)
 def _l_pattern_maps(sym: Symbolic):
     rows, cols, pos = [], [], []
-    for b, B in enumerate(sym.buckets):
+    for B in sym.buckets:
         # every (supernode t, front row r, pivot column j < ncols[t]) with r >= j real
         kk = B.ncols.astype(np.int64)
         mm = B.nrows.astype(np.int64)
@@ -195,40 +310,23 @@ def _l_pattern_maps(sym: Symbolic):
         full = np.concatenate([B.col_idx, B.row_idx], axis=1).astype(np.int64)
         rows.append(full[t, r])
         cols.append(B.col_idx[t, j].astype(np.int64))
-        pos.append(np.stack([np.full(t.shape[0], b), B.block_pos(t, r, j)], 1))
+        pos.append(B.block_pos(t, r, j).astype(np.int32))
     rows = sym.perm[np.concatenate(rows)]
     cols = sym.perm[np.concatenate(cols)]
-    pos = np.concatenate(pos)
     # lower triangle in the original ordering; values read from above the diagonal there
     # are conjugated (complex hermitian)
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    return hi, lo, (pos, rows < cols)
+    return hi, lo, (tuple(pos), rows < cols)
+
+
+def _on_l_reads(sym: Symbolic) -> tuple[np.ndarray, ...]:
+    """Per bucket, the flat block positions `selected_inverse_on_l` reads (in order)."""
+    return _l_pattern_maps(sym)[2][0]
 
 
 def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnzL"]:
     """Entries of `A^-1` on the whole (supernodal) pattern of L, aligned with `l_pattern`."""
-    fac = numeric.factor(sym, values)
-    _, _, (pos, flip) = _l_pattern_maps(sym)
-    chunks = {}
-
-    def emit(b, z11, z21, z22):
-        chunks[b] = _flat_blocks(z11, z21)
-
-    _fronts(sym, fac, emit)
-    out = []
-    order = []
-    for b in sorted(chunks):
-        sel = np.nonzero(pos[:, 0] == b)[0]
-        if sel.size:
-            out.append(chunks[b][_const(pos[sel, 1].astype(np.int32))])
-            order.append(sel)
-    order = np.concatenate(order)
-    inv = np.empty_like(order)
-    inv[order] = np.arange(order.shape[0])
-    out = jnp.concatenate(out)[_const(inv)]
-    if jnp.iscomplexobj(out):
-        out = jnp.where(_const(flip), jnp.conj(out), out)
-    return out
+    return _selected(sym, "on_l", _values(sym, values))
 
 
 # ---------------------------------------------------------------------------------------
