@@ -38,7 +38,7 @@ from jaxtyping import Array, Bool, Float, Inexact
 from .symbolic import Bucket, Symbolic
 
 
-_HI = lax.Precision.HIGHEST  # no TF32/bf16 shortcuts on GPU: this is a direct solver
+HIGHEST = lax.Precision.HIGHEST  # no TF32/bf16 shortcuts on GPU: this is a direct solver
 
 
 class Factor(eqx.Module):
@@ -53,7 +53,7 @@ class Factor(eqx.Module):
     ok: Bool[Array, ""]
 
 
-def _const(x: np.ndarray) -> Array:
+def const(x: np.ndarray) -> Array:
     """A static index array, kept out of XLA's constant folding.
 
     Index arithmetic on it (broadcasts over tril indices etc.) then runs in the program
@@ -69,20 +69,20 @@ def _after(x: Array, token: Array) -> Array:
     return x + dep.astype(x.dtype)
 
 
-def _H(x: Array) -> Array:
+def conj_transpose(x: Array) -> Array:
     """Conjugate transpose of the last two axes (the transpose for real arrays)."""
     x = jnp.swapaxes(x, -1, -2)
     return jnp.conj(x) if jnp.iscomplexobj(x) else x
 
 
-def _tril_sym(x: Array) -> Array:
+def tril_sym(x: Array) -> Array:
     """Hermitian (symmetric) matrix from the lower triangle of the last two axes; for
     complex input the diagonal's imaginary part is not read."""
     low = jnp.tril(x, -1)
     d = jnp.diagonal(x, axis1=-2, axis2=-1)
     if jnp.iscomplexobj(x):
         d = jnp.real(d).astype(x.dtype)
-    return low + _H(low) + d[..., None] * jnp.eye(x.shape[-1], dtype=x.dtype)
+    return low + conj_transpose(low) + d[..., None] * jnp.eye(x.shape[-1], dtype=x.dtype)
 
 
 _GATHER_1D = lax.GatherDimensionNumbers(
@@ -98,7 +98,7 @@ def _gather(x: Array, idx: np.ndarray) -> Array:
     clamping at run time)."""
     return lax.gather(
         x,
-        _const(idx)[:, None],
+        const(idx)[:, None],
         _GATHER_1D,
         (1,),
         mode=lax.GatherScatterMode.PROMISE_IN_BOUNDS,
@@ -111,7 +111,7 @@ def _scatter_add_sorted(x: Array, idx: np.ndarray, upd: Array) -> Array:
     """`x.at[idx].add(upd)` for a static, sorted, in-bounds index map."""
     return lax.scatter_add(
         x,
-        _const(idx)[:, None],
+        const(idx)[:, None],
         upd,
         _SCATTER_1D,
         indices_are_sorted=True,
@@ -120,7 +120,7 @@ def _scatter_add_sorted(x: Array, idx: np.ndarray, upd: Array) -> Array:
     )
 
 
-def _assemble(out: Array, dst: np.ndarray, source: Array, src: np.ndarray) -> Array:
+def assemble(out: Array, dst: np.ndarray, source: Array, src: np.ndarray) -> Array:
     """`out[dst] += source[src]`: one gather and one scatter-add through host-built index
     maps (destinations sorted: XLA:CPU scatters sorted, in-bounds indices markedly faster;
     the maps are constants of the program, nothing about them is computed at run time)."""
@@ -188,7 +188,7 @@ def _small_partial_cholesky(f11: Array, f21: Array) -> Array:
         return jnp.where(col == j, v[:, :, None], a)
 
     xt = lax.fori_loop(0, K, step, a)[:, K:]  # L^-H
-    return jnp.concatenate([xt, jnp.matmul(f21, xt, precision=_HI)], axis=-2)
+    return jnp.concatenate([xt, jnp.matmul(f21, xt, precision=HIGHEST)], axis=-2)
 
 
 @_partial_cholesky.defjvp
@@ -204,11 +204,13 @@ def _partial_cholesky_jvp(primals, tangents):
     X = _partial_cholesky(f11, f21)
     xt = X[..., :K, :]
     # the primal reads the lower triangle of F11: so does its tangent
-    S = jnp.matmul(_H(xt), jnp.matmul(_tril_sym(df11), xt, precision=_HI), precision=_HI)
+    S = jnp.matmul(
+        conj_transpose(xt), jnp.matmul(tril_sym(df11), xt, precision=HIGHEST), precision=HIGHEST
+    )
     phi = jnp.tril(S) - 0.5 * jnp.eye(K, dtype=S.dtype) * S
-    dX = -jnp.matmul(X, _H(phi), precision=_HI)
+    dX = -jnp.matmul(X, conj_transpose(phi), precision=HIGHEST)
     if f21.shape[-2]:
-        dX = dX.at[..., K:, :].add(jnp.matmul(df21, xt, precision=_HI))
+        dX = dX.at[..., K:, :].add(jnp.matmul(df21, xt, precision=HIGHEST))
     return X, dX
 
 
@@ -237,7 +239,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     dtype = values.dtype
     if jnp.iscomplexobj(values):
         # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
-        values = jnp.where(_const(sym.entry_flip), jnp.conj(values), values)
+        values = jnp.where(const(sym.entry_flip), jnp.conj(values), values)
     # Index nnz reads the constant 1 placed on padding pivots.
     vals_ext = jnp.concatenate([values, jnp.ones((1,), dtype)])
     g: list = [None] * len(sym.buckets)
@@ -246,7 +248,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     token = None  # last LAPACK output, to serialise LAPACK calls
     for lev in sym.level_maps:
         # One assembly of the pivot columns of every front of the level (see `Level`).
-        p_all = _assemble(jnp.zeros(lev.p_size, dtype), lev.p_dst, source, lev.p_src)
+        p_all = assemble(jnp.zeros(lev.p_size, dtype), lev.p_dst, source, lev.p_src)
         neg_s = []
         for b in lev.buckets:
             B = sym.buckets[b]
@@ -259,7 +261,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
                 xt = lax.rsqrt(jnp.real(P[:, :1])).astype(dtype)  # 1 / L11 = L11^-H
                 L21 = f21 * xt
                 W = L21 * xt
-                S = L21 * _H(L21) if M else None
+                S = L21 * conj_transpose(L21) if M else None
             else:
                 f11 = P[:, :K]  # lower triangle read
                 if token is not None:
@@ -269,18 +271,18 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
                 xt, L21 = X[:, :K], X[:, K:]
                 if M:
                     # [W, S] = L21 [L11^-1, L21^H] in one matmul
-                    WS = jnp.matmul(L21, _H(X), precision=_HI)
+                    WS = jnp.matmul(L21, conj_transpose(X), precision=HIGHEST)
                     W, S = WS[:, :, :K], WS[:, :, K:]
             # 1 / diag(L11) (real)
             pivots.append(jnp.real(_diag(xt)).reshape(-1))
             if M:
                 neg_s.append(-S.reshape(-1))
-                g[b] = jnp.concatenate([_H(xt), -W], axis=1)
+                g[b] = jnp.concatenate([conj_transpose(xt), -W], axis=1)
             else:
-                g[b] = _H(xt)
+                g[b] = conj_transpose(xt)
         # Update matrices start as -L21 L21^T and receive the children's in place.
         u_all = jnp.concatenate(neg_s + [vals_ext])
-        source = _assemble(u_all, lev.u_dst, source, lev.u_src)
+        source = assemble(u_all, lev.u_dst, source, lev.u_src)
     d = jnp.concatenate(pivots)
     ok = jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
     logdet = -2 * jnp.sum(jnp.log(d))
@@ -324,11 +326,11 @@ def solve_lower(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact
     for level in sym.levels:
         for b in level:
             B = sym.buckets[b]
-            cols = _const(B.col_idx)
+            cols = const(B.col_idx)
             xc = x.at[cols].get(mode="fill", fill_value=0)  # (size, K, k)
-            r = jnp.matmul(fac.g[b], xc, precision=_HI)
+            r = jnp.matmul(fac.g[b], xc, precision=HIGHEST)
             r = r.at[:, : B.K].add(-xc)
-            x = x.at[_const(_all_idx(B))].add(r, mode="drop")
+            x = x.at[const(_all_idx(B))].add(r, mode="drop")
     return x
 
 
@@ -337,7 +339,7 @@ def solve_upper(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact
     for level in reversed(sym.levels):
         for b in level:
             B = sym.buckets[b]
-            v = x.at[_const(_all_idx(B))].get(mode="fill", fill_value=0)  # (size, N, k)
-            xc = jnp.matmul(_H(fac.g[b]), v, precision=_HI)
-            x = x.at[_const(B.col_idx)].set(xc, mode="drop")
+            v = x.at[const(_all_idx(B))].get(mode="fill", fill_value=0)  # (size, N, k)
+            xc = jnp.matmul(conj_transpose(fac.g[b]), v, precision=HIGHEST)
+            x = x.at[const(B.col_idx)].set(xc, mode="drop")
     return x

@@ -12,7 +12,7 @@ the direction `x` assembled into the fronts, written from the factor blocks alon
   `dY = -Phi(Y dF11 Y^H) Y` (Phi: lower triangle, halved diagonal),
   `dW = (dF21 - W dF11) Y^H Y`, and the parent receives
   `dU = -(T W^H + W T^H)`, `T = dF21 - W dF11 / 2`;
-- roots down, the Takahashi recurrence and its tangent together (`selinv._fronts`).
+- roots down, the Takahashi recurrence and its tangent together (`takahashi.fronts`).
 
 No residuals of the recurrences are stored (only the factor is read), so memory is that
 of one factorization-sized pass, and nothing calls LAPACK.
@@ -33,17 +33,17 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from . import selinv
-from .numeric import _H, _HI, _assemble, _const, _tril_sym
+from .numeric import HIGHEST, assemble, conj_transpose, const, tril_sym
 from .symbolic import Bucket, Symbolic
+from .takahashi import fronts, mm
 
 
 def _valid(B: Bucket, dtype):
     """Weights of the stored entries of a bucket's blocks (b, N, K): 1 on the diagonal,
     2 strictly below it, 0 above it and on padding (built in-graph from O(b) arrays)."""
     K, N = B.K, B.N
-    ncols = _const(B.ncols)[:, None, None]
-    nrows = _const(B.nrows)[:, None, None]
+    ncols = const(B.ncols)[:, None, None]
+    nrows = const(B.nrows)[:, None, None]
     r = jnp.arange(N)[None, :, None]
     c = jnp.arange(K)[None, None, :]
     ok = (c < ncols) & jnp.where(r < K, (r >= c) & (r < ncols), r - K < nrows)
@@ -70,29 +70,29 @@ def _factor_tangent(sym: Symbolic, g, x):
     source = tail
     for lev in sym.level_maps:
         dp_all = jnp.concatenate([x[b].reshape(-1) for b in lev.buckets])
-        dp_all = _assemble(dp_all, lev.p_dst, source, lev.p_src)
+        dp_all = assemble(dp_all, lev.p_dst, source, lev.p_src)
         du = []
         for b in lev.buckets:
             B = sym.buckets[b]
             K, M, N = B.K, B.M, B.N
             dP = dp_all[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
             y = g[b][:, :K]  # L11^-1
-            df11 = _tril_sym(dP[:, :K])
-            s = selinv._mm(selinv._mm(y, df11), _H(y))
+            df11 = tril_sym(dP[:, :K])
+            s = mm(mm(y, df11), conj_transpose(y))
             phi = jnp.tril(s) - 0.5 * jnp.eye(K, dtype=dtype) * s
-            dy = -selinv._mm(phi, y)
+            dy = -mm(phi, y)
             if not M:
                 dg[b] = dy
                 continue
             wn = g[b][:, K:]  # -W
             df21 = dP[:, K:]
-            wdf = selinv._mm(wn, df11)  # -W dF11
-            dwn = -selinv._mm(selinv._mm(df21 + wdf, _H(y)), y)  # -dW
+            wdf = mm(wn, df11)  # -W dF11
+            dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
             t = df21 + 0.5 * wdf
-            q = jnp.matmul(t, _H(wn), precision=_HI)
-            du.append((q + _H(q)).reshape(-1))
+            q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
+            du.append((q + conj_transpose(q)).reshape(-1))
             dg[b] = jnp.concatenate([dy, dwn], axis=1)
-        source = _assemble(jnp.concatenate(du + [tail]), lev.u_dst, source, lev.u_src)
+        source = assemble(jnp.concatenate(du + [tail]), lev.u_dst, source, lev.u_src)
     return dg
 
 
@@ -106,7 +106,7 @@ def _sandwich_one(sym: Symbolic, g, x):
         d = dz11 if dz21 is None else jnp.concatenate([dz11, dz21], axis=1)
         out[b] = -_mask(sym.buckets[b], d)  # dZ = -Z dA Z
 
-    selinv._fronts(sym, g, emit, dg)
+    fronts(sym, g, emit, dg)
     return out
 
 

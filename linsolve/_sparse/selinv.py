@@ -36,83 +36,9 @@ import numpy as np
 from jaxtyping import Array, Float
 
 from . import numeric, sandwich
-from .numeric import _H, _HI, Factor, _const
-from .symbolic import Bucket, Symbolic
-
-
-def _mm(a: Array, b: Array) -> Array:
-    """Batched matmul; an inner dimension of 1 (scalar pivots) as a broadcast product."""
-    if a.shape[-1] == 1:
-        return a * b
-    return jnp.matmul(a, b, precision=_HI)
-
-
-def _fronts(sym: Symbolic, g, emit, dg=None):
-    """Run the Takahashi recurrence on the factor blocks `g` (`Factor.g`); call
-    `emit(b, z11, z21)` with each bucket's blocks Z[J, J] (b, K, K) and Z[I, J] (b, M, K)
-    (None if M = 0).
-
-    With `dg` (a tangent of `g`, same layout) the recurrence's forward-mode derivative runs
-    alongside, and `emit(b, z11, z21, dz11, dz21)` also gets the tangent blocks.
-    """
-    pool = dpool = None  # blocks of the level above, flat (see `Bucket.z_offset`)
-    for level in reversed(sym.levels):  # roots first
-        parts, dparts = [], []
-        for b in level:
-            B = sym.buckets[b]
-            K, M = B.K, B.M
-            linv, gw = g[b][:, :K], g[b][:, K:]  # L11^-1, -W
-            # Z[J,J] = L11^-H L11^-1 - W^H Z[I,J],  Z[I,J] = -Z[I,I] W
-            z11 = _mm(_H(linv), linv)
-            z21 = z22 = None
-            if M:
-                z22 = _gather_zii(B, pool)
-                z21 = _mm(z22, gw)
-                z11 = z11 + _mm(_H(gw), z21)
-            parts += [x.reshape(-1) for x in (z11, z21, z22) if x is not None]
-            if dg is None:
-                emit(b, z11, z21)
-                continue
-            dlinv, dgw = dg[b][:, :K], dg[b][:, K:]
-            t = _mm(_H(linv), dlinv)
-            dz11 = t + _H(t)
-            dz21 = dz22 = None
-            if M:
-                dz22 = _gather_zii(B, dpool)
-                dz21 = _mm(dz22, gw) + _mm(z22, dgw)
-                dz11 = dz11 + _mm(_H(dgw), z21) + _mm(_H(gw), dz21)
-            dparts += [x.reshape(-1) for x in (dz11, dz21, dz22) if x is not None]
-            emit(b, z11, z21, dz11, dz21)
-        pool = jnp.concatenate(parts)
-        if dg is not None:
-            dpool = jnp.concatenate(dparts)
-
-
-def _gather_zii(B: Bucket, pool: Array) -> Array:
-    """Z[I, I] of every supernode of the bucket, read from its parent's blocks.
-
-    The flat index of parent-front entry (r, c) is computed in-graph from O(b M) arrays
-    (XLA fuses it into the gather), reading the lower triangle and mirroring the upper.
-    """
-    rel = _const(B.up_rel)
-    r, c = rel[:, :, None], rel[:, None, :]
-    hi, lo = jnp.maximum(r, c), jnp.minimum(r, c)
-    K = _const(B.up_K)[:, None, None]
-    M = _const(B.up_M)[:, None, None]
-    b11 = _const(B.up_b11)[:, None, None]
-    b21 = _const(B.up_b21)[:, None, None]
-    b22 = _const(B.up_b22)[:, None, None]
-    src = jnp.where(
-        lo < K,
-        jnp.where(hi < K, b11 + hi * K + lo, b21 + (hi - K) * K + lo),
-        b22 + (hi - K) * M + lo - K,
-    )
-    # Padding rows/columns (rel == -1) read zero: send them past the end of the pool.
-    src = jnp.where(lo >= 0, src, pool.shape[0])
-    z = pool.at[src].get(mode="fill", fill_value=0)
-    if jnp.iscomplexobj(z):  # the upper triangle mirrors the lower: Z[r, c] = conj(Z[c, r])
-        z = jnp.where(r < c, jnp.conj(z), z)
-    return z
+from .numeric import Factor, const
+from .symbolic import Symbolic
+from .takahashi import fronts
 
 
 # Outputs of a Takahashi pass: "entries" (A^-1 at the stored entries), "diag" (diag A^-1),
@@ -127,25 +53,25 @@ def _take(sym: Symbolic, what: str, b: int, z11: Array, z21: Array | None) -> Ar
     pos = B.sel_pos if what == "entries" else _on_l_reads(sym)[b]
     if not pos.size:
         return None
-    return _flat_blocks(z11, z21).at[_const(pos)].get(mode="fill", fill_value=0)
+    return _flat_blocks(z11, z21).at[const(pos)].get(mode="fill", fill_value=0)
 
 
 def _finish(sym: Symbolic, what: str, chunks: dict, dtype) -> Array:
     if what == "diag":
         d = jnp.zeros(sym.n, dtype)
         for b, v in chunks.items():
-            d = d.at[_const(sym.buckets[b].col_idx)].add(v, mode="drop")  # real columns unique
+            d = d.at[const(sym.buckets[b].col_idx)].add(v, mode="drop")  # real columns unique
         return d[sym.iperm]
     out = jnp.concatenate([chunks[b] for b in sorted(chunks) if chunks[b] is not None])
     if what == "entries":
-        out = out[_const(sym.sel_order)]
+        out = out[const(sym.sel_order)]
         flip = sym.entry_flip
     else:  # on_l: the buckets' reads are already in the order of `l_pattern`
         flip = _l_pattern_maps(sym)[2][1]
     if jnp.iscomplexobj(out):
         # Values are read from the lower triangle of the permuted inverse: where that is the
         # mirror of the entry, A^-1[i, j] = conj(A^-1[j, i]).
-        out = jnp.where(_const(flip), jnp.conj(out), out)
+        out = jnp.where(const(flip), jnp.conj(out), out)
     return out
 
 
@@ -157,7 +83,7 @@ def _read(sym: Symbolic, whats: tuple[str, ...], g) -> tuple[Array, ...]:
         for w in whats:
             chunks[w][b] = _take(sym, w, b, z11, z21)
 
-    _fronts(sym, g, emit)
+    fronts(sym, g, emit)
     return tuple(_finish(sym, w, chunks[w], g[0].dtype) for w in whats)
 
 
@@ -204,12 +130,12 @@ def _inject(sym: Symbolic, dv: Array):
     factor (duplicates summed; for complex input the lower triangle of the permuted
     matrix holds conj(v) where an entry lands above the diagonal)."""
     if jnp.iscomplexobj(dv):
-        dv = jnp.where(_const(sym.entry_flip), jnp.conj(dv), dv)
+        dv = jnp.where(const(sym.entry_flip), jnp.conj(dv), dv)
     out = []
     for B, (e, pos) in zip(sym.buckets, _inject_maps(sym)):
         x = jnp.zeros((B.size * B.N * B.K,), dv.dtype)
         if e.size:
-            x = x.at[_const(pos)].add(dv[_const(e)])
+            x = x.at[const(pos)].add(dv[const(e)])
         out.append(x.reshape(B.size, B.N, B.K))
     return out
 
@@ -354,7 +280,7 @@ def _logdet_jvp(sym, primals, tangents):
     # conjugated, A[j, i]: its term is 2 Re(conj(Z[i, j]) dv) (Re(Z[i, i] dv) on the
     # diagonal, whose imaginary part is not read).
     if jnp.iscomplexobj(z):  # Z[i, i] is real: no derivative w.r.t. Im of the diagonal
-        z = jnp.where(_const(sym.entry_row == sym.entry_col), jnp.real(z).astype(z.dtype), z)
+        z = jnp.where(const(sym.entry_row == sym.entry_col), jnp.real(z).astype(z.dtype), z)
     tangent = jnp.sum(w * jnp.conj(z) * dv)
     if jnp.iscomplexobj(tangent):
         tangent = jnp.real(tangent)
