@@ -13,6 +13,7 @@ from jaxtyping import Array
 
 from .._operator import AbstractOperator
 from .._solution import RESULTS, result_code
+from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
 
 
 _State = TypeVar("_State")
@@ -201,3 +202,17 @@ def numerically_singular(triangular_factor: Array) -> Array:
     eps = jnp.finfo(triangular_factor.dtype).eps
     # The largest pivot stands in for max|U| (no O(n²) pass); NaN pivots count as failed.
     return ~jnp.all(diag > max(triangular_factor.shape) * eps * jnp.max(diag))
+
+
+def is_negative_definite(operator: AbstractOperator, what: str, otherwise: str) -> bool:
+    """For a solver of definite operators (`what`): whether `operator` is tagged negative
+    (rather than positive) semidefinite. Tagged neither, it raises at trace time, naming
+    the tags and what to use `otherwise`."""
+    tags = operator.tags
+    negative = negative_semidefinite_tag in tags
+    if not (negative or positive_semidefinite_tag in tags):
+        raise ValueError(
+            f"{what} needs an operator tagged positive_semidefinite_tag or "
+            f"negative_semidefinite_tag; got tags {tag_names(tags)}. {otherwise}"
+        )
+    return negative

@@ -53,8 +53,7 @@ from .._recycle import (
     window_restart,
 )
 from .._solution import RESULTS, result_code
-from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
-from .abstract import hermitian_transpose_solve, tag_names
+from .abstract import hermitian_transpose_solve, is_negative_definite
 from .krylov import (
     AbstractKrylovSolver,
     KrylovState,
@@ -108,14 +107,11 @@ class CG(AbstractKrylovSolver):
             raise ValueError(f"CG: `recycle` must be >= 0, got {self.recycle}.")
 
     def init(self, operator) -> KrylovState:
-        tags = operator.tags
-        negative = negative_semidefinite_tag in tags
-        if not (negative or positive_semidefinite_tag in tags):
-            raise ValueError(
-                "CG needs an operator tagged positive_semidefinite_tag or "
-                f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use MINRES() for "
-                "symmetric indefinite operators, GMRES() or BiCGStab() otherwise."
-            )
+        negative = is_negative_definite(
+            operator,
+            "CG",
+            "Use MINRES() for symmetric indefinite operators, GMRES() or BiCGStab() otherwise.",
+        )
         return self._make_state(operator, negate=negative)
 
     def solve(self, state: KrylovState, vector, y0):

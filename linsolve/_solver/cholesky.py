@@ -8,14 +8,14 @@ from jaxtyping import Array
 from .. import _lapack
 from .._operator import is_matrix_free, lower_matrix
 from .._solution import RESULTS, first_failure, result_code
-from .._tags import negative_semidefinite_tag, positive_semidefinite_tag
+from .._tags import negative_semidefinite_tag
 from . import rcond as _rcond
 from .abstract import (
     AbstractDeterminantSolver,
     check_square,
     dense_input,
     hermitian_transpose_solve,
-    tag_names,
+    is_negative_definite,
 )
 from .checks import broken_symmetry
 from .determinant import dense_determinant_checks, finite, logdet_cholesky
@@ -145,12 +145,6 @@ class Cholesky(AbstractDeterminantSolver[_CholeskyState]):
 def _check_tags(operator) -> bool:
     """Cholesky's trace-time checks (tags, shape); whether the operator is negative
     definite."""
-    tags = operator.tags
-    negative = negative_semidefinite_tag in tags
-    if not (negative or positive_semidefinite_tag in tags):
-        raise ValueError(
-            "Cholesky needs an operator tagged positive_semidefinite_tag or "
-            f"negative_semidefinite_tag; got tags {tag_names(tags)}. Use LU() otherwise."
-        )
+    negative = is_negative_definite(operator, "Cholesky", "Use LU() otherwise.")
     check_square(operator, "Cholesky")
     return negative
