@@ -124,6 +124,15 @@ def test_vmapped_likelihood_with_two_factorizations_does_not_hang():
         f = jax.jit(jax.vmap(jax.value_and_grad(nll)))
         for i in range(20):
             jax.block_until_ready(f(k + i * 1e-3, y))
+        # The differentiable factorization, two independent ones, large and small.
+        def two(k):
+            return jnp.sum(jnp.log(jnp.diagonal(ls.cholesky(k)))) + jnp.sum(
+                ls.lu(k + jnp.eye(k.shape[0]))[2]
+            )
+        for kk in (k[:, :40, :40], k[:, :8, :8]):
+            g = jax.jit(jax.vmap(jax.value_and_grad(two)))
+            for i in range(5):
+                jax.block_until_ready(g(kk + i * 1e-3))
         print("done")
         """
     )
