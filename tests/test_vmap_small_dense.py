@@ -11,7 +11,6 @@ import pytest
 from helpers import fd_grad
 
 import linsolve as ls
-from linsolve import _lapack
 from linsolve import _small_dense as sd
 
 
