@@ -22,7 +22,8 @@ Usage:
     python benchmarks/dense.py --markdown              # tables for docs/benchmarks.md
     python benchmarks/dense.py --threads all           # multithreaded BLAS (default: 1 thread)
     python benchmarks/dense.py --kernels               # LAPACK kernels alone vs lineax's v&g
-    python benchmarks/dense.py --vmap                  # vmap over batches of matrices
+    python benchmarks/dense.py --vmap --repeats 3      # vmap over batches of matrices
+    python benchmarks/dense.py --vmap --dtype float32
     python benchmarks/dense.py --rcond --sizes 100 200 # cost of the rcond estimate
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
@@ -347,30 +348,78 @@ def kernel_share(sizes, repeats):
     return header, rows
 
 
-def vmap_batches(repeats):
-    """value_and_grad of a `vmap`ped Cholesky solve over a batch of matrices. With
-    jaxlib 0.10 on CPU linsolve loops over the batch (`linsolve._lapack`: batched LAPACK
-    calls can deadlock), where lineax and jax.scipy make one batched call."""
-    header = ["batch × n", "linsolve", "lineax", "jax.scipy cho_solve", "ls/lineax"]
+VMAP_SIZES = [(10000, 3), (1000, 10), (100, 50), (16, 200)]
+
+
+def _logdet_linsolve(A, b):
+    return ls.logdet(ls.MatrixOperator(A, ls.positive_semidefinite_tag)) * b
+
+
+def _logdet_jnp(A, b):
+    return jnp.linalg.slogdet(A)[1] * b
+
+
+def _logdet_bare(A, b):
+    L = jax.lax.linalg.cholesky(A, symmetrize_input=False)
+    return 2 * jnp.sum(jnp.log(jnp.diagonal(L))) * b
+
+
+# For each family under vmap: linsolve, the reference it must not be slower than (lineax;
+# lineax has no log-determinant, so jnp.linalg.slogdet there) and the bare kernels (JAX's
+# own batched LAPACK calls, no checks).
+VMAP_FAMILIES = {
+    "cholesky": (linsolve_cholesky, lineax_cholesky, bare_cholesky),
+    "lu": (linsolve_lu, lineax_lu, bare_lu),
+    "logdet": (_logdet_linsolve, _logdet_jnp, _logdet_bare),
+}
+
+
+def vmap_batches(repeats, dtype, families, sizes=None):
+    """`vmap(loss)` and `vmap(value_and_grad(loss))` over a batch of matrices: linsolve,
+    the reference (lineax, or `jnp.linalg.slogdet` for the log-determinant) and the bare
+    kernels (floor), sampled together. With jaxlib 0.10 on CPU linsolve makes no batched
+    LAPACK call (`linsolve._lapack`: two at once can deadlock); the others make one."""
+    header = [
+        "family",
+        "batch × n",
+        "mode",
+        "linsolve",
+        "reference",
+        "floor",
+        "ls/reference",
+        "floor/reference",
+    ]
     rows = []
-    for batch, n in [(1000, 10), (100, 50), (16, 200)]:
+    for batch, n in sizes or VMAP_SIZES:
         g = np.random.default_rng(0).standard_normal((batch, n, n))
-        A = jnp.asarray(g @ np.swapaxes(g, 1, 2) + n * np.eye(n))
-        b = jnp.ones((batch, n))
-        calls = {}
-        for name in ("linsolve", "lineax", "jax.scipy cho_factor+cho_solve"):
-            fn = jax.vmap(jax.value_and_grad(make_loss(FAMILIES["cholesky"][name]), argnums=(0, 1)))
-            calls[name] = (jax.jit(fn).lower(A, b).compile(), (A, b))
-        t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
-        rows.append(
-            [
-                f"{batch} × {n}",
-                format_seconds(t["linsolve"]),
-                format_seconds(t["lineax"]),
-                format_seconds(t["jax.scipy cho_factor+cho_solve"]),
-                ratio(t["linsolve"], t["lineax"]),
-            ]
-        )
+        A = jnp.asarray(g @ np.swapaxes(g, 1, 2) / n + np.eye(n), dtype)
+        b = jnp.asarray(np.random.default_rng(1).standard_normal((batch, n)), dtype)
+        for family in families:
+            calls = {}
+            for i, solve in enumerate(VMAP_FAMILIES[family]):
+                loss = make_loss(solve) if family != "logdet" else lambda A, b, s=solve: s(A, b)[0]
+                for mode, fn in (
+                    ("forward", loss),
+                    ("value_and_grad", jax.value_and_grad(loss, argnums=(0, 1))),
+                ):
+                    exe, _ = compile_fn(jax.vmap(fn), A, b, cold=False)
+                    calls[(mode, i)] = (exe, (A, b))
+            t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+            for mode in ("forward", "value_and_grad"):
+                ls_t, ref_t, floor_t = (t[(mode, i)] for i in range(3))
+                rows.append(
+                    [
+                        family,
+                        f"{batch} × {n}",
+                        mode,
+                        format_seconds(ls_t),
+                        format_seconds(ref_t),
+                        format_seconds(floor_t),
+                        ratio(ls_t, ref_t),
+                        ratio(floor_t, ref_t),
+                    ]
+                )
+            print(f"  measured {family} {batch} x {n}", file=sys.stderr, flush=True)
     return header, rows
 
 
@@ -530,6 +579,9 @@ def main(argv=None):
         help="only time vmapped value_and_grad over batches of matrices",
     )
     parser.add_argument(
+        "--dtype", default="float64", choices=["float64", "float32"], help="for --vmap"
+    )
+    parser.add_argument(
         "--kernels",
         action="store_true",
         help="only time the bare LAPACK kernels against lineax's value_and_grad (21 samples)",
@@ -548,8 +600,9 @@ def main(argv=None):
 
     print(environment())
     if args.vmap:
-        header, rows = vmap_batches(args.repeats)
-        print("vmap(value_and_grad) of a Cholesky solve over a batch of matrices (median):")
+        dtype = {"float64": jnp.float64, "float32": jnp.float32}[args.dtype]
+        header, rows = vmap_batches(args.repeats, dtype, args.families + ["logdet"])
+        print(f"vmap over a batch of matrices, {args.dtype} (median, sampled together):")
         print(format_table(header, rows, args.markdown))
         return
     if args.rcond:

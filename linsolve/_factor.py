@@ -7,11 +7,13 @@ differentiation at any order, for float32/float64/complex64/complex128.
 read by its lower triangle only. The effective matrix is built with `jnp.where`
 masks, so nothing from the strict upper triangle (nor the imaginary part of the
 diagonal, for complex input) reaches the output or the gradient, not even NaN.
-The completed matrix is factored by `jax.lax.linalg.cholesky(...,
-symmetrize_input=False)`, whose JVP assumes a hermitian tangent; the tangent is
+The completed matrix is factored by `_lapack_ad.cholesky` (LAPACK, or plain XLA
+kernels for a `vmap`ped batch of small matrices: never a batched LAPACK call, which can
+deadlock on CPU with jaxlib 0.10), whose JVP assumes a hermitian tangent; the tangent is
 hermitian precisely because it flows through the same completion.
 
-**LU.** The forward factorization is `jax.lax.linalg.lu` (partial pivoting). The
+**LU.** The forward factorization is LAPACK's partial-pivoting LU (through `_lapack_ad`,
+as above), and its triangular solves are `_lapack_ad`'s. The
 derivative is our own `jax.custom_jvp` rule; reverse mode comes from JAX
 transposing it, so the rule uses only ops that are linear and transposable in
 the tangent (matmuls, `triangular_solve` in its right-hand side, masks by
@@ -67,6 +69,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, ArrayLike, Inexact
 
+from . import _lapack_ad
 from ._dtype import as_supported
 from ._structure import effective_matrix
 from ._tags import positive_semidefinite_tag
@@ -114,7 +117,7 @@ def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
     # completion, real diagonal for complex). `eff` is exactly hermitian and so is its
     # tangent, which is what the JVP of the LAPACK-style factorization assumes.
     eff = effective_matrix(A, frozenset({positive_semidefinite_tag}))
-    L = jax.lax.linalg.cholesky(eff, symmetrize_input=False)
+    L = _lapack_ad.cholesky(eff)  # no batched LAPACK call under vmap (see _lapack)
     # Guarantee exact zeros above the diagonal regardless of backend.
     return jnp.tril(L)
 
@@ -129,7 +132,7 @@ def _lu_core(A: Array) -> tuple[Array, Array, Array]:
     """`(perm, L, U)` with `A[..., perm, :] = L @ U`."""
     m, n = A.shape[-2:]
     k = min(m, n)
-    lu_, _, perm = jax.lax.linalg.lu(A)
+    lu_, _, perm = _lapack_ad.lu(A)
     eye = jnp.eye(m, k, dtype=A.dtype)
     L = jnp.tril(lu_[..., :, :k], -1) + eye
     U = jnp.triu(lu_[..., :k, :])
@@ -152,7 +155,7 @@ def _solve_skipping_zero_pivots(U: Array, Y: Array) -> Array:
     U_safe = jnp.where(col_zero & (j[:, None] < j[None, :]), 0, U)
     U_safe = jnp.where(col_zero & (j[:, None] == j[None, :]), 1, U_safe)
     Y = jnp.where(col_zero, 0, Y)
-    return jax.lax.linalg.triangular_solve(U_safe, Y, left_side=False, lower=False)
+    return _lapack_ad.triangular_solve(U_safe, Y, left_side=False, lower=False)
 
 
 @_lu_core.defjvp
@@ -178,7 +181,7 @@ def _lu_core_jvp(primals, tangents):
     else:
         Lt = L
     # Y = L̃⁻¹ Pᵀ dA; unit diagonal, so no pivot is involved.
-    Y = jax.lax.linalg.triangular_solve(Lt, PtdA, left_side=True, lower=True, unit_diagonal=True)
+    Y = _lapack_ad.triangular_solve(Lt, PtdA, left_side=True, lower=True, unit_diagonal=True)
 
     if m > n:
         # Tall: M = tril(Y U⁻¹, -1) (its rows below k are kept whole). The

@@ -55,28 +55,37 @@ SOLVES = {
     "logdet": lambda a, b: ls.logdet(ls.MatrixOperator(a, PSD)) * b,
     "slogdet": lambda a, b: ls.slogdet(ls.MatrixOperator(a))[1] * b,
     "eigh": lambda a, b: ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag)).eigenvalues * b,
-    "eigh-generalized": lambda a, b: (
-        ls.eigh(
-            ls.MatrixOperator(a, ls.symmetric_tag), B=ls.MatrixOperator(a + jnp.eye(6), PSD)
-        ).eigenvalues
-        * b
-    ),
 }
 
 
+def _eigh_generalized(n):
+    def solve(a, b):
+        B = ls.MatrixOperator(a + jnp.eye(n), PSD)
+        return ls.eigh(ls.MatrixOperator(a, ls.symmetric_tag), B=B).eigenvalues * b
+
+    return solve
+
+
+SOLVES["eigh-generalized"] = None
+
+
+# n = 6: small matrices (`_small_dense`'s kernels where there are some); n = 20: a loop.
+@pytest.mark.parametrize("n", [6, 20])
 @pytest.mark.parametrize("name", list(SOLVES))
-def test_vmap_over_matrices_makes_unbatched_lapack_calls(name):
+def test_vmap_over_matrices_makes_unbatched_lapack_calls(name, n):
     rng = np.random.default_rng(0)
-    a = _spd_batch(rng, 3, 6)
-    b = jnp.asarray(rng.standard_normal((3, 6)))
-    solve = SOLVES[name]
+    a = _spd_batch(rng, 3, n)
+    b = jnp.asarray(rng.standard_normal((3, n)))
+    solve = SOLVES[name] if name != "eigh-generalized" else _eigh_generalized(n)
 
     def loss(a, b):
         return jnp.sum(jnp.sin(solve(a, b)))
 
     batched = jax.vmap(jax.value_and_grad(loss, argnums=(0, 1)))
     dims = _lapack_batch_dims(batched, a, b)
-    assert dims and all(d == 0 for d in dims), dims
+    assert all(d == 0 for d in dims), dims
+    if n > _lapack.SMALL_N or name in ("qr", "eigh", "eigh-generalized"):
+        assert dims  # the loop: one LAPACK call per matrix
     # Same values as one operator at a time.
     value, (ga, gb) = jax.jit(batched)(a, b)
     for i in range(3):
@@ -115,6 +124,15 @@ def test_vmapped_likelihood_with_two_factorizations_does_not_hang():
         f = jax.jit(jax.vmap(jax.value_and_grad(nll)))
         for i in range(20):
             jax.block_until_ready(f(k + i * 1e-3, y))
+        # The differentiable factorization, two independent ones, large and small.
+        def two(k):
+            return jnp.sum(jnp.log(jnp.diagonal(ls.cholesky(k)))) + jnp.sum(
+                ls.lu(k + jnp.eye(k.shape[0]))[2]
+            )
+        for kk in (k[:, :40, :40], k[:, :8, :8]):
+            g = jax.jit(jax.vmap(jax.value_and_grad(two)))
+            for i in range(5):
+                jax.block_until_ready(g(kk + i * 1e-3))
         print("done")
         """
     )
@@ -129,8 +147,8 @@ def test_vmapped_likelihood_with_two_factorizations_does_not_hang():
 
 def test_nested_vmap_outer_over_matrices_inner_over_right_hand_sides():
     rng = np.random.default_rng(2)
-    a = _spd_batch(rng, 3, 6)
-    bs = jnp.asarray(rng.standard_normal((3, 4, 6)))
+    a = _spd_batch(rng, 3, 20)
+    bs = jnp.asarray(rng.standard_normal((3, 4, 20)))
     solve = jax.vmap(jax.vmap(SOLVES["lu"], in_axes=(None, 0)), in_axes=(0, 0))
     dims = _lapack_batch_dims(solve, a, bs)
     assert dims and all(d == 0 for d in dims), dims

@@ -28,7 +28,7 @@ class _CholeskyState(eqx.Module):
     stats: dict
 
 
-@_lapack.unbatched_on_cpu(2)
+@_lapack.diagnosis_on_cpu(1, lambda: result_code(RESULTS.successful))
 def _failure_code(failed, matrix, norm):
     """The code of a Cholesky factorization that `failed`, worked out only then (inside
     the `cond`; under `vmap` on CPU, member by member, so that a batch of good matrices
