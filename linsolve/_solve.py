@@ -85,30 +85,7 @@ def _solve_jvp(primals, tangents, *, throw):
         if operator_moves:
             rhs = rhs - t_mv(x)
 
-        def backward_solve(r):
-            y, result, _ = solver.transpose_solve(state, r, adjoint_y0)
-            if throw:
-                y = raise_on_failure(y, result, "transposed solve of reverse mode")
-            else:
-                # A gradient has nowhere to carry a result code: mark the failure with NaN
-                # rather than return a silently wrong (e.g. truncated) adjoint.
-                y = jnp.where(result == RESULTS.successful, y, jnp.nan)
-            return y
-
-        def tangent_solve(r):
-            # An iterative tangent solve can fail where the primal converged; with
-            # throw=True that must raise, not give a silently wrong JVP.
-            y, result, _ = solver.solve(state, r, None)
-            if throw:
-                y = raise_on_failure(y, result, "tangent solve of forward mode")
-            return y
-
-        t_x = jax.lax.custom_linear_solve(
-            operator.mv,
-            rhs,
-            solve=lambda _, r: tangent_solve(r),
-            transpose_solve=lambda _, r: backward_solve(r),
-        )
+        t_x = linear_in_rhs(solver, state, operator, rhs, throw=throw, adjoint_y0=adjoint_y0)
         return out, (t_x,) + out_tangents[1:]
 
     # Non-square: differentiate the normal equations with the Gram matrix G (AᴴA if tall,
@@ -132,6 +109,45 @@ def _solve_jvp(primals, tangents, *, throw):
     if operator_moves:
         t_x = t_x + t_hmv(y)
     return out, (t_x,) + out_tangents[1:]
+
+
+def linear_in_rhs(
+    solver,
+    state,
+    operator,
+    rhs,
+    *,
+    throw: bool,
+    adjoint_y0=None,
+    name: str = "linsolve.linear_solve",
+    nan_on_failure: bool = False,
+):
+    """`A⁻¹ rhs` from the solver's (stopped) `state`, as a function linear in `rhs` and
+    transposable: a `jax.lax.custom_linear_solve` whose transpose is the solver's
+    `transpose_solve` from the same state, starting from `adjoint_y0`. Derivatives in the
+    operator flow through `operator.mv`. The failure policy of every derivative solve:
+    with `throw`, a failed solve raises (`name` says whose); otherwise a failed transposed
+    solve is NaN (a gradient has nowhere to carry a result code), and so is a failed
+    forward one with `nan_on_failure` (else it returns what the solver reached, like the
+    primal it accompanies)."""
+
+    def checked(y, result, where, nan):
+        if throw:
+            return raise_on_failure(y, result, where, name=name)
+        if nan:
+            # Never a silently wrong (e.g. truncated) derivative.
+            return jnp.where(result == RESULTS.successful, y, jnp.nan)
+        return y
+
+    def solve(_, r):
+        y, result, _ = solver.solve(state, r, None)
+        return checked(y, result, "tangent solve of forward mode", nan_on_failure)
+
+    def transpose_solve(_, r):
+        y, result, _ = solver.transpose_solve(state, r, adjoint_y0)
+        return checked(y, result, "transposed solve of reverse mode", True)
+
+    return jax.lax.custom_linear_solve(operator.mv, rhs, solve, transpose_solve)
 
 
 def adjoint_mv(operator, v):

@@ -34,8 +34,7 @@ import jax.numpy as jnp
 from jaxtyping import Array
 
 from .._operator import FunctionOperator
-from .._solution import RESULTS
-from .._solve import linear_solve
+from .._solve import linear_in_rhs
 from .._tags import positive_semidefinite_tag
 from .._tangent import is_zero_tangent, tangent_mv
 
@@ -75,8 +74,8 @@ def projected_solves(
 
     `rhs` (n, k) must satisfy `Uᵀ rhsⱼ = 0`. The operators `sign · Q (A − λⱼ B) Qᵀ` are
     positive semidefinite (sign = +1 for the smallest eigenvalues, −1 for the largest).
-    Each solve is a `linear_solve` on the projected operator (so its derivative rule is
-    linsolve's one), linear and transposable in `rhs`. Returns `W` with `Uᵀ B W = 0`."""
+    Each solve is `linear_solve`'s derivative solve (`linear_in_rhs`) on the projected
+    operator, linear and transposable in `rhs`. Returns `W` with `Uᵀ B W = 0`."""
     u, bu = vectors, b_vectors
     n = u.shape[0]
     dtype = u.dtype
@@ -103,10 +102,18 @@ def projected_solves(
             return sign * q(out)
 
         proj = FunctionOperator(mv, example, tags=positive_semidefinite_tag)
-        # `linear_solve`'s derivative rule and failure policy: with throw=False a failed
-        # solve is NaN here too, never a silently inaccurate derivative.
-        sol = linear_solve(proj, sign * r, this_solver, throw=throw)
-        return jnp.where(sol.result == RESULTS.successful, sol.value, jnp.nan)
+        state = this_solver.init(proj)
+        # `linear_solve`'s derivative solve and failure policy (NaN with throw=False, in
+        # both directions: an eigenvector tangent has no result code to carry).
+        return linear_in_rhs(
+            this_solver,
+            state,
+            proj,
+            sign * r,
+            throw=throw,
+            name="linsolve.lobpcg (a projected solve of the eigenvector derivative)",
+            nan_on_failure=True,
+        )
 
     w_hat = jax.vmap(one, in_axes=(0, 1), out_axes=1)(values, rhs)
     return qt(w_hat)
