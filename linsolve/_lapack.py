@@ -33,7 +33,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 # The releases whose CPU kernels block on the thread pool for batched calls.
-AFFECTED = (0, 10, 0) <= _version(jaxlib.__version__) < (0, 11, 2)
+AFFECTED = (0, 10, 0) <= _version(jaxlib.__version__) < (0, 11, 2)  # pyright: ignore[reportPrivateImportUsage]
 
 
 def _sequential_vmap(fn: Callable, num_matrices: int) -> Callable:
@@ -144,6 +144,8 @@ def _triangular(trans, lower: bool, unit: bool):
     return solve
 
 
-def solve_triangular(matrix, vector, *, trans=0, lower: bool, unit_diagonal: bool = False):
+def solve_triangular(
+    matrix, vector, *, trans: int | str = 0, lower: bool, unit_diagonal: bool = False
+):
     """`jax.scipy.linalg.solve_triangular`, reading one triangle of `matrix`."""
     return _triangular(trans, lower, unit_diagonal)(matrix, vector)
