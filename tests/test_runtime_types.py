@@ -164,12 +164,15 @@ def test_hook_is_on():
     assert "hook on" in out.stdout, (out.stdout, out.stderr[-5000:])
 
 
+# (About a minute: every call of the slice is checked, and it compiles all solvers.)
+@pytest.mark.slow
 def test_public_api_under_runtime_type_checks():
     out = _run(_API_SLICE)
     assert out.returncode == 0, out.stderr[-8000:]
     assert "runtime-checked slice: ok" in out.stdout
 
 
+@pytest.mark.slow
 @pytest.mark.xfail(
     strict=True,
     reason="linsolve/_sparse/numeric.py: `Factor.g` is annotated tuple[Inexact[Array, 'b N K'], "
