@@ -158,7 +158,8 @@ def _solve_skipping_zero_pivots(U: Array, Y: Array) -> Array:
     return _lapack_ad.triangular_solve(U_safe, Y, left_side=False, lower=False)
 
 
-@_lu_core.defjvp
+# (The permutation's tangent is a float0 numpy array, which jax's annotation omits.)
+@_lu_core.defjvp  # pyright: ignore[reportArgumentType]
 def _lu_core_jvp(primals, tangents):
     (A,), (dA,) = primals, tangents
     # Calling the custom function itself (not lax.linalg.lu) makes higher-order

@@ -1,11 +1,11 @@
 """Entries of the inverse: `selected_inverse` and `diag_inverse`, differentiable."""
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, Inexact
+from jaxtyping import Array, Inexact, Int
 
 from ._logdet import finish
 from ._operator import as_operator, is_sparse
@@ -31,9 +31,22 @@ def _sparse_result(operator: SparseOperator, out: Array) -> Array:
     return first_failure((~finite_in, RESULTS.nonfinite_input), (~finite_out, code))
 
 
+# The return types depend on `return_result`: a value, or `(value, result)`.
+@overload
+def selected_inverse(
+    operator: Any, *, throw: bool = ..., return_result: Literal[False] = ...
+) -> SparseOperator: ...
+@overload
+def selected_inverse(
+    operator: Any, *, throw: bool = ..., return_result: Literal[True]
+) -> tuple[SparseOperator, Int[Array, ""]]: ...
+@overload
+def selected_inverse(
+    operator: Any, *, throw: bool = ..., return_result: bool
+) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]: ...
 def selected_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
-) -> SparseOperator:
+) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]:
     """The entries of `A⁻¹` on the sparsity pattern of the Cholesky factor of `A`
     (Takahashi recurrences on the supernodal factor; never a dense inverse).
 
@@ -68,9 +81,21 @@ def selected_inverse(
     return (out, result) if return_result else out
 
 
+@overload
+def diag_inverse(
+    operator: Any, *, throw: bool = ..., return_result: Literal[False] = ...
+) -> Inexact[Array, " n"]: ...
+@overload
+def diag_inverse(
+    operator: Any, *, throw: bool = ..., return_result: Literal[True]
+) -> tuple[Inexact[Array, " n"], Int[Array, ""]]: ...
+@overload
+def diag_inverse(
+    operator: Any, *, throw: bool = ..., return_result: bool
+) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]: ...
 def diag_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
-) -> Inexact[Array, " n"]:
+) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]:
     """`diag(A⁻¹)`, e.g. the marginal variances of a Gaussian Markov random field with
     precision `A`.
 

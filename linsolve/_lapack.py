@@ -35,7 +35,7 @@ def _version(text: str) -> tuple[int, ...]:
 
 
 # The releases whose CPU kernels block on the thread pool for batched calls.
-AFFECTED = (0, 10, 0) <= _version(jaxlib.__version__) < (0, 11, 2)
+AFFECTED = (0, 10, 0) <= _version(jaxlib.__version__) < (0, 11, 2)  # pyright: ignore[reportPrivateImportUsage]
 
 
 # Largest n for which a batch of n × n matrices is factorized and solved by the plain-XLA
@@ -220,6 +220,8 @@ def _triangular(trans, lower: bool, unit: bool):
     return solve
 
 
-def solve_triangular(matrix, vector, *, trans=0, lower: bool, unit_diagonal: bool = False):
+def solve_triangular(
+    matrix, vector, *, trans: int | str = 0, lower: bool, unit_diagonal: bool = False
+):
     """`jax.scipy.linalg.solve_triangular`, reading one triangle of `matrix`."""
     return _triangular(trans, lower, unit_diagonal)(matrix, vector)

@@ -30,6 +30,8 @@ from jaxtyping import Array, PyTree
 from ._dtype import check_supported
 from ._operator import (
     AbstractOperator,
+    AddOperator,
+    ComposedOperator,
     DiagonalOperator,
     FunctionOperator,
     IdentityOperator,
@@ -114,7 +116,7 @@ def unravel(vector: Array, structure: PyTree[jax.ShapeDtypeStruct]) -> PyTree[Ar
 def _lineax_tags(op: lx.AbstractLinearOperator) -> frozenset:
     """lineax's tags of `op`: its structure predicates plus any `tags` attribute. A user
     subclass that registers no predicate counts as untagged for it."""
-    found = set(getattr(op, "tags", ()))
+    found: set[object] = set(getattr(op, "tags", ()))
     for check, tag in _LINEAX_CHECKS:
         try:
             if check(op):
@@ -253,7 +255,7 @@ def from_lineax(operator: lx.AbstractLinearOperator) -> AbstractOperator:
         return _retag(from_lineax(op.operator), _linsolve_tags(op), op)
     if isinstance(op, (lx.AddLinearOperator, lx.ComposedLinearOperator)):
         a, b = from_lineax(op.operator1), from_lineax(op.operator2)
-        return a + b if isinstance(op, lx.AddLinearOperator) else a @ b
+        return AddOperator(a, b) if isinstance(op, lx.AddLinearOperator) else ComposedOperator(a, b)
     if isinstance(op, lx.MulLinearOperator):
         return ScaledOperator(op.scalar, from_lineax(op.operator))
     if isinstance(op, lx.DivLinearOperator):

@@ -5,12 +5,12 @@ with its own derivative rule (`_solver/determinant.py`); this module picks the s
 reports failures, as `linear_solve` does.
 """
 
-from typing import Any
+from typing import Any, Literal, overload
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
-from jaxtyping import Array, Inexact, Real
+from jaxtyping import Array, Inexact, Int, Real
 
 from ._operator import as_operator
 from ._solution import RESULTS, first_failure, raise_on_failure
@@ -43,14 +43,17 @@ def finish(name: str, value, result, throw: bool, return_result: bool, messages=
     return (value, result) if return_result else value
 
 
-def _slogdet(operator, solver):
-    """`(sign, logabsdet, result)` from the solver's own factorization and derivative rule."""
+def _determinant_solver(operator, solver: AbstractSolver) -> AbstractDeterminantSolver:
+    """The solver whose factorization and derivative rule give the determinant: `solver`,
+    or the one `AutoSolver` picks."""
+    if isinstance(solver, AutoSolver):
+        solver = solver.select(operator, direct=True)
     if not isinstance(solver, AbstractDeterminantSolver):
         raise ValueError(
             "slogdet supports the solvers with a determinant (Cholesky, LU, SparseCholesky, "
             f"Triangular, Diagonal); got {type(solver).__name__}."
         )
-    return solver.slogdet(operator)
+    return solver
 
 
 _THROW_DOC = """
@@ -61,13 +64,33 @@ _THROW_DOC = """
       [`linsolve.RESULTS`][] code (an int32 array; works under `jit` and `vmap`)."""
 
 
+_SignLogabsdet = tuple[Inexact[Array, ""], Real[Array, ""]]
+
+
+# The return type depends on `return_result`: a value, or `(value, result)`.
+@overload
+def slogdet(
+    operator: Any,
+    solver: AbstractSolver = ...,
+    *,
+    throw: bool = ...,
+    return_result: Literal[False] = ...,
+) -> _SignLogabsdet: ...
+@overload
+def slogdet(
+    operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: Literal[True]
+) -> tuple[_SignLogabsdet, Int[Array, ""]]: ...
+@overload
+def slogdet(
+    operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
+) -> _SignLogabsdet | tuple[_SignLogabsdet, Int[Array, ""]]: ...
 def slogdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
     *,
     throw: bool = True,
     return_result: bool = False,
-) -> tuple[Inexact[Array, ""], Real[Array, ""]]:
+) -> _SignLogabsdet | tuple[_SignLogabsdet, Int[Array, ""]]:
     """Sign and log of the absolute value of the determinant, differentiably.
 
     **Arguments:**
@@ -90,19 +113,33 @@ def slogdet(
     """
     operator = as_operator(operator)
     check_square(operator, "slogdet")
-    if isinstance(solver, AutoSolver):
-        solver = solver.select(operator, direct=True)
-    sign, logabsdet, result = _slogdet(operator, solver)
+    sign, logabsdet, result = _determinant_solver(operator, solver).slogdet(operator)
     return finish("linsolve.slogdet", (sign, logabsdet), result, throw, return_result)
 
 
+@overload
+def logdet(
+    operator: Any,
+    solver: AbstractSolver = ...,
+    *,
+    throw: bool = ...,
+    return_result: Literal[False] = ...,
+) -> Inexact[Array, ""]: ...
+@overload
+def logdet(
+    operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: Literal[True]
+) -> tuple[Inexact[Array, ""], Int[Array, ""]]: ...
+@overload
+def logdet(
+    operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
+) -> Inexact[Array, ""] | tuple[Inexact[Array, ""], Int[Array, ""]]: ...
 def logdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
     *,
     throw: bool = True,
     return_result: bool = False,
-) -> Inexact[Array, ""]:
+) -> Inexact[Array, ""] | tuple[Inexact[Array, ""], Int[Array, ""]]:
     """`log det A`, differentiably; meant for positive definite operators (then the
     Cholesky factorization is used and the result is real).
 
@@ -123,9 +160,8 @@ def logdet(
     """
     operator = as_operator(operator)
     check_square(operator, "logdet")
-    if isinstance(solver, AutoSolver):
-        solver = solver.select(operator, direct=True)
-    sign, logabsdet, result = _slogdet(operator, solver)
+    solver = _determinant_solver(operator, solver)
+    sign, logabsdet, result = solver.slogdet(operator)
     if solver.positive_definite(operator):
         value = logabsdet  # positive definite: real, even for complex hermitian input
     elif jnp.iscomplexobj(sign):
@@ -140,5 +176,5 @@ def logdet(
     return finish("linsolve.logdet", value, result, throw, return_result, messages)
 
 
-slogdet.__doc__ = slogdet.__doc__.replace("    {throw}", _THROW_DOC.strip("\n"))
-logdet.__doc__ = logdet.__doc__.replace("    {throw}", _THROW_DOC.strip("\n"))
+slogdet.__doc__ = (slogdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))
+logdet.__doc__ = (logdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))

@@ -13,7 +13,7 @@ import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jaxtyping import Array, ArrayLike, Inexact
+from jaxtyping import Array, ArrayLike, Inexact, Shaped
 
 from ._dtype import as_supported, check_supported
 from ._structure import effective_matrix, lower_read, read_diagonal, structured_matvec
@@ -76,7 +76,7 @@ class AbstractOperator(eqx.Module):
     def tags(self) -> frozenset:
         """The frozenset of tags (see `linsolve.symmetric_tag` and friends)."""
 
-    def mv(self, x: Inexact[Array, " n"] | Inexact[Array, "n k"]) -> Array:
+    def mv(self, x: Shaped[ArrayLike, " n"] | Shaped[ArrayLike, "n k"]) -> Array:
         """Apply the operator to a vector `x` of shape `(n,)` or a block `(n, k)`.
 
         **Arguments:**

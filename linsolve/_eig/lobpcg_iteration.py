@@ -44,6 +44,7 @@ from typing import Any
 
 import equinox as eqx
 import jax
+import jax.core
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float, Int, PRNGKeyArray
@@ -105,7 +106,7 @@ def _norm_ratio(out, x, current):
     return jnp.maximum(current, jnp.max(jnp.where(ok, _row_norms(out) / jnp.where(ok, xn, 1), 0)))
 
 
-def _svqb(gram: Array, drop: float) -> tuple[Array, Array, Array]:
+def _svqb(gram: Array, drop: float | Array) -> tuple[Array, Array, Array, Array]:
     """SVQB (Stathopoulos & Wu 2002): a transform `t` with `tᵀ gram t` the identity on the
     kept columns and zero columns for directions dependent to rounding (scaled-Gram
     eigenvalues below `drop` times the largest; exactly zero columns always go).
@@ -161,7 +162,7 @@ def _refresh(amv, bmv, s: _State, m: int) -> _State:
     axp = amv(s.xp)
     bxp = None if bmv is None else bmv(s.xp)
     x, ax = s.xp[:m], axp[:m]
-    bx = x if bmv is None else bxp[:m]
+    bx = x if bxp is None else bxp[:m]
     anorm = _norm_ratio(ax, x, s.anorm)
     bnorm = s.bnorm if bmv is None else _norm_ratio(bx, x, s.bnorm)
     xbx = jnp.sum(x * bx, axis=1)
@@ -181,8 +182,8 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     first = s.steps == 0
     later = (~first).astype(s.xp.dtype)
     xp, axp = s.xp, s.axp
-    bxp = xp if bmv is None else s.bxp
-    r = axp[:m] - s.theta[:, None] * bxp[:m]
+    bxp_ = xp if s.bxp is None else s.bxp  # B [X, P], or [X, P] without B
+    r = axp[:m] - s.theta[:, None] * bxp_[:m]
     # Soft locking: converged wanted rows contribute no residual direction, and neither
     # does any row whose residual is at rounding level (`tol` may be unreachable): its
     # direction would be noise, which only degrades the basis.
@@ -202,7 +203,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         # amplified rounding, it would no longer match W.
         bw = None if bmv is None else bmv(w)
         before = _row_norms(w)
-        c = later * (w @ bxp.T)
+        c = later * (w @ bxp_.T)
         w = w - c @ xp
         # What survived of each row. A row that cancelled to rounding level lies in
         # span[X, P]: what is left is noise, which SVQB's scaling would blow up into a
@@ -213,15 +214,15 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         left = _row_norms(w) / jnp.where(before > 0, before, 1)
         dependent = left <= jnp.where(passes == 0, 10 * xp.shape[0] * eps, 0.5)
         w = jnp.where(dependent[:, None], 0, w)
-        if bmv is not None:
-            bw = jnp.where(dependent[:, None], 0, bw - c @ bxp)
+        if bw is not None:
+            bw = jnp.where(dependent[:, None], 0, bw - c @ bxp_)
         # The first SVQB drops only what is dependent to rounding. Its result is
         # orthonormal to about eps / (smallest kept eigenvalue); when that is poor, the
         # second pass sees a Gram matrix far from the identity only in such amplified
         # rounding directions, and drops them.
         drop = jnp.where(passes == 0, 300 * m * eps, 1e-2)
-        gram = w @ (w if bmv is None else bw).T
-        if bmv is not None:
+        gram = w @ (w if bw is None else bw).T
+        if bw is not None:
             # A nonzero row with wᵀ B w <= 0 up to rounding, or a B-Gram matrix with a
             # negative eigenvalue beyond rounding: B is not positive definite.
             wn2 = _row_norms(w)
@@ -231,7 +232,7 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
         if bmv is not None:
             indefinite = indefinite | (ratio < -300 * m * eps)
         w = t.T @ w
-        bw = jnp.zeros((), w.dtype) if bmv is None else t.T @ bw
+        bw = jnp.zeros((), w.dtype) if bw is None else t.T @ bw
         # Gram–Schmidt leaves components along [X, P] of the order of the rounding of
         # the subtracted part, i.e. eps / left relative to what is left: a row that lost
         # more than a factor 100 of its norm gets a second pass ("twice is enough"), as
@@ -301,10 +302,10 @@ def _step(amv, bmv, pre, cfg: _Config, tol, s: _State) -> _State:
     # hardly faster to apply on CPU, and a sparse or graph operator's gather and scatter
     # is much slower). They drift from the true ones; `_refresh` recomputes them.
     axp = coef[:, : 2 * m] @ axp + coef[:, 2 * m :] @ aw
-    bxp = None if bmv is None else coef[:, : 2 * m] @ bxp + coef[:, 2 * m :] @ bw
+    bxp = None if s.bxp is None else coef[:, : 2 * m] @ bxp_ + coef[:, 2 * m :] @ bw
     theta = theta[:m]
     xp, axp, bxp, pvalid, theta = _guard_orthonormality(xp, axp, bxp, pvalid, theta, m)
-    bx = xp[:m] if bmv is None else bxp[:m]
+    bx = xp[:m] if bxp is None else bxp[:m]
     _, eta = _backward_errors(xp[:m], axp[:m], bx, theta, anorm, bnorm)
     return _State(xp, axp, bxp, pvalid, theta, eta, anorm, bnorm, s.steps + 1, b_indefinite)
 

@@ -4,7 +4,7 @@ The abstract classes say, by kind, what else a solver can be asked for."""
 
 import abc
 import functools
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, NoReturn, TypeVar
 
 import equinox as eqx
 import jax
@@ -47,7 +47,8 @@ class AbstractSolver(eqx.Module, Generic[_State]):
                 _lineax_misuse(self, "init")
             return init(self, operator)
 
-        checked_init._checks_lineax_call = True
+        # (A marker attribute on the wrapper: pyright knows no attributes of functions.)
+        checked_init._checks_lineax_call = True  # pyright: ignore[reportAttributeAccessIssue]
         cls.init = checked_init
 
     def compute(self, *args, **kwargs):
@@ -87,7 +88,7 @@ class AbstractSolver(eqx.Module, Generic[_State]):
         attached; solvers that do not recycle raise a `TypeError`."""
 
 
-def does_not_recycle(solver: AbstractSolver):
+def does_not_recycle(solver: AbstractSolver) -> NoReturn:
     """The `recycle_state` of a solver that takes no recycle space."""
     raise TypeError(
         f"linear_solve: {type(solver).__name__} does not take a recycle space; "

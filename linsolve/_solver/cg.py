@@ -168,6 +168,7 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     keep = jnp.asarray(False)
     if recycled is not None and m > 0:
         # A given space whose Ritz values have stopped moving is kept: no collection.
+        assert recycled.values is not None  # m > 0: a collecting space, made with its values
         keep, kept_values = stable(recycled, recycled.values, pre, definite=True)
 
     def cycle(k, x, r, r_norm, goal, code, best):

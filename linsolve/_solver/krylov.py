@@ -143,11 +143,12 @@ def matvec(state: KrylovState):
 
 def precondition(state: KrylovState):
     """`v ↦ M v`, the identity without a preconditioner (negated with the operator)."""
-    if state.preconditioner is None:
+    preconditioner = state.preconditioner
+    if preconditioner is None:
         return lambda v: v
 
     def apply(v):
-        out = state.preconditioner.mv(v)
+        out = preconditioner.mv(v)
         return -out if state.negate else out
 
     return apply

@@ -16,6 +16,7 @@ from .._operator import is_sparse
 from .._solution import RESULTS
 from .._sparse import numeric, selinv
 from .._sparse.elimination import ORDERINGS
+from .._sparse.operator import SparseOperator
 from .._sparse.symbolic import Symbolic, analyse, cache_hits
 from .._tags import positive_semidefinite_tag
 from .abstract import AbstractDeterminantSolver, hermitian_transpose_solve, tag_names
@@ -108,6 +109,7 @@ class SparseCholesky(AbstractDeterminantSolver[_SparseCholeskyState]):
     def slogdet(self, operator):
         # d logdet from the selected inverse (Takahashi), never a dense inverse.
         sym = symbolic_of(operator, self.ordering)
+        assert isinstance(operator, SparseOperator)  # checked by symbolic_of
         value, ok = selinv.logdet_and_ok(sym, operator.values)
         result = factorization_failure(jax.lax.stop_gradient(ok), finite(operator.values))
         return jnp.ones((), operator.dtype), value, result

@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import warnings
+from typing import no_type_check
 
 import numpy as np
 import scipy.sparse as sp
@@ -207,7 +208,8 @@ def _order_metis(gp, gi, n) -> np.ndarray:
 def _order_amd(lc, lr, n) -> np.ndarray:
     """SuiteSparse AMD (as in CHOLMOD, default parameters) on the strict lower pattern
     `(lr, lc)`, through cvxopt's wrapper, which takes a sparse matrix (no dense n x n copy)."""
-    from cvxopt import amd, matrix, spmatrix
+    # (cvxopt's `amd` is a C extension module that pyright cannot see.)
+    from cvxopt import amd, matrix, spmatrix  # pyright: ignore[reportAttributeAccessIssue]
 
     a = spmatrix(1.0, matrix(lr), matrix(lc), (n, n))
     perm = np.asarray(amd.order(a, "L"), dtype=np.int64).reshape(-1)
@@ -270,10 +272,12 @@ def _relaxed_amalgamation(
 # Compiled kernels. Plain Python functions written in the subset numba compiles; they are
 # jitted lazily (numba's import and, on the very first run, its compilation are not paid by
 # `import linsolve`) and cached on disk. No kernel calls another, so each can be jitted on
-# its own.
+# its own. `no_type_check`: a runtime type checker (jaxtyping's import hook) must leave them
+# plain functions, which numba can compile.
 # ---------------------------------------------------------------------------------------
 
 
+@no_type_check
 def _k_adjacency(n, lc, lr):
     """Symmetric CSR adjacency (no self loops) from distinct strict-lower entries (lr > lc)."""
     deg = np.zeros(n, dtype=np.int64)
@@ -295,6 +299,7 @@ def _k_adjacency(n, lc, lr):
     return gp, gi
 
 
+@no_type_check
 def _k_etree(n, gp, gi, perm, iperm):
     """Elimination tree of the permuted graph (Liu, with path compression).
 
@@ -316,6 +321,7 @@ def _k_etree(n, gp, gi, perm, iperm):
     return parent
 
 
+@no_type_check
 def _k_postorder(parent):
     """Depth-first postorder of the forest: roots and children in increasing label order."""
     n = parent.shape[0]
@@ -348,6 +354,7 @@ def _k_postorder(parent):
     return post
 
 
+@no_type_check
 def _k_column_counts(n, parent, gp, gi, perm, iperm):
     """Nonzeros (with the diagonal) of each column of L, for a postordered tree.
 
@@ -405,6 +412,7 @@ def _k_column_counts(n, parent, gp, gi, perm, iperm):
     return delta
 
 
+@no_type_check
 def _k_amalgamate(sn_start, parent, counts, cols, zmax):
     """Relaxed amalgamation (see `_relaxed_amalgamation`); returns which supernodes start a
     merged group. Goes top-down so that a parent group is complete when its children are
@@ -453,6 +461,7 @@ def _k_amalgamate(sn_start, parent, counts, cols, zmax):
     return keep
 
 
+@no_type_check
 def _k_supernode_rows(sn_start, sn_parent, rowptr, gp, gi, perm, iperm):
     """Below-diagonal rows of every supernode into `rowind` at the offsets `rowptr` (from
     the column counts), sorted.

@@ -48,7 +48,7 @@ class Factor(eqx.Module):
     `(size, K + M, K)` (identity on padding pivots, zero on padding rows).
     """
 
-    g: tuple[Inexact[Array, "b N K"], ...]
+    g: tuple[Inexact[Array, "_b _N _K"], ...]  # (sizes differ between buckets)
     logdet: Float[Array, ""]
     ok: Bool[Array, ""]
 
@@ -255,6 +255,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
             K, M, N = B.K, B.M, B.N
             P = p_all[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
             f21 = P[:, K:]
+            W = S = None  # the update blocks (M > 0 only)
             if K == 1:
                 # Scalar pivots (most leaves of a nested-dissection tree): elementwise, no
                 # LAPACK call per supernode.
@@ -276,6 +277,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
             # 1 / diag(L11) (real)
             pivots.append(jnp.real(_diag(xt)).reshape(-1))
             if M:
+                assert W is not None and S is not None
                 neg_s.append(-S.reshape(-1))
                 g[b] = jnp.concatenate([conj_transpose(xt), -W], axis=1)
             else:

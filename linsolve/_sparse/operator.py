@@ -263,7 +263,14 @@ class SparseOperator(AbstractOperator):
     pattern: Pattern = eqx.field(static=True)
     _tags: frozenset = eqx.field(static=True)
 
-    def __init__(self, values: ArrayLike, indices=None, indptr=None, shape=None, tags: Any = ()):
+    def __init__(
+        self,
+        values: ArrayLike | sp.spmatrix | sp.sparray,
+        indices=None,
+        indptr=None,
+        shape=None,
+        tags: Any = (),
+    ):
         if sp.issparse(values):  # `SparseOperator(scipy_matrix, tags=...)`: as from_scipy
             if not (indices is None and indptr is None and shape is None):
                 raise TypeError(

@@ -29,6 +29,7 @@ order) is plain forward-mode autodiff of the same computation.
 from __future__ import annotations
 
 import jax
+import jax.core
 import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
@@ -64,7 +65,7 @@ def _factor_tangent(sym: Symbolic, g, x):
     """Forward-mode derivative of the factor blocks when `x` is added to the fronts'
     pivot columns (leaves first, the update matrices' tangents extend-added upwards)."""
     dtype = g[0].dtype
-    dg = [None] * len(sym.buckets)
+    dg: list = [None] * len(sym.buckets)
     # The stored values (and the constant 1 on padding pivots) have no tangent here.
     tail = jnp.zeros((sym.nnz + 1,), dtype)
     source = tail

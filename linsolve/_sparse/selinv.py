@@ -177,7 +177,8 @@ def selected_inverse_and_diag(
     sym: Symbolic, fac: Factor
 ) -> tuple[Float[Array, " nnz"], Float[Array, " n"]]:
     """`(selected_inverse_from_factor, diag_inverse_from_factor)` in a single pass."""
-    return _read(sym, ("entries", "diag"), fac.g)
+    entries, diag = _read(sym, ("entries", "diag"), fac.g)
+    return entries, diag
 
 
 def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnz"]:

@@ -37,6 +37,7 @@ def fronts(sym: Symbolic, g, emit, dg=None):
             z11 = mm(conj_transpose(linv), linv)
             z21 = z22 = None
             if M:
+                assert pool is not None  # M > 0: not a root, the level above is done
                 z22 = gather_zii(B, pool)
                 z21 = mm(z22, gw)
                 z11 = z11 + mm(conj_transpose(gw), z21)
@@ -49,6 +50,7 @@ def fronts(sym: Symbolic, g, emit, dg=None):
             dz11 = t + conj_transpose(t)
             dz21 = dz22 = None
             if M:
+                assert dpool is not None and z22 is not None and z21 is not None
                 dz22 = gather_zii(B, dpool)
                 dz21 = mm(dz22, gw) + mm(z22, dgw)
                 dz11 = dz11 + mm(conj_transpose(dgw), z21) + mm(conj_transpose(gw), dz21)
