@@ -208,8 +208,12 @@ def _order_metis(gp, gi, n) -> np.ndarray:
 def _order_amd(lc, lr, n) -> np.ndarray:
     """SuiteSparse AMD (as in CHOLMOD, default parameters) on the strict lower pattern
     `(lr, lc)`, through cvxopt's wrapper, which takes a sparse matrix (no dense n x n copy)."""
-    # (cvxopt's `amd` is a C extension module that pyright cannot see.)
-    from cvxopt import amd, matrix, spmatrix  # pyright: ignore[reportAttributeAccessIssue]
+    # (cvxopt is optional, the `amd` extra; its `amd` is a C extension pyright cannot see.)
+    from cvxopt import (  # pyright: ignore[reportMissingImports]
+        amd,  # pyright: ignore[reportAttributeAccessIssue]
+        matrix,
+        spmatrix,
+    )
 
     a = spmatrix(1.0, matrix(lr), matrix(lc), (n, n))
     perm = np.asarray(amd.order(a, "L"), dtype=np.int64).reshape(-1)
