@@ -121,21 +121,24 @@ def time_interleaved(
     repeats: int = 7,
     min_sample_s: float = 0.02,
     warmup: int = 2,
+    clock: Callable[[], float] = time.perf_counter,
 ) -> dict[str, Timing]:
     """Like `time_run` for several compiled functions at once, sampled round-robin
     (one sample of each per round), so that load from other processes that comes and
     goes during the run affects all of them alike. `calls` maps a name to
-    `(compiled, args)`."""
+    `(compiled, args)`. `clock=time.process_time` measures the CPU time of this process
+    instead of wall time: on a machine loaded by other jobs, the time spent waiting for
+    a core drops out (meaningful with one thread, `limit_threads(1)`)."""
     numbers = {}
     for name, (compiled, args) in calls.items():
         for _ in range(max(1, warmup)):
             _block(compiled(*args))
         number = 1
         while True:
-            start = time.perf_counter()
+            start = clock()
             for _ in range(number):
                 _block(compiled(*args))
-            elapsed = time.perf_counter() - start
+            elapsed = clock() - start
             if elapsed >= min_sample_s or number >= 1 << 16:
                 break
             number *= 2 if elapsed == 0 else max(2, min(10, int(min_sample_s / elapsed) + 1))
@@ -144,10 +147,10 @@ def time_interleaved(
     for _ in range(max(1, repeats)):
         for name, (compiled, args) in calls.items():
             number = numbers[name]
-            start = time.perf_counter()
+            start = clock()
             for _ in range(number):
                 _block(compiled(*args))
-            samples[name].append((time.perf_counter() - start) / number)
+            samples[name].append((clock() - start) / number)
     return {
         name: Timing(statistics.median(s), min(s), max(s), len(s), numbers[name])
         for name, s in samples.items()

@@ -25,6 +25,7 @@ Usage:
     python benchmarks/dense.py --vmap --repeats 3      # vmap over batches of matrices
     python benchmarks/dense.py --vmap --dtype float32
     python benchmarks/dense.py --rcond --sizes 100 200 # cost of the rcond estimate
+    python benchmarks/dense.py --vmap --batches 100x50 --clock cpu  # CPU time (loaded machine)
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 """
@@ -34,6 +35,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import time
 
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
@@ -374,7 +376,7 @@ VMAP_FAMILIES = {
 }
 
 
-def vmap_batches(repeats, dtype, families, sizes=None):
+def vmap_batches(repeats, dtype, families, sizes=None, clock=None):
     """`vmap(loss)` and `vmap(value_and_grad(loss))` over a batch of matrices: linsolve,
     the reference (lineax, or `jnp.linalg.slogdet` for the log-determinant) and the bare
     kernels (floor), sampled together. With jaxlib 0.10 on CPU linsolve makes no batched
@@ -404,7 +406,7 @@ def vmap_batches(repeats, dtype, families, sizes=None):
                 ):
                     exe, _ = compile_fn(jax.vmap(fn), A, b, cold=False)
                     calls[(mode, i)] = (exe, (A, b))
-            t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+            t = {k: v.median for k, v in _timed(calls, repeats, clock).items()}
             for mode in ("forward", "value_and_grad"):
                 ls_t, ref_t, floor_t = (t[(mode, i)] for i in range(3))
                 rows.append(
@@ -423,7 +425,7 @@ def vmap_batches(repeats, dtype, families, sizes=None):
     return header, rows
 
 
-def rcond_cost(sizes, repeats):
+def rcond_cost(sizes, repeats, clock=None):
     """What the reciprocal-condition estimate (`sol.stats["rcond"]`, on by default) costs:
     linsolve's value_and_grad with it and without it (`check_condition=False`) against
     lineax's, sampled together."""
@@ -449,7 +451,7 @@ def rcond_cost(sizes, repeats):
             for i, solve in enumerate(fns):
                 exe, _ = compile_fn(jax.value_and_grad(make_loss(solve), argnums=(0, 1)), A, b)
                 calls[i] = (exe, (A, b))
-            t = {k: v.median for k, v in time_interleaved(calls, repeats=repeats).items()}
+            t = {k: v.median for k, v in _timed(calls, repeats, clock).items()}
             rows.append(
                 [
                     family,
@@ -463,6 +465,12 @@ def rcond_cost(sizes, repeats):
                 ]
             )
     return header, rows
+
+
+def _timed(calls, repeats, clock):
+    """`time_interleaved`, on wall time or (`clock="cpu"`) this process's CPU time."""
+    kw = {"clock": time.process_time} if clock == "cpu" else {}
+    return time_interleaved(calls, repeats=repeats, **kw)
 
 
 def ratio(x, y):
@@ -592,6 +600,19 @@ def main(argv=None):
         help="BLAS/XLA CPU threads: a number, or 'all' for the library defaults (default 1)",
     )
     parser.add_argument(
+        "--batches",
+        nargs="+",
+        default=None,
+        help="for --vmap: batch x n pairs such as 1000x10 (default: all of VMAP_SIZES)",
+    )
+    parser.add_argument(
+        "--clock",
+        default="wall",
+        choices=["wall", "cpu"],
+        help="for --vmap and --rcond: wall time, or this process's CPU time (on a loaded "
+        "machine, with one thread: the time spent waiting for a core drops out)",
+    )
+    parser.add_argument(
         "--rcond",
         action="store_true",
         help="only time value_and_grad with and without the rcond estimate, against lineax",
@@ -601,13 +622,22 @@ def main(argv=None):
     print(environment())
     if args.vmap:
         dtype = {"float64": jnp.float64, "float32": jnp.float32}[args.dtype]
-        header, rows = vmap_batches(args.repeats, dtype, args.families + ["logdet"])
-        print(f"vmap over a batch of matrices, {args.dtype} (median, sampled together):")
+        sizes = [tuple(map(int, p.split("x"))) for p in args.batches] if args.batches else None
+        header, rows = vmap_batches(
+            args.repeats, dtype, args.families + ["logdet"], sizes, args.clock
+        )
+        print(
+            f"vmap over a batch of matrices, {args.dtype} ({args.clock} time, median, "
+            "sampled together):"
+        )
         print(format_table(header, rows, args.markdown))
         return
     if args.rcond:
-        header, rows = rcond_cost(args.sizes, args.repeats)
-        print("value_and_grad with / without the rcond estimate (median, sampled together):")
+        header, rows = rcond_cost(args.sizes, args.repeats, args.clock)
+        print(
+            f"value_and_grad with / without the rcond estimate ({args.clock} time, median, "
+            "sampled together):"
+        )
         print(format_table(header, rows, args.markdown))
         return
     if args.kernels:

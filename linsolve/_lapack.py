@@ -114,6 +114,27 @@ def unbatched_on_cpu(num_matrices: int, small: Callable | None = None):
     return decorate
 
 
+def whole_on_cpu(num_matrices: int):
+    """Decorator: `fn(*arrays)`, a computation of several dense calls on one matrix (the
+    first `num_matrices` arguments; e.g. a condition estimate's sequence of solves with
+    a factor), batched under `vmap` on CPU (with an affected jaxlib) as a whole: small
+    real matrices by `fn` itself, vmapped, so that each of its calls runs `_small_dense`'s
+    kernel; larger ones by *one* loop over the batch whose body runs all of `fn`'s calls
+    for one member, instead of one loop per call. Only for code that is not
+    differentiated (no reverse-mode rule)."""
+
+    def decorate(fn):
+        if not AFFECTED:
+            return fn
+
+        def small(*args):  # batch last, as `_sequential_vmap` hands it over
+            return jax.vmap(fn, in_axes=-1, out_axes=-1)(*args)
+
+        return _sequential_vmap(fn, num_matrices, small)
+
+    return decorate
+
+
 def diagnosis_on_cpu(num_matrices: int, when_ok: Callable):
     """Decorator for `fn(failed, *arrays)` (the first `num_matrices` arrays matrices), a diagnosis that runs LAPACK only where
     `failed` (inside a `cond`) and otherwise returns `when_ok()`: under `vmap` on CPU
@@ -175,10 +196,10 @@ def eigh(matrix):
 
 
 @unbatched_on_cpu(1)
-def eigvalsh_lower(matrix):
-    """Eigenvalues of the hermitian matrix whose lower triangle is that of `matrix` (the
-    upper triangle is not read)."""
-    return jax.lax.linalg.eigh(matrix, lower=True, symmetrize_input=False)[1]
+def eigvalsh_upper(matrix):
+    """Eigenvalues of the hermitian matrix whose upper triangle is that of `matrix` (the
+    lower triangle is not read)."""
+    return jax.lax.linalg.eigh(matrix, lower=False, symmetrize_input=False)[1]
 
 
 @unbatched_on_cpu(1)

@@ -170,3 +170,40 @@ def test_vmapped_lobpcg_makes_unbatched_lapack_calls():
     dims = _lapack_batch_dims(batched, a)
     assert dims and all(d == 0 for d in dims), dims
     np.testing.assert_allclose(jax.jit(batched)(a), np.linalg.eigvalsh(a)[:, :2], rtol=1e-8)
+
+
+@pytest.mark.parametrize("n", [6, 20])
+@pytest.mark.parametrize("solver", ["Cholesky", "LU"])
+def test_vmapped_factorization_and_rcond_in_one_loop_match_each_matrix(solver, n):
+    """The factorization and its condition estimate run as one unit under `vmap` (the
+    small kernels for n = 6, one loop for n = 20, in either case no batched LAPACK call):
+    the same rcond and result code as each matrix alone, a singular member included, and
+    one `while` loop over the matrices for the whole estimate, not one per solve."""
+    rng = np.random.default_rng(4)
+    a = np.array(_spd_batch(rng, 3, n))
+    a[1] = np.outer(a[1, 0], a[1, 0])  # rank one: singular to working precision
+    a = jnp.asarray(a)
+    b = jnp.asarray(rng.standard_normal((3, n)))
+    tags = PSD if solver == "Cholesky" else ()
+
+    def one(a, b):
+        sol = ls.linear_solve(ls.MatrixOperator(a, tags), b, getattr(ls, solver)(), throw=False)
+        return sol.result, sol.stats["rcond"]
+
+    dims = _lapack_batch_dims(jax.vmap(one), a, b)
+    assert all(d == 0 for d in dims), dims
+    codes, rconds = jax.jit(jax.vmap(one))(a, b)
+    eps = np.finfo(np.float64).eps
+    for i in range(3):
+        code, rc = one(a[i], b[i])
+        assert int(codes[i]) == int(code)
+        if i == 1:  # the kernels round differently; both far below eps
+            assert rconds[i] < eps and rc < eps
+        else:
+            np.testing.assert_allclose(rconds[i], rc, rtol=1e-10)
+    assert int(codes[1]) == int(ls.RESULTS.singular) and int(codes[0]) == 0
+    if n == 20:
+        init = jax.jit(jax.vmap(lambda a: getattr(ls, solver)().init(ls.MatrixOperator(a, tags))))
+        text = init.lower(a).compile().as_text()
+        # Loops in the entry computation; a failure's diagnosis (in a branch) aside.
+        assert text[text.index("ENTRY") :].count(" while(") == 1

@@ -35,24 +35,38 @@ def _failure_code(failed, matrix, norm):
     never pays for it): NaN/Inf in the lower triangle, or a matrix positive semidefinite
     up to rounding (no eigenvalue below −10 n eps ‖A‖₁: singular to working precision),
     or one genuinely not definite. An eigensolver, not a second Cholesky: a solve keeps
-    exactly one factorization. `norm` is ‖A‖₁, or 0 if not computed yet."""
+    exactly one factorization. `norm` is ‖A‖₁, or 0 if not computed yet.
 
-    if matrix.shape[0] == 0:  # an empty matrix never fails (and has no eigenvalues)
+    The eigensolver reads the upper triangle of `Aᵀ` (for complex input the conjugate
+    hermitian matrix, whose eigenvalues are the same): LAPACK wants column-major input,
+    which `Aᵀ` of a row-major `A` already is. Asked for `A` itself, XLA:CPU gave the
+    `cond`'s operand that layout, copying the whole matrix at every call, failed or not."""
+
+    n = matrix.shape[0]
+    if n == 0:  # an empty matrix never fails (and has no eigenvalues)
         return result_code(RESULTS.successful)
 
     def diagnose():
-        n = matrix.shape[0]
         row, col = jnp.arange(n)[:, None], jnp.arange(n)[None, :]
         lower = jnp.where(row >= col, matrix, 0)
         finite = jnp.all(jnp.isfinite(lower))
         eps = jnp.finfo(matrix.dtype).eps
         norm1 = jnp.where(norm > 0, norm, _rcond.hermitian_norm1(matrix))
         safe = jnp.where(finite, matrix, 0)  # NaN input: answered by `finite` alone
-        near_psd = jnp.min(_lapack.eigvalsh_lower(safe)) >= -10 * n * eps * norm1
+        near_psd = jnp.min(_lapack.eigvalsh_upper(safe.T)) >= -10 * n * eps * norm1
         code = jnp.where(near_psd, RESULTS.singular, RESULTS.not_positive_definite)
         return jnp.where(finite, code, RESULTS.nonfinite_input).astype(jnp.int32)
 
     return jax.lax.cond(failed, diagnose, lambda: result_code(RESULTS.successful))
+
+
+@_lapack.whole_on_cpu(1)
+def _factor_and_rcond(matrix):
+    """`(L, ‖A‖₁, rcond)` from the lower triangle of `A`: under `vmap` on CPU one loop
+    over the batch (or the small kernels), not one loop per LAPACK call."""
+    factor = _lapack.cholesky(matrix)
+    norm = _rcond.hermitian_norm1(matrix)
+    return factor, norm, _rcond.cholesky_rcond(factor, norm)
 
 
 class Cholesky(AbstractDeterminantSolver[_CholeskyState]):
@@ -89,27 +103,22 @@ class Cholesky(AbstractDeterminantSolver[_CholeskyState]):
             asymmetric = None
         if negative:
             matrix = -matrix
-        factor = _lapack.cholesky(matrix)  # the state is not differentiated
-        n = operator.shape[0]
-        # ‖A‖₁ (O(n²)) for the estimate; without it, only on failure.
-        norm = _rcond.hermitian_norm1(matrix) if self.check_condition else None
+        # The state is not differentiated. ‖A‖₁ (O(n²)) for the estimate; without it,
+        # worked out only on failure.
+        stats = {}
+        if self.check_condition:
+            factor, norm, rc = _factor_and_rcond(matrix)
+            stats = {"rcond": rc}
+        else:
+            factor = _lapack.cholesky(matrix)
+            norm = jnp.zeros((), jnp.finfo(matrix.dtype).dtype)
         # A failed factorization (not definite, or NaN/Inf input) shows on L's diagonal.
         failed = ~jnp.all(jnp.isfinite(jnp.diagonal(factor)))
-
-        if norm is None:
-            norm = jnp.zeros((), jnp.finfo(matrix.dtype).dtype)  # computed on failure only
         checks = [(failed, _failure_code(failed, matrix, norm))]
         if asymmetric is not None:
             checks.insert(0, (asymmetric, RESULTS.not_symmetric))
-        stats = {}
         if self.check_condition:
-
-            def solve(v):
-                return _lapack.cho_solve(factor, v)
-
-            rc = _rcond.rcond(norm, solve, solve, n, matrix.dtype)
-            checks.append((_rcond.ill_conditioned(rc, matrix.dtype), RESULTS.singular))
-            stats = {"rcond": rc}
+            checks.append((_rcond.ill_conditioned(stats["rcond"], matrix.dtype), RESULTS.singular))
         result = first_failure(*checks)
         return _CholeskyState(factor, negative, result, stats)
 

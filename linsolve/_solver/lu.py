@@ -2,7 +2,6 @@
 
 import equinox as eqx
 import jax
-import jax.numpy as jnp
 from jaxtyping import Array
 
 from .. import _lapack
@@ -26,6 +25,14 @@ class _LUState(eqx.Module):
     stats: dict
 
 
+@_lapack.whole_on_cpu(1)
+def _factor_and_rcond(matrix):
+    """`(lu, pivots, rcond)` of `A`: under `vmap` on CPU one loop over the batch (or the
+    small kernels), not one loop per LAPACK call."""
+    lu, pivots, perm = _lapack.lu(matrix)
+    return lu, pivots, _rcond.lu_rcond(lu, perm, _rcond.norm1(matrix))
+
+
 class LU(AbstractDeterminantSolver[_LUState]):
     """Dense LU factorization with partial pivoting, `P A = L U`, for square operators.
 
@@ -46,29 +53,18 @@ class LU(AbstractDeterminantSolver[_LUState]):
     def init(self, operator) -> _LUState:
         check_square(operator, "LU")
         matrix = jax.lax.stop_gradient(dense_input(operator))  # the state is not differentiated
-        lu, pivots, perm = _lapack.lu(matrix)
+        stats = {}
+        if self.check_condition:
+            lu, pivots, rc = _factor_and_rcond(matrix)
+            stats = {"rcond": rc}
+        else:
+            lu, pivots, _ = _lapack.lu(matrix)
         checks = [(numerically_singular(lu), RESULTS.singular)]
         asymmetric = broken_symmetry(operator, matrix)
         if asymmetric is not None:
             checks.insert(0, (asymmetric, RESULTS.not_symmetric))
-        stats = {}
         if self.check_condition:
-            # Solves from the permutation LU already returns (`lu_solve` would rebuild it
-            # from the pivots, a sequential loop, at every call): A⁻¹ = U⁻¹ L⁻¹ P and
-            # A⁻ᴴ = Pᵀ L⁻ᴴ U⁻ᴴ, with (P v) = v[perm].
-            def solve(v):
-                y = _lapack.solve_triangular(lu, v[perm], lower=True, unit_diagonal=True)
-                return _lapack.solve_triangular(lu, y, lower=False)
-
-            def solve_h(v):
-                y = _lapack.solve_triangular(lu, v, trans="C", lower=False)
-                y = _lapack.solve_triangular(lu, y, trans="C", lower=True, unit_diagonal=True)
-                return jnp.zeros_like(y).at[perm].set(y)
-
-            n = operator.shape[0]
-            rc = _rcond.rcond(_rcond.norm1(matrix), solve, solve_h, n, matrix.dtype)
-            checks.append((_rcond.ill_conditioned(rc, matrix.dtype), RESULTS.singular))
-            stats = {"rcond": rc}
+            checks.append((_rcond.ill_conditioned(stats["rcond"], matrix.dtype), RESULTS.singular))
         code = first_failure(*checks)
         result = input_check(operator, code != RESULTS.successful, code)
         return _LUState(lu, pivots, result, stats)
