@@ -43,7 +43,6 @@ applications (forward + adjoint) per evaluation of the four variants. About a mi
 """
 
 import argparse
-import os
 import time
 from pathlib import Path
 
@@ -353,12 +352,7 @@ def plot_recycling(counts, evaluations, path):
         )
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"operator applications, forward + adjoint (all {k} sources)")
-    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    ax.set_title(
-        "CG work per evaluation: warm starts and Krylov recycling\n"
-        f"(products are deterministic; machine load average 1/5/15 min at the end: {load})",
-        fontsize="medium",
-    )
+    ax.set_title("CG work per evaluation: warm starts and Krylov recycling")
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)
