@@ -43,6 +43,7 @@ applications (forward + adjoint) per evaluation of the four variants. About a mi
 """
 
 import argparse
+import os
 import time
 from pathlib import Path
 
@@ -352,7 +353,12 @@ def plot_recycling(counts, evaluations, path):
         )
     ax.set_xlabel("L-BFGS iteration")
     ax.set_ylabel(f"operator applications, forward + adjoint (all {k} sources)")
-    ax.set_title("CG work per evaluation: warm starts and Krylov recycling")
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
+    ax.set_title(
+        "CG work per evaluation: warm starts and Krylov recycling\n"
+        f"(products are deterministic; machine load average 1/5/15 min at the end: {load})",
+        fontsize="medium",
+    )
     ax.set_ylim(bottom=0)
     ax.grid(True, alpha=0.3)
     ax.legend(fontsize=8)

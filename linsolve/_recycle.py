@@ -6,8 +6,10 @@ A recycle space is a basis `W` of `m` vectors that approximate the eigenvectors 
 smallest for CG, the smallest in magnitude for MINRES. A solve that gets one
 
 1. makes an orthonormal basis `Q` of it (`orthonormal_coefficients`: non-finite or
-   dependent vectors are dropped, so any `W` at all is admissible), computes `AQ` (`m`
-   products) and the pseudo-inverse of `E = QᴴAQ`: a `Recycled` (`deflation`);
+   dependent vectors are dropped, so any `W` at all is admissible), takes `AQ` from the
+   space's stored image when one product confirms that the operator has not moved
+   (`image_matches`), else computes it (`m` products), and the pseudo-inverse of
+   `E = QᴴAQ`: a `Recycled` (`attach`);
 2. solves deflated — CG keeps its search directions `A`-conjugate to `Q` (Saad, Yeung,
    Erhel & Guyomarc'h 2000), MINRES runs on `P A`, `P = I − AQ E⁺ Qᴴ` (a hermitian,
    consistent singular system; Gaul, Gutknecht, Liesen & Nabben 2013) — which changes
@@ -53,12 +55,18 @@ class RecycleSpace(eqx.Module):
       (within `STABLE`, relative) on its operator keeps the space as it is and skips the
       collection and the refresh (`m` products and the window's work saved); a moving
       operator makes it collect again.
+    - `image`: `A W` on the operator the space was made with (the shape of `basis`; zeros
+      where unknown, the default). The next solve checks it with one product (`A W g`
+      against `image · g` for fixed weights `g`, `check_image`) and, when the operator
+      has not moved, uses it instead of making `A W` again (`m − 1` products saved); a
+      moved operator or a wrong image costs the `m` products, never the answer.
     """
 
     basis: Inexact[Array, "n m"] | Inexact[Array, "k n m"]
     values: Array
+    image: Inexact[Array, "n m"] | Inexact[Array, "k n m"]
 
-    def __init__(self, basis, values=None):
+    def __init__(self, basis, values=None, image=None):
         self.basis = basis
         if values is None:
             values = jnp.full(
@@ -67,6 +75,7 @@ class RecycleSpace(eqx.Module):
                 jnp.finfo(jnp.result_type(basis)).dtype,
             )
         self.values = values
+        self.image = jnp.zeros_like(basis) if image is None else image
 
     def __check_init__(self):
         if jnp.ndim(self.basis) not in (2, 3):
@@ -79,6 +88,11 @@ class RecycleSpace(eqx.Module):
             raise ValueError(
                 f"RecycleSpace: `values` must have shape {shape[:-2] + shape[-1:]} for a basis "
                 f"of shape {shape}; got {jnp.shape(self.values)}."
+            )
+        if jnp.shape(self.image) != shape:
+            raise ValueError(
+                f"RecycleSpace: `image` must have the shape of `basis`, {shape}; got "
+                f"{jnp.shape(self.image)}."
             )
 
     @property
@@ -163,14 +177,36 @@ def orthonormal_coefficients(z: Array) -> Array:
     return jnp.where(finite, c, 0)
 
 
-def deflation(basis: Array, values: Array, mv, definite: bool) -> Recycled:
-    """The `Recycled` of a user's basis (n, m) and Ritz values, for a primal solve that
-    also refreshes it: orthonormalised, with `AQ` (`m` products, one block product) and
-    `(QᴴAQ)⁺`."""
-    basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # NaN · 0 is NaN
-    q = basis @ orthonormal_coefficients(basis)
-    aq = mv(q)
-    return Recycled(q, aq, hermitian_pinv(_ct(q) @ aq, definite), values, True)
+def _weights(m: int, dtype) -> Array:
+    """The fixed weights `g` of the image check: distinct and all nonzero, so `Q g` is zero
+    only for an all-zero `Q` (orthonormal or zero columns)."""
+    return (1 / jnp.sqrt(1 + jnp.arange(m))).astype(dtype)
+
+
+def image_matches(candidate: Array, q: Array, aqg: Array) -> Array:
+    """Whether a stored image `candidate` of `Q` is `A Q` on this operator, from one
+    product `aqg = A (Q g)` (Freivalds' check: a moved operator, or a wrong image, changes
+    `A Q g` for all but a measure-zero set of `g`). Agreement to `√eps` relative: the
+    image is then exact to the accuracy deflation needs (and the solve's stopping test is
+    on the true residual in any case)."""
+    g = _weights(q.shape[-1], q.dtype)
+    want = candidate @ g
+    rdt = jnp.finfo(q.dtype).dtype
+    err = jnp.sqrt(jnp.sum(jnp.abs(aqg - want) ** 2)).astype(rdt)
+    scale = (jnp.sqrt(jnp.sum(jnp.abs(want) ** 2)) + jnp.sqrt(jnp.sum(jnp.abs(aqg) ** 2))).astype(
+        rdt
+    )
+    return jnp.isfinite(err) & (err <= float(jnp.finfo(rdt).eps) ** 0.5 * scale)
+
+
+def _prepare(basis: Array, image: Array):
+    """The orthonormal basis `Q = W C` of a user's space and the candidate image `(AW) C`
+    (zero where the basis or the image is not finite: NaN · 0 is NaN)."""
+    finite = jnp.all(jnp.isfinite(basis))
+    basis = jnp.where(finite, basis, 0)
+    image = jnp.where(finite & jnp.all(jnp.isfinite(image)), image, 0)
+    c = orthonormal_coefficients(basis)
+    return basis @ c, image @ c
 
 
 def from_image(basis: Array, image: Array, definite: bool) -> Recycled:
@@ -199,7 +235,10 @@ def adjoint_recycled(state, stats: dict, mv, definite: bool):
 
 def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
     """`solver.recycle_state` of CG and MINRES: check `space` (at trace time) and put its
-    deflation into the Krylov state, one per column for a `(k, n, m)` space."""
+    deflation into the Krylov state (a `Recycled` that the primal solve also refreshes),
+    one per column for a `(k, n, m)` space: `Q` orthonormal, its image `AQ` — the space's
+    stored image when one product confirms it (`image_matches`), else `m` products (none
+    at all for an all-zero space) — and `(QᴴAQ)⁺`."""
     name = type(solver).__name__
     m = solver.recycle
     if m == 0:
@@ -218,10 +257,26 @@ def attach(solver, state, space: Any, vector_shape, mv, definite: bool):
         )
     )
     values = jax.lax.stop_gradient(space.values)
-    if basis.ndim == 3:
-        recycled = jax.vmap(lambda w, v: deflation(w, v, mv, definite))(basis, values)
-    else:
-        recycled = deflation(basis, values, mv, definite)
+    image = jax.lax.stop_gradient(space.image)
+    batched = basis.ndim == 3
+
+    def per_column(f):
+        return jax.vmap(f) if batched else f
+
+    block_mv = per_column(mv)
+    q, candidate = per_column(_prepare)(basis, image)
+    # One product checks the stored image; none for an all-zero space (the first step of a
+    # loop), whose image is zero. (Predicates over all columns: a cond, not a select.)
+    qg = q @ _weights(m, q.dtype)
+    empty = ~jnp.any(qg != 0)
+    aqg = jax.lax.cond(empty, jnp.zeros_like, block_mv, qg)
+    matches = jnp.all(per_column(image_matches)(candidate, q, aqg))
+    aq = jax.lax.cond(matches, lambda: candidate, lambda: block_mv(q))
+
+    def make(q, aq, values):
+        return Recycled(q, aq, hermitian_pinv(_ct(q) @ aq, definite), values, True)
+
+    recycled = per_column(make)(q, aq, values)
     return eqx.tree_at(lambda s: s.recycled, state, recycled, is_leaf=lambda x: x is None)
 
 
@@ -369,5 +424,10 @@ def check_space(space: Any, operator_shape, vector_shape, dtype, solver_name: st
         raise TypeError(
             f"linear_solve: the recycle space has dtype {basis.dtype} but the operator has "
             f"dtype {dtype}; cast one of them explicitly."
+        )
+    if space.image.dtype != dtype:
+        raise TypeError(
+            f"linear_solve: the recycle space's image has dtype {space.image.dtype} but the "
+            f"operator has dtype {dtype}; cast one of them explicitly."
         )
     return basis

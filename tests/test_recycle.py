@@ -346,6 +346,107 @@ def test_adjoint_solve_uses_the_refreshed_space():
     assert warm_count < 0.7 * cold_count
 
 
+def _counted(a, tag):
+    """A matrix-free operator for `a` that counts its products (block products per column)."""
+    count = [0]
+
+    def tick(_):
+        count[0] += 1
+
+    a = jnp.asarray(a)
+
+    def apply(v):
+        jax.debug.callback(tick, v[0])
+        return a @ v
+
+    return ls.FunctionOperator(apply, jnp.zeros(a.shape[0], a.dtype), tag), count
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_returned_image_is_the_product(name, dtype):
+    """The space a solve returns carries its image `A W` (for CG made from the products of
+    the iteration, without products of its own): fresh, refreshed, preconditioned."""
+    make, indefinite, tag = SOLVERS[name]
+    n = 60
+    rng = np.random.default_rng(14)
+    d = rng.uniform(1, 10, n)
+    a = [
+        np.sqrt(d)[:, None] * _matrix(n, s, indefinite, dtype) * np.sqrt(d)[None, :]
+        for s in (0.0, 1e-4)
+    ]
+    b = rng.standard_normal(n).astype(dtype)
+    pre = ls.DiagonalOperator(jnp.asarray((1 / d).astype(dtype)))
+    solver = make(rtol=RTOL, recycle=M, preconditioner=pre)
+    space = None
+    for k, ak in enumerate(a):
+        sol = ls.linear_solve(_operator(name, ak), b, solver, recycle=space)
+        space = sol.stats["recycle"]
+        w, aw = np.asarray(space.basis), np.asarray(space.image)
+        if name == "MINRES" and k == 0:
+            assert np.all(aw == 0)  # unknown: the next solve makes it
+            continue
+        scale = np.linalg.norm(ak, 2) * np.linalg.norm(w)
+        assert np.linalg.norm(ak @ w - aw) <= 1e-12 * scale, k
+        assert np.linalg.norm(w) > 0
+
+
+@pytest.mark.parametrize("name", SOLVERS)
+def test_stored_image_saves_products_and_a_wrong_one_is_harmless(name):
+    """On the operator it was made with, a space's stored image is confirmed by one product
+    instead of being made again (m products); a stale image (another operator), a missing
+    or a garbage one costs those m products, never the answer."""
+    make, indefinite, tag = SOLVERS[name]
+    a0, a1 = _matrix(N, 0.0, indefinite), _matrix(N, 1e-3, indefinite)
+    rng = np.random.default_rng(15)
+    b = rng.standard_normal(N)
+    op, count = _counted(a1, tag)
+    solver = make(rtol=RTOL, recycle=M)
+    space = ls.linear_solve(op, b, solver).stats["recycle"]
+    # (A refreshed space: MINRES's first space has no image yet.)
+    space = ls.linear_solve(op, b, solver, recycle=space).stats["recycle"]
+    w, values = space.basis, space.values
+    spaces = {
+        "stored": space,
+        "unknown": ls.RecycleSpace(w, values),
+        "stale": ls.RecycleSpace(w, values, jnp.asarray(a0) @ w),
+        "garbage": ls.RecycleSpace(w, values, jnp.asarray(rng.standard_normal((N, M)))),
+        "nan": ls.RecycleSpace(w, values, jnp.full((N, M), jnp.nan)),
+    }
+    solve = eqx.filter_jit(lambda s: ls.linear_solve(op, b, solver, recycle=s))
+    overhead = {}
+    for label, s in spaces.items():
+        solve(s)  # compile (and count) once
+        count[0] = 0
+        sol = solve(s)
+        jax.block_until_ready(sol.value)
+        jax.effects_barrier()
+        assert int(sol.result) == 0, label
+        assert _relres(a1, sol.value, b) <= 2 * RTOL, label
+        # Products beyond the iterations (A W, the image check, the true residuals).
+        overhead[label] = count[0] - int(sol.stats["num_steps"])
+    for label in ("unknown", "stale", "garbage", "nan"):
+        assert overhead[label] - overhead["stored"] == M, (label, overhead)
+    # An all-zero space (a loop's first step) costs no products for A W nor for the check.
+    op0, count0 = _counted(a1, tag)
+    plain = eqx.filter_jit(lambda: ls.linear_solve(op0, b, make(rtol=RTOL, recycle=M)))
+    empty = eqx.filter_jit(
+        lambda: ls.linear_solve(
+            op0, b, make(rtol=RTOL, recycle=M), recycle=ls.RecycleSpace.empty(N, M)
+        )
+    )
+    counts = []
+    for f in (plain, empty):
+        f()
+        count0[0] = 0
+        sol = f()
+        jax.block_until_ready(sol.value)
+        jax.effects_barrier()
+        counts.append(count0[0] - int(sol.stats["num_steps"]))
+    extra = M if name == "MINRES" else 0  # MINRES's refresh makes the new vectors' image
+    assert counts[1] == counts[0] + extra, counts
+
+
 def test_clear_errors():
     a = _matrix(N, 0.0)
     op = ls.MatrixOperator(jnp.asarray(a), PSD)
@@ -374,5 +475,14 @@ def test_clear_errors():
         )
     with pytest.raises(ValueError, match=r"shape \(n, m\) or \(k, n, m\)"):
         ls.RecycleSpace(jnp.zeros(N))
+    with pytest.raises(ValueError, match=r"`image` must have the shape of `basis`, \(40, 4\)"):
+        ls.RecycleSpace(jnp.zeros((N, M)), image=jnp.zeros((N, M + 1)))
+    with pytest.raises(TypeError, match="image has dtype float32"):
+        ls.linear_solve(
+            op,
+            b,
+            ls.CG(recycle=M),
+            recycle=ls.RecycleSpace(jnp.zeros((N, M)), image=jnp.zeros((N, M), jnp.float32)),
+        )
     with pytest.raises(ValueError, match="recycle"):
         ls.linear_solve(ls.MatrixOperator(jnp.asarray(a), SYM), b, ls.MINRES(recycle=-1))

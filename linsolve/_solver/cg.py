@@ -15,24 +15,26 @@ Recycling (`CG(recycle=m)`), in two halves:
   Lanczos vector. At the end the `m` Ritz vectors of the smallest Ritz values are
   `stats["recycle_basis"]` (`W`, shape `(n, m)`) — approximate eigenvectors of `MA` for the
   smallest eigenvalues, the modes that slow CG down.
-- **Using** (the derivative's solves). `adjoint_state` computes `AW` (`m` products, only
-  when a derivative is taken) and the pseudo-inverse of the `m × m` matrix `WᴴAW`, formed
-  explicitly (the Lanczos vectors lose orthogonality in floating point, so no formula is
+  The window holds each `v_k` with its image `A v_k`, made without products from the
+  `A p_k` that CG computes (`_cg_cycle`), so `AW` comes with `W`.
+- **Using** (the derivative's solves). `adjoint_state` forms the pseudo-inverse of the
+  `m × m` matrix `WᴴAW` explicitly (the Lanczos vectors lose orthogonality in floating point, so no formula is
   trusted). The tangent and transposed solves start from the Galerkin projection onto `W`
   — added to `adjoint_y0` when given — and run deflated CG (Saad, Yeung, Erhel &
   Guyomarc'h, 2000): every search direction is kept `A`-conjugate to `W`, which removes the
   recycled eigenvalues from the spectrum CG sees.
 
 Across solves (`linear_solve(..., recycle=space)`, see `linsolve/_recycle.py`): the forward
-solve orthonormalises the given space to `Q`, computes `AQ` (`m` products), starts from
-the Galerkin projection onto `Q` and runs deflated while collecting in the window; at the
-end a Rayleigh–Ritz step over `Q` and the window's Ritz vectors (`m` products more) gives
-the refreshed space `stats["recycle"]` and its image, which the derivative's solves then
-use without further products.
+solve orthonormalises the given space to `Q`, takes `AQ` from the space's stored image
+when one product confirms it (else `m` products), starts from the Galerkin projection onto
+`Q` and runs deflated while collecting in the window; at the end a Rayleigh–Ritz step over
+`Q` and the window's Ritz vectors (their images from the window: no products) gives the
+refreshed space `stats["recycle"]` and its image, which the derivative's solves and the
+next solve then use.
 
 Memory: the state holds `W` and `AW`, `2m` vectors; the forward solve works in a window of
-`4m`. Work: about `8m` flops per entry and iteration for the window restarts in the forward
-solve and `4m` for the deflation in the derivative's solves — worth it when a
+`4m` vectors and their images. Work: about `16m` flops per entry and iteration for the
+window restarts in the forward solve and `4m` for the deflation in the derivative's solves — worth it when a
 matrix-vector product costs more than that.
 """
 
@@ -83,10 +85,11 @@ class CG(AbstractKrylovSolver):
     - `recycle`: keep `m = recycle` Ritz vectors of the forward solve to start and deflate
       the solves of the derivative (reverse mode's transposed solve, forward mode's tangent
       solve). Memory: `W` and `AW` in the state (`2m` vectors) and a window of `4m` vectors
-      during the forward solve. `AW` costs `m` products, made only when differentiating.
-      With `linear_solve(..., recycle=space)` ([`linsolve.RecycleSpace`][] of `m`
-      vectors, e.g. the previous solve's `stats["recycle"]`) the forward solve is deflated
-      by the space too and refreshes it: `2m` products per forward solve, none for `AW`.
+      and their images during the forward solve; `AW` comes from the window (no
+      products). With `linear_solve(..., recycle=space)` ([`linsolve.RecycleSpace`][] of
+      `m` vectors, e.g. the previous solve's `stats["recycle"]`) the forward solve is
+      deflated by the space too and refreshes it: 1 product per forward solve when the
+      operator has not moved (the space's stored image is checked), `m + 1` when it has.
 
     `sol.stats` has `num_steps` and `residual_norm` (per column for a `(n, k)` right-hand
     side) and, with `recycle`, `recycle` (the [`linsolve.RecycleSpace`][] to carry to the
@@ -157,13 +160,13 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     pre = precondition(state)
     rdt = real_dtype(b.dtype)
 
-    if recycled is None:
-        deflate = lambda z: z  # noqa: E731
-    else:
+    if recycled is not None:
         w, aw, e_pinv = recycled.basis, recycled.image, recycled.gram_pinv
 
-        def deflate(z):  # z − W (WᴴAW)⁻¹ (AW)ᴴ z: A-conjugate to W (A is hermitian)
-            return z - w @ (e_pinv @ (jnp.conj(aw.T) @ z))
+    def deflation(z):  # g = (WᴴAW)⁻¹ (AW)ᴴ z: z − W g is A-conjugate to W (A hermitian)
+        if recycled is None:
+            return jnp.zeros((0,), z.dtype)
+        return e_pinv @ (jnp.conj(aw.T) @ z)
 
     keep = jnp.asarray(False)
     if recycled is not None and m > 0:
@@ -179,7 +182,7 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
             r = r - aw @ h
         z = pre(r)
         rz = jnp.real(inner(r, z)).astype(rdt)
-        p = deflate(z)
+        p = z if recycled is None else z - w @ deflation(z)
         # The loops carry the squared residual norm: no square root per iteration.
         res2 = jnp.real(inner(r, r)).astype(rdt)
         goal2 = goal * goal
@@ -189,7 +192,8 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
             state,
             mv,
             pre,
-            deflate,
+            deflation,
+            recycled,
             k,
             x,
             r,
@@ -208,34 +212,63 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         return k, x, code, res2 <= goal2, best
 
     n = b.shape[0]
-    # The Ritz vectors of the longest cycle (with their count of steps).
-    best = None if m == 0 else (jnp.zeros((n, m), b.dtype), jnp.asarray(-1, jnp.int32))
+    # The Ritz vectors of the longest cycle and their images, stacked (2n, m), with the
+    # cycle's count of steps.
+    best = None if m == 0 else (jnp.zeros((2 * n, m), b.dtype), jnp.asarray(-1, jnp.int32))
     x, result, k, r_norm, _, best = true_residual_loop(
         state, b, y0, cycle, best, verbose=verbose, label=label
     )
     if m == 0:
         return x, result, stats(k, r_norm)
-    basis = best[0]
-    basis = jnp.where(jnp.all(jnp.isfinite(basis)), basis, 0)  # e.g. after a breakdown
+    finite = jnp.all(jnp.isfinite(best[0]))  # e.g. not after a breakdown
+    basis, image = jnp.where(finite, best[0][:n], 0), jnp.where(finite, best[0][n:], 0)
     if recycled is None:
-        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis))
+        extra = dict(
+            recycle_basis=basis, recycle=RecycleSpace(basis, image=image), recycle_image=image
+        )
     else:
-        # Cross-step recycling. A converged space is kept as it is (its image known); otherwise Rayleigh–Ritz
-        # over the old space and the new Ritz vectors (m products for their image).
+        # Cross-step recycling. A converged space is kept as it is (its image known);
+        # otherwise Rayleigh–Ritz over the old space and the new Ritz vectors (their
+        # images came with them: no products).
         def refreshed():
-            return refresh(w, aw, basis, mv(basis), pre, m, definite=True)
+            return refresh(w, aw, basis, image, pre, m, definite=True)
 
         basis, image, values = jax.lax.cond(keep, lambda: (w, aw, kept_values), refreshed)
-        extra = dict(recycle_basis=basis, recycle=RecycleSpace(basis, values), recycle_image=image)
+        extra = dict(
+            recycle_basis=basis, recycle=RecycleSpace(basis, values, image), recycle_image=image
+        )
     return x, result, stats(k, r_norm, **extra)
 
 
 def _cg_cycle(
-    state, mv, pre, deflate, k, x, r, z, p, rz, res2, goal, code, best, keep, m, verbose, label
+    state,
+    mv,
+    pre,
+    deflation,
+    recycled,
+    k,
+    x,
+    r,
+    z,
+    p,
+    rz,
+    res2,
+    goal,
+    code,
+    best,
+    keep,
+    m,
+    verbose,
+    label,
 ):
     """The CG recurrence from `(x, r)` until its residual meets `goal`, it fails, or
-    `max_steps`; with `m > 0` collecting Ritz vectors, kept in `best` if this cycle is the
-    longest so far. Returns `(x, code, res2, k, best)`."""
+    `max_steps`; with `m > 0` collecting Ritz vectors and their images, kept in `best` if
+    this cycle is the longest so far. Returns `(x, code, res2, k, best)`.
+
+    The images come without products: the Lanczos vector `v_k = z_k / √(r_kᴴz_k)` and the
+    search direction satisfy `z_k = p_k − β_{k−1} p_{k−1} + W g_k` (`g_k` the deflation
+    coefficients of `z_k`), so `A v_k` follows from the products `A p_k`, `A p_{k−1}` that
+    CG makes anyway and from `AW`."""
     rdt = real_dtype(x.dtype)
     goal2 = goal * goal
     k0 = k
@@ -255,7 +288,8 @@ def _cg_cycle(
         z_new = pre(r)
         rz_new = jnp.real(inner(r, z_new)).astype(rdt)
         beta = rz_new / jnp.where(rz == 0, 1, rz)
-        p = deflate(z_new) + beta * p
+        g = deflation(z_new)
+        p = (z_new if recycled is None else z_new - recycled.basis @ g) + beta * p
         code = jnp.where(bad, failure_code(pap), code)
         if state.preconditioner is None:
             res2 = rz_new  # rᴴz is ‖r‖²: no second reduction
@@ -264,11 +298,11 @@ def _cg_cycle(
             bad_pre = rz_new < 0  # the preconditioner is not positive definite
             code = jnp.where(bad_pre & ~bad, result_code(RESULTS.breakdown), code)
         report(verbose, label, k + 1, jnp.sqrt(res2), goal)
-        return x, r, z_new, p, rz_new, res2, code, alpha, beta
+        return x, r, z_new, p, rz_new, res2, code, alpha, beta, ap, g
 
     def body(c):
         k, x, r, p, rz, _, code = c
-        x, r, _, p, rz, res2, code, _, _ = cg_step(k, x, r, p, rz, code)
+        x, r, _, p, rz, res2, code, *_ = cg_step(k, x, r, p, rz, code)
         return k + 1, x, r, p, rz, res2, code
 
     def plain_loop(carry):
@@ -282,15 +316,22 @@ def _cg_cycle(
     # inside a single loop would sit in a `lax.cond`, which copies the window every step.)
     s = 4 * m
     n = x.shape[0]
-    window = jnp.zeros((s, n), x.dtype)  # one Lanczos vector per row: contiguous writes
+    # One Lanczos vector and its image per row, `[v_k, A v_k]`: contiguous writes, and the
+    # restarts transform both at once.
+    window = jnp.zeros((s, 2 * n), x.dtype)
     tri = jnp.zeros((s + 1, s + 1), rdt)  # real: the Lanczos coefficients are
 
     def inner_body(c):
-        k, x, r, z, p, rz, _, code, window, tri, count, ratio = c
-        v = z / jnp.sqrt(jnp.where(rz > 0, rz, 1))
-        x, r, z_new, p, rz_new, res2, code, alpha, beta = cg_step(k, x, r, p, rz, code)
+        k, x, r, z, p, rz, _, code, window, tri, count, ratio, ap_prev, beta_prev, g = c
+        scale = 1 / jnp.sqrt(jnp.where(rz > 0, rz, 1))
+        x, r, z_new, p, rz_new, res2, code, alpha, beta, ap, g_new = cg_step(k, x, r, p, rz, code)
+        # A z_k from z_k = p_k − β_{k−1} p_{k−1} + W g_k (no product).
+        az = ap - beta_prev * ap_prev
+        if recycled is not None:
+            az = az + recycled.image @ g
         ok = alpha > 0
-        window = jax.lax.dynamic_update_index_in_dim(window, v, count, 0)
+        row = jnp.concatenate([z * scale, az * scale])
+        window = jax.lax.dynamic_update_index_in_dim(window, row, count, 0)
         diag = jnp.where(ok, 1 / jnp.where(ok, alpha, 1) + ratio, 0)
         off = jnp.where(ok, -jnp.sqrt(beta) / jnp.where(ok, alpha, 1), 0)
         tri = (
@@ -302,7 +343,23 @@ def _cg_cycle(
             .set(off)
         )
         ratio = jnp.where(ok, beta / jnp.where(ok, alpha, 1), 0)
-        return k + 1, x, r, z_new, p, rz_new, res2, code, window, tri, count + 1, ratio
+        return (
+            k + 1,
+            x,
+            r,
+            z_new,
+            p,
+            rz_new,
+            res2,
+            code,
+            window,
+            tri,
+            count + 1,
+            ratio,
+            ap,
+            beta,
+            g_new,
+        )
 
     def outer_body(c):
         c = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & (c[10] < s), inner_body, c)
@@ -314,7 +371,7 @@ def _cg_cycle(
             window,
             tri,
         )
-        return c[:8] + (window, tri, count, c[11])
+        return c[:8] + (window, tri, count) + c[11:]
 
     carry = (
         k,
@@ -329,10 +386,13 @@ def _cg_cycle(
         tri,
         jnp.asarray(0, jnp.int32),
         jnp.zeros((), rdt),
+        jnp.zeros_like(x),  # A p_{k−1}
+        jnp.zeros((), rdt),  # β_{k−1}
+        deflation(z),  # g_k
     )
     # A given space that is already converged (`keep`) is used as it is: no window.
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & ~keep, outer_body, carry)
-    k, x, r, _, p, rz, res2, code, window, tri, count, _ = carry
+    k, x, r, _, p, rz, res2, code, window, tri, count, *_ = carry
     k, x, _, _, _, res2, code = plain_loop((k, x, r, p, rz, res2, code))
     basis = ritz_rows(window, tri, count, m).T
     longer = k - k0 > best[1]

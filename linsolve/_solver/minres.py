@@ -206,7 +206,7 @@ def _minres(
             # Harmonic Rayleigh–Ritz over the old space and the new Ritz vectors (m
             # products for their image); the new image comes free for the derivative.
             basis, image, values = refresh(w, aw, basis, plain_mv(basis), pre, m, definite=False)
-            extra = dict(recycle=RecycleSpace(basis, values), recycle_image=image)
+            extra = dict(recycle=RecycleSpace(basis, values, image), recycle_image=image)
     return x, result, stats(k, r_norm, **extra)
 
 
