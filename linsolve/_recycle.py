@@ -286,12 +286,14 @@ def _order(lam: Array, by_magnitude: bool) -> Array:
     return jnp.argsort(jnp.abs(lam) if by_magnitude else lam)
 
 
-def window_restart(window: Array, tri: Array, m: int, by_magnitude: bool = False):
+def window_restart(window, tri: Array, m: int, by_magnitude: bool = False):
     """eigCG restart of a full window (rows `v_0 … v_{s−1}`, `tri = VᴴAV` padded to
     `(s+1, s+1)`, its last row holding the coupling to the next Lanczos vector): keep the
     span of the `m` wanted Ritz vectors of `tri[:s, :s]` and of `tri[:s−1, :s−1]`
-    (Stathopoulos & Orginos 2010)."""
-    s = window.shape[0]
+    (Stathopoulos & Orginos 2010). `window` may be a tuple of `(s, n)` arrays (vectors
+    and their images), each transformed alike: separate arrays, so that a sharded `n`
+    axis is never concatenated (which would gather it)."""
+    s = tri.shape[0] - 1
     coupling = tri[s, s - 1]
     t = tri[:s, :s]
     lam, y = jnp.linalg.eigh(t)
@@ -301,7 +303,9 @@ def window_restart(window: Array, tri: Array, m: int, by_magnitude: bool = False
     y_lead = jnp.concatenate([y_lead, jnp.zeros((1, m), t.dtype)], axis=0)
     q, _ = jnp.linalg.qr(jnp.concatenate([y, y_lead], axis=1))  # (s, 2m), orthonormal
     keep = 2 * m
-    new_window = jnp.zeros_like(window).at[:keep].set((q.T @ window).astype(window.dtype))
+    new_window = jax.tree.map(
+        lambda w: jnp.zeros_like(w).at[:keep].set((q.T @ w).astype(w.dtype)), window
+    )
     new_tri = jnp.zeros_like(tri).at[:keep, :keep].set(q.T @ t @ q)
     # Lanczos relation A V = V T + coupling · v_next e_lastᵀ: the kept vectors couple to
     # the next Lanczos vector through the last row of q.
@@ -310,10 +314,11 @@ def window_restart(window: Array, tri: Array, m: int, by_magnitude: bool = False
     return new_window, new_tri
 
 
-def ritz_rows(window: Array, tri: Array, count, m: int, by_magnitude: bool = False) -> Array:
-    """The `m` wanted Ritz vectors from the first `count` rows of the window, as rows; zero
-    rows where fewer than `m` exist."""
-    s = window.shape[0]
+def ritz_rows(window, tri: Array, count, m: int, by_magnitude: bool = False):
+    """The `m` wanted Ritz vectors from the first `count` rows of the window (an array or a
+    tuple of arrays, as in `window_restart`), as rows; zero rows where fewer than `m`
+    exist."""
+    s = tri.shape[0] - 1
     valid = jnp.arange(s, dtype=jnp.result_type(count)) < count  # strict promotion: one int type
     t = jnp.where(valid[:, None] & valid[None, :], tri[:s, :s], 0)
     # Unused slots get a diagonal above every eigenvalue of the used block (Gershgorin).
@@ -323,7 +328,7 @@ def ritz_rows(window: Array, tri: Array, count, m: int, by_magnitude: bool = Fal
     idx = _order(lam, by_magnitude)[:m]
     # Drop the unused slots' eigenvectors (eigenvalue `big`) when fewer than m exist.
     y = jnp.where(valid[:, None] & (jnp.abs(lam[idx]) < 0.75 * big), y[:, idx], 0)
-    return (y.T @ window).astype(window.dtype)
+    return jax.tree.map(lambda w: (y.T @ w).astype(w.dtype), window)
 
 
 def _ritz_pairs(z: Array, az: Array, maz: Array, definite: bool):

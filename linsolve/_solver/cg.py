@@ -212,16 +212,20 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         return k, x, code, res2 <= goal2, best
 
     n = b.shape[0]
-    # The Ritz vectors of the longest cycle and their images, stacked (2n, m), with the
+    # The Ritz vectors of the longest cycle and their images, two (n, m) arrays, with the
     # cycle's count of steps.
-    best = None if m == 0 else (jnp.zeros((2 * n, m), b.dtype), jnp.asarray(-1, jnp.int32))
+    zero = jnp.zeros((n, m), b.dtype)
+    best = None if m == 0 else ((zero, zero), jnp.asarray(-1, jnp.int32))
     x, result, k, r_norm, _, best = true_residual_loop(
         state, b, y0, cycle, best, verbose=verbose, label=label
     )
     if m == 0:
         return x, result, stats(k, r_norm)
-    finite = jnp.all(jnp.isfinite(best[0]))  # e.g. not after a breakdown
-    basis, image = jnp.where(finite, best[0][:n], 0), jnp.where(finite, best[0][n:], 0)
+    basis, image = best[0]
+    finite = jnp.all(jnp.isfinite(basis)) & jnp.all(
+        jnp.isfinite(image)
+    )  # e.g. not after a breakdown
+    basis, image = jnp.where(finite, basis, 0), jnp.where(finite, image, 0)
     if recycled is None:
         extra = dict(
             recycle_basis=basis, recycle=RecycleSpace(basis, image=image), recycle_image=image
@@ -316,9 +320,9 @@ def _cg_cycle(
     # inside a single loop would sit in a `lax.cond`, which copies the window every step.)
     s = 4 * m
     n = x.shape[0]
-    # One Lanczos vector and its image per row, `[v_k, A v_k]`: contiguous writes, and the
-    # restarts transform both at once.
-    window = jnp.zeros((s, 2 * n), x.dtype)
+    # One Lanczos vector per row, and its image in a second array (not one `(s, 2n)`
+    # array: concatenating along a sharded `n` axis would gather it in the loop).
+    window = (jnp.zeros((s, n), x.dtype), jnp.zeros((s, n), x.dtype))
     tri = jnp.zeros((s + 1, s + 1), rdt)  # real: the Lanczos coefficients are
 
     def inner_body(c):
@@ -330,8 +334,10 @@ def _cg_cycle(
         if recycled is not None:
             az = az + recycled.image @ g
         ok = alpha > 0
-        row = jnp.concatenate([z * scale, az * scale])
-        window = jax.lax.dynamic_update_index_in_dim(window, row, count, 0)
+        window = tuple(
+            jax.lax.dynamic_update_index_in_dim(w, row, count, 0)
+            for w, row in zip(window, (z * scale, az * scale))
+        )
         diag = jnp.where(ok, 1 / jnp.where(ok, alpha, 1) + ratio, 0)
         off = jnp.where(ok, -jnp.sqrt(beta) / jnp.where(ok, alpha, 1), 0)
         tri = (
@@ -394,7 +400,8 @@ def _cg_cycle(
     carry = jax.lax.while_loop(lambda c: running(c[0], c[6], c[7]) & ~keep, outer_body, carry)
     k, x, r, _, p, rz, res2, code, window, tri, count, *_ = carry
     k, x, _, _, _, res2, code = plain_loop((k, x, r, p, rz, res2, code))
-    basis = ritz_rows(window, tri, count, m).T
+    rows = ritz_rows(window, tri, count, m)
     longer = k - k0 > best[1]
-    best = (jnp.where(longer, basis, best[0]), jnp.where(longer, k - k0, best[1]))
+    kept = tuple(jnp.where(longer, row.T, old) for row, old in zip(rows, best[0]))
+    best = (kept, jnp.where(longer, k - k0, best[1]))
     return x, code, res2, k, best
