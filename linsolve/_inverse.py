@@ -7,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact, Int
 
+from ._entry import entry
 from ._logdet import finish
 from ._operator import as_operator, is_sparse
 from ._solution import RESULTS, first_failure
@@ -44,6 +45,7 @@ def selected_inverse(
 def selected_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]: ...
+@entry("operator")  # jitted: eager calls compile once
 def selected_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]:
@@ -93,6 +95,7 @@ def diag_inverse(
 def diag_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]: ...
+@entry("operator")  # jitted: eager calls compile once
 def diag_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]:

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Inexact, Int, Real
 
+from ._entry import entry
 from ._operator import as_operator
 from ._solution import RESULTS, first_failure, raise_on_failure
 from ._solver.abstract import AbstractDeterminantSolver, AbstractSolver, check_square
@@ -64,6 +65,12 @@ _THROW_DOC = """
       [`linsolve.RESULTS`][] code (an int32 array; works under `jit` and `vmap`)."""
 
 
+def _with_throw_doc(fn):
+    """`fn` with the shared `throw` paragraph put into its docstring."""
+    fn.__doc__ = (fn.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))
+    return fn
+
+
 _SignLogabsdet = tuple[Inexact[Array, ""], Real[Array, ""]]
 
 
@@ -84,6 +91,8 @@ def slogdet(
 def slogdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> _SignLogabsdet | tuple[_SignLogabsdet, Int[Array, ""]]: ...
+@entry("operator")  # jitted: eager calls compile once
+@_with_throw_doc
 def slogdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
@@ -133,6 +142,8 @@ def logdet(
 def logdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, ""] | tuple[Inexact[Array, ""], Int[Array, ""]]: ...
+@entry("operator")  # jitted: eager calls compile once
+@_with_throw_doc
 def logdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
@@ -174,7 +185,3 @@ def logdet(
         )
     messages = {RESULTS.not_positive_definite: _NEGATIVE_DETERMINANT}
     return finish("linsolve.logdet", value, result, throw, return_result, messages)
-
-
-slogdet.__doc__ = (slogdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))
-logdet.__doc__ = (logdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))

@@ -155,7 +155,7 @@ def _orthonormalize_pass(z: Array, cutoff: float) -> Array:
     gram = 0.5 * (gram + _ct(gram))
     lam, u = jnp.linalg.eigh(gram)
     keep = lam > cutoff * jnp.max(lam)
-    return u * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1)), 0)
+    return u * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1)), 0).astype(u.dtype)
 
 
 def orthonormal_coefficients(z: Array) -> Array:
@@ -169,7 +169,7 @@ def orthonormal_coefficients(z: Array) -> Array:
     finite = jnp.all(jnp.isfinite(z))
     z = jnp.where(finite, z, 0)
     norms = jnp.sqrt(jnp.sum(jnp.abs(z) ** 2, axis=0)).astype(rdt)
-    scale = jnp.where(norms > 0, 1 / jnp.where(norms > 0, norms, 1), 0)
+    scale = jnp.where(norms > 0, 1 / jnp.where(norms > 0, norms, 1), 0).astype(z.dtype)
     eps = float(jnp.finfo(rdt).eps)
     c1 = scale[:, None] * _orthonormalize_pass(z * scale, eps**0.5)
     c2 = _orthonormalize_pass(z @ c1, 0.5)  # after pass 1, Gram eigenvalues are ≈ 1 or 0

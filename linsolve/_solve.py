@@ -32,6 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Inexact
 
+from ._entry import entry
 from ._operator import AbstractOperator, as_operator
 from ._recycle import RecycleSpace
 from ._solution import RESULTS, Solution, first_failure, raise_on_failure
@@ -218,6 +219,7 @@ def _as_vector(vector, dtype, what):
     return jnp.asarray(vector, dtype=dtype)
 
 
+@entry("operator")  # jitted: eager calls compile once
 def linear_solve(
     operator: Any,
     vector: Inexact[ArrayLike, " m"] | Inexact[ArrayLike, "m k"],

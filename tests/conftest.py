@@ -6,6 +6,7 @@ import pytest
 
 
 jax.config.update("jax_enable_x64", True)
+jax.config.update("jax_numpy_dtype_promotion", "strict")
 
 
 # Tests that take long (big compiles, many parametrized cases, subprocesses), as node-id

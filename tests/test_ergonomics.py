@@ -420,9 +420,51 @@ def test_sparse_cholesky_verbose_prints_the_analysis_summary(capsys):
     nnz_l = int(line.split("nnz(L)=")[1].split(",")[0])
     assert n <= nnz_l <= n * (n + 1) // 2
     assert "supernodes=" in line and line.endswith(" s")
+    # The same call again replays the compiled solve: no analysis, nothing printed.
     ls.linear_solve(op, np.ones(n), solver)
+    assert capsys.readouterr().out == ""
+    # A new trace (another right-hand side shape) reuses the cached analysis and says so.
+    ls.linear_solve(op, np.ones((n, 2)), solver)
     assert capsys.readouterr().out.strip().endswith("(cached)")
     assert solver.analysis_summary(op) == line
     # Quiet by default.
     ls.linear_solve(op, np.ones(n), ls.SparseCholesky(ordering="rcm"))
     assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize(
+    "module, call",
+    [
+        ("linsolve._solve", lambda b: ls.linear_solve(ls.MatrixOperator(SPD, PSD), b).value),
+        (
+            "linsolve._solve",
+            lambda b: ls.linear_solve(ls.MatrixOperator(SPD, PSD), b, ls.CG(rtol=1e-10)).value,
+        ),
+        ("linsolve._logdet", lambda b: ls.logdet(ls.MatrixOperator(SPD * (1 + b[0] ** 2), PSD))),
+        (
+            "linsolve._inverse",
+            lambda b: ls.diag_inverse(_sparse(SPARSE_VALUES * (1 + b[0] ** 2), PSD)),
+        ),
+    ],
+    ids=["cholesky", "cg", "logdet", "diag_inverse"],
+)
+def test_eager_calls_compile_once(monkeypatch, module, call):
+    """Outside `jit`, the public functions compile on their first call and reuse it (as
+    lineax's `linear_solve` does) instead of dispatching every operation one by one: a
+    second and third call with new values of the same shapes do not trace again."""
+    import importlib
+
+    mod = importlib.import_module(module)
+    traces = []
+    real = mod.as_operator
+
+    def counting(*args, **kwargs):
+        traces.append(None)  # runs when the function is traced, not when it is replayed
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mod, "as_operator", counting)
+    jax.block_until_ready(call(jnp.asarray(B)))
+    first = len(traces)  # 0 if an earlier test compiled the same structure
+    jax.block_until_ready(call(jnp.asarray(B) + 1))
+    jax.block_until_ready(call(jnp.asarray(B) + 2))
+    assert len(traces) == first

@@ -76,7 +76,7 @@ def _fd_grad(f, A, h=1e-6):
 
 def _wsum_sin(x, key):
     """A generic real loss of a (possibly complex) array."""
-    w = jax.random.normal(jax.random.PRNGKey(key), x.shape)
+    w = jax.random.normal(jax.random.PRNGKey(key), x.shape, jnp.real(x).dtype)
     return jnp.sum(w * jnp.sin(jnp.real(x))) + jnp.sum(jnp.cos(w * jnp.imag(x)))
 
 

@@ -260,7 +260,9 @@ def test_broken_symmetry_promise(dtype):
 
 def _lu_loss(a):
     _, l, u = ls.lu(a)
-    return jnp.sum(jnp.sin(l)) + jnp.sum(jnp.cos(u) * jnp.arange(u.size).reshape(u.shape))
+    return jnp.sum(jnp.sin(l)) + jnp.sum(
+        jnp.cos(u) * jnp.arange(u.size, dtype=u.dtype).reshape(u.shape)
+    )
 
 
 @pytest.mark.parametrize(

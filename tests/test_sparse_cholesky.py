@@ -279,7 +279,7 @@ def test_diag_inverse_gradients_cost_one_extra_pass():
     op = ls.SparseOperator.from_scipy(laplacian_2d(12), PSD)
     c = jnp.linspace(0.5, 1.5, 144)
     diag = lambda v: ls.diag_inverse(_op(v, op))  # noqa: E731
-    loss = lambda v: jnp.sum(c * diag(v))  # noqa: E731
+    loss = lambda v: jnp.sum(c.astype(v.dtype) * diag(v))  # noqa: E731
     vg = jax.value_and_grad(loss)
     assert count_primitive(jax.make_jaxpr(vg)(op.values), "selinv_sandwich") == 1
 

@@ -75,7 +75,8 @@ def test_float32_gradients_work():
         g = jax.jit(
             jax.grad(lambda a: ls.linear_solve(ls.MatrixOperator(a, tags), b, solver).value.sum())
         )(a)
-        ref = jax.grad(lambda a: jnp.linalg.solve(a, b).sum())(jnp.asarray(a, jnp.float64))
+        b64 = b.astype(jnp.float64)
+        ref = jax.grad(lambda a: jnp.linalg.solve(a, b64).sum())(jnp.asarray(a, jnp.float64))
         if tags:
             ref = jnp.tril(ref + ref.T - jnp.diag(jnp.diag(ref)))
         assert g.dtype == jnp.float32

@@ -22,6 +22,7 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
 from .._dtype import check_same_dtype
+from .._entry import entry
 from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, first_failure
 from .adjoint import eigenpair_tangents
@@ -45,7 +46,11 @@ def _generalized_eigh(a, b):
 def _dense_eigh(a, b):
     # (The primal of a custom JVP: never differentiated, so it may loop under vmap.)
     a = jax.lax.stop_gradient(a)
-    return _standard_eigh(a) if b is None else _generalized_eigh(a, jax.lax.stop_gradient(b))
+    out = _standard_eigh(a) if b is None else _generalized_eigh(a, jax.lax.stop_gradient(b))
+    # A plain pair (not jnp's `EighResult`): the JVP rule's primal output must have the
+    # same pytree structure, which JAX checks when the rule runs inside a jit.
+    values, vectors = out
+    return values, vectors
 
 
 @eqx.filter_custom_jvp
@@ -77,6 +82,7 @@ def _eigh_jvp(primals, tangents, *, rtol):
     return (values, vectors), (t_values, t_vectors)
 
 
+@entry("operator", "B")  # jitted: eager calls compile once
 def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) -> Eigenpairs:
     """All eigenpairs of a symmetric operator, densely (`jnp.linalg.eigh` on
     `operator.as_matrix()`); with `B`, of the pencil `A v = λ B v`. For small operators,
