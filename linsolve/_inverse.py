@@ -2,12 +2,12 @@
 
 from typing import Any, Literal, overload
 
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Inexact, Int
 
-from ._entry import entry
 from ._logdet import finish
 from ._operator import as_operator, is_sparse
 from ._solution import RESULTS, first_failure
@@ -45,7 +45,7 @@ def selected_inverse(
 def selected_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]: ...
-@entry("operator")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 def selected_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]:
@@ -95,7 +95,7 @@ def diag_inverse(
 def diag_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]: ...
-@entry("operator")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 def diag_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]:

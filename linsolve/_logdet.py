@@ -12,7 +12,6 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Inexact, Int, Real
 
-from ._entry import entry
 from ._operator import as_operator
 from ._solution import RESULTS, first_failure, raise_on_failure
 from ._solver.abstract import AbstractDeterminantSolver, AbstractSolver, check_square
@@ -91,7 +90,7 @@ def slogdet(
 def slogdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> _SignLogabsdet | tuple[_SignLogabsdet, Int[Array, ""]]: ...
-@entry("operator")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 @_with_throw_doc
 def slogdet(
     operator: Any,
@@ -142,7 +141,7 @@ def logdet(
 def logdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, ""] | tuple[Inexact[Array, ""], Int[Array, ""]]: ...
-@entry("operator")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 @_with_throw_doc
 def logdet(
     operator: Any,

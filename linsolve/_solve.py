@@ -32,7 +32,6 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import ArrayLike, Inexact
 
-from ._entry import entry
 from ._operator import AbstractOperator, as_operator
 from ._recycle import RecycleSpace
 from ._solution import RESULTS, Solution, first_failure, raise_on_failure
@@ -219,7 +218,7 @@ def _as_vector(vector, dtype, what):
     return jnp.asarray(vector, dtype=dtype)
 
 
-@entry("operator")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 def linear_solve(
     operator: Any,
     vector: Inexact[ArrayLike, " m"] | Inexact[ArrayLike, "m k"],

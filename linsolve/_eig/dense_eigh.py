@@ -22,7 +22,6 @@ import jax.scipy.linalg as jsl
 from jaxtyping import Array
 
 from .._dtype import check_same_dtype
-from .._entry import entry
 from .._lapack import unbatched_on_cpu
 from .._solution import RESULTS, first_failure
 from .adjoint import eigenpair_tangents
@@ -82,7 +81,7 @@ def _eigh_jvp(primals, tangents, *, rtol):
     return (values, vectors), (t_values, t_vectors)
 
 
-@entry("operator", "B")  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) -> Eigenpairs:
     """All eigenpairs of a symmetric operator, densely (`jnp.linalg.eigh` on
     `operator.as_matrix()`); with `B`, of the pencil `A v = λ B v`. For small operators,

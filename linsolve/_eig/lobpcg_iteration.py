@@ -51,7 +51,6 @@ from jaxtyping import Array, Float, Int, PRNGKeyArray
 
 from .. import _lapack
 from .._dtype import check_same_dtype
-from .._entry import entry
 from .._operator import AbstractOperator, as_operator
 from .._solution import RESULTS, first_failure
 from .._solver.cg import CG
@@ -533,12 +532,6 @@ def _check_tolerance(tol) -> None:
         raise ValueError(f"lobpcg: `tol` must be finite and >= 0, got {tol}.")
 
 
-def _check_arguments(tol=None, **_) -> None:
-    """`lobpcg`'s checks of concrete arguments, before its jit (which would trace a
-    tolerance given as an array or numpy scalar)."""
-    _check_tolerance(tol)
-
-
 def check_operator(op, name: str) -> AbstractOperator:
     op = as_operator(op)
     if op.shape[0] != op.shape[1]:
@@ -578,9 +571,7 @@ def default_block_size(k: int, n: int) -> int:
     return min(n, k + max(2, k // 4))
 
 
-@entry(
-    "operator", "B", "preconditioner", checks=_check_arguments
-)  # jitted: eager calls compile once
+@eqx.filter_jit  # eager calls compile once, as lineax does
 def lobpcg(
     operator: Any,
     k: int,
