@@ -64,7 +64,6 @@ The rule is complex-linear (no conjugates): `A = P L U` is holomorphic in the
 factors.
 """
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -76,7 +75,6 @@ from ._structure import effective_matrix
 from ._tags import positive_semidefinite_tag
 
 
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def cholesky(A: Inexact[ArrayLike, "... n n"]) -> Inexact[Array, "... n n"]:
     r"""Cholesky factor of a hermitian (real: symmetric) positive definite matrix.
 
@@ -213,7 +211,6 @@ def _lu_core_jvp(primals, tangents):
     return (perm, L, U), (dperm, dL, dU)
 
 
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def lu(
     A: Inexact[ArrayLike, "... m n"],
 ) -> tuple[Inexact[Array, "... m m"], Inexact[Array, "... m k"], Inexact[Array, "... k n"]]:

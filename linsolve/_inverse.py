@@ -2,7 +2,6 @@
 
 from typing import Any, Literal, overload
 
-import equinox as eqx
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -45,7 +44,6 @@ def selected_inverse(
 def selected_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]: ...
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def selected_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> SparseOperator | tuple[SparseOperator, Int[Array, ""]]:
@@ -95,7 +93,6 @@ def diag_inverse(
 def diag_inverse(
     operator: Any, *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]: ...
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def diag_inverse(
     operator: Any, *, throw: bool = True, return_result: bool = False
 ) -> Inexact[Array, " n"] | tuple[Inexact[Array, " n"], Int[Array, ""]]:

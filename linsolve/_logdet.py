@@ -64,12 +64,6 @@ _THROW_DOC = """
       [`linsolve.RESULTS`][] code (an int32 array; works under `jit` and `vmap`)."""
 
 
-def _with_throw_doc(fn):
-    """`fn` with the shared `throw` paragraph put into its docstring."""
-    fn.__doc__ = (fn.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))
-    return fn
-
-
 _SignLogabsdet = tuple[Inexact[Array, ""], Real[Array, ""]]
 
 
@@ -90,8 +84,6 @@ def slogdet(
 def slogdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> _SignLogabsdet | tuple[_SignLogabsdet, Int[Array, ""]]: ...
-@eqx.filter_jit  # eager calls compile once, as lineax does
-@_with_throw_doc
 def slogdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
@@ -141,8 +133,6 @@ def logdet(
 def logdet(
     operator: Any, solver: AbstractSolver = ..., *, throw: bool = ..., return_result: bool
 ) -> Inexact[Array, ""] | tuple[Inexact[Array, ""], Int[Array, ""]]: ...
-@eqx.filter_jit  # eager calls compile once, as lineax does
-@_with_throw_doc
 def logdet(
     operator: Any,
     solver: AbstractSolver = AutoSolver(),
@@ -184,3 +174,7 @@ def logdet(
         )
     messages = {RESULTS.not_positive_definite: _NEGATIVE_DETERMINANT}
     return finish("linsolve.logdet", value, result, throw, return_result, messages)
+
+
+slogdet.__doc__ = (slogdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))
+logdet.__doc__ = (logdet.__doc__ or "").replace("    {throw}", _THROW_DOC.strip("\n"))

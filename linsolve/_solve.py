@@ -218,7 +218,6 @@ def _as_vector(vector, dtype, what):
     return jnp.asarray(vector, dtype=dtype)
 
 
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def linear_solve(
     operator: Any,
     vector: Inexact[ArrayLike, " m"] | Inexact[ArrayLike, "m k"],

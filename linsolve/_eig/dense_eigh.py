@@ -81,7 +81,6 @@ def _eigh_jvp(primals, tangents, *, rtol):
     return (values, vectors), (t_values, t_vectors)
 
 
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def eigh(operator: Any, B: Any = None, *, degeneracy_rtol: float | None = None) -> Eigenpairs:
     """All eigenpairs of a symmetric operator, densely (`jnp.linalg.eigh` on
     `operator.as_matrix()`); with `B`, of the pencil `A v = λ B v`. For small operators,

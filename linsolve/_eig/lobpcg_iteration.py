@@ -571,7 +571,6 @@ def default_block_size(k: int, n: int) -> int:
     return min(n, k + max(2, k // 4))
 
 
-@eqx.filter_jit  # eager calls compile once, as lineax does
 def lobpcg(
     operator: Any,
     k: int,
