@@ -38,11 +38,13 @@ window restarts in the forward solve and `4m` for the deflation in the derivativ
 matrix-vector product costs more than that.
 """
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, NamedTuple
 
 import equinox as eqx
 import jax
 import jax.numpy as jnp
+from jaxtyping import Array
 
 from .._recycle import (
     Recycled,
@@ -174,6 +176,8 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         assert recycled.values is not None  # m > 0: a collecting space, made with its values
         keep, kept_values = stable(recycled, recycled.values, pre, definite=True)
 
+    context = _Context(state, mv, pre, deflation, recycled, keep, m, verbose, label)
+
     def cycle(k, x, r, r_norm, goal, code, best):
         if recycled is not None:
             # Galerkin projection onto W of the residual left by the current iterate.
@@ -188,27 +192,7 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
         goal2 = goal * goal
         code = jnp.where(rz < 0, result_code(RESULTS.breakdown), code)
         report(verbose, label, k, jnp.sqrt(res2), goal)
-        x, code, res2, k, best = _cg_cycle(
-            state,
-            mv,
-            pre,
-            deflation,
-            recycled,
-            k,
-            x,
-            r,
-            z,
-            p,
-            rz,
-            res2,
-            goal,
-            code,
-            best,
-            keep,
-            m,
-            verbose,
-            label,
-        )
+        x, code, res2, k, best = _cg_cycle(context, k, x, r, z, p, rz, res2, goal, code, best)
         return k, x, code, res2 <= goal2, best
 
     n = b.shape[0]
@@ -222,9 +206,8 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     if m == 0:
         return x, result, stats(k, r_norm)
     basis, image = best[0]
-    finite = jnp.all(jnp.isfinite(basis)) & jnp.all(
-        jnp.isfinite(image)
-    )  # e.g. not after a breakdown
+    # Not finite e.g. after a breakdown: the space is then dropped.
+    finite = jnp.all(jnp.isfinite(basis)) & jnp.all(jnp.isfinite(image))
     basis, image = jnp.where(finite, basis, 0), jnp.where(finite, image, 0)
     if recycled is None:
         extra = dict(
@@ -244,27 +227,23 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     return x, result, stats(k, r_norm, **extra)
 
 
-def _cg_cycle(
-    state,
-    mv,
-    pre,
-    deflation,
-    recycled,
-    k,
-    x,
-    r,
-    z,
-    p,
-    rz,
-    res2,
-    goal,
-    code,
-    best,
-    keep,
-    m,
-    verbose,
-    label,
-):
+class _Context(NamedTuple):
+    """What the CG cycles of one solve share: the operator's state and maps, the deflation
+    space (`recycled`, with `keep`: whether it is kept as given), the collection size `m`
+    and the report settings."""
+
+    state: KrylovState
+    mv: Callable
+    pre: Callable
+    deflation: Callable
+    recycled: Recycled | None
+    keep: Array
+    m: int
+    verbose: bool
+    label: str
+
+
+def _cg_cycle(context: _Context, k, x, r, z, p, rz, res2, goal, code, best):
     """The CG recurrence from `(x, r)` until its residual meets `goal`, it fails, or
     `max_steps`; with `m > 0` collecting Ritz vectors and their images, kept in `best` if
     this cycle is the longest so far. Returns `(x, code, res2, k, best)`.
@@ -273,6 +252,7 @@ def _cg_cycle(
     search direction satisfy `z_k = p_k − β_{k−1} p_{k−1} + W g_k` (`g_k` the deflation
     coefficients of `z_k`), so `A v_k` follows from the products `A p_k`, `A p_{k−1}` that
     CG makes anyway and from `AW`."""
+    state, mv, pre, deflation, recycled, keep, m, verbose, label = context
     rdt = real_dtype(x.dtype)
     goal2 = goal * goal
     k0 = k
