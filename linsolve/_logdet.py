@@ -33,9 +33,9 @@ def finish(name: str, value, result, throw: bool, return_result: bool, messages=
     some codes' errors."""
     if throw:
         leaves = [x for x in jax.tree_util.tree_leaves(value) if eqx.is_inexact_array(x)]
-        flag = raise_on_failure(
-            jnp.zeros((), leaves[0].dtype), result, "factorization", name=name, messages=messages
-        )
+        # A real zero: cast to each leaf's dtype below (complex → real casts are deprecated).
+        zero = jnp.zeros((), jnp.finfo(leaves[0].dtype).dtype)
+        flag = raise_on_failure(zero, result, "factorization", name=name, messages=messages)
         # Added to every output, so that using any of them runs the check.
         value = jax.tree_util.tree_map(
             lambda x: x + flag.astype(x.dtype) if eqx.is_inexact_array(x) else x, value
