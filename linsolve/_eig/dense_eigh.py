@@ -45,10 +45,11 @@ def _generalized_eigh(a, b):
 def _dense_eigh(a, b):
     # (The primal of a custom JVP: never differentiated, so it may loop under vmap.)
     a = jax.lax.stop_gradient(a)
-    out = _standard_eigh(a) if b is None else _generalized_eigh(a, jax.lax.stop_gradient(b))
+    values, vectors = (
+        _standard_eigh(a) if b is None else _generalized_eigh(a, jax.lax.stop_gradient(b))
+    )
     # A plain pair (not jnp's `EighResult`): the JVP rule's primal output must have the
     # same pytree structure, which JAX checks when the rule runs inside a jit.
-    values, vectors = out
     return values, vectors
 
 

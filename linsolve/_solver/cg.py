@@ -209,11 +209,8 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
     # Not finite e.g. after a breakdown: the space is then dropped.
     finite = jnp.all(jnp.isfinite(basis)) & jnp.all(jnp.isfinite(image))
     basis, image = jnp.where(finite, basis, 0), jnp.where(finite, image, 0)
-    if recycled is None:
-        extra = dict(
-            recycle_basis=basis, recycle=RecycleSpace(basis, image=image), recycle_image=image
-        )
-    else:
+    values = None  # a fresh space: Ritz values unknown (RecycleSpace's default)
+    if recycled is not None:
         # Cross-step recycling. A converged space is kept as it is (its image known);
         # otherwise Rayleigh–Ritz over the old space and the new Ritz vectors (their
         # images came with them: no products).
@@ -221,9 +218,9 @@ def _cg(state: KrylovState, b, y0, recycled: Recycled | None, m: int, verbose: b
             return refresh(w, aw, basis, image, pre, m, definite=True)
 
         basis, image, values = jax.lax.cond(keep, lambda: (w, aw, kept_values), refreshed)
-        extra = dict(
-            recycle_basis=basis, recycle=RecycleSpace(basis, values, image), recycle_image=image
-        )
+    extra = dict(
+        recycle_basis=basis, recycle=RecycleSpace(basis, values, image), recycle_image=image
+    )
     return x, result, stats(k, r_norm, **extra)
 
 
