@@ -9,10 +9,12 @@ runs (nothing cached between runs; the compiled kernels are loaded once, before 
 - `linsolve`: `supernodal_structure(..., ordering, relax=True)` for each of `--orderings`
   (default: "auto", i.e. METIS, and "amd"), and the ordering it used;
 - `cholmod`: `cholmod.symbolic` with default options (CHOLMOD's own choice of ordering);
-- their ratio (target <= 3 at 512^2 and 1024^2), and nnz(L) of both (linsolve's without
-  the amalgamation zeros; CHOLMOD's counted from its numeric factor of a diagonally
-  dominant matrix on the pattern, amalgamation zeros excluded), with their ratio (target
-  <= 1.2).
+- their ratio (target <= 3 at 512^2 and 1024^2);
+- `whole`: the whole analysis a new pattern costs (`symbolic._analyse`: the structure
+  above plus the numeric schedule and its index maps), and its ratio to CHOLMOD's;
+- nnz(L) of both (linsolve's without the amalgamation zeros; CHOLMOD's counted from its
+  numeric factor of a diagonally dominant matrix on the pattern, amalgamation zeros
+  excluded), with their ratio (target <= 1.2).
 
 One thread (OMP/OpenBLAS/MKL set to 1 before any import). Timing samples of the two are
 interleaved; the machine may be shared and noisy, so quote medians of one run.
@@ -43,6 +45,7 @@ import scipy.sparse as sp  # noqa: E402
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
+from linsolve._sparse import symbolic  # noqa: E402
 from linsolve._sparse.elimination import _kernels, supernodal_structure  # noqa: E402
 
 
@@ -92,17 +95,22 @@ def run(ordering: str, name: str, a: sp.csc_matrix, repeats: int, nnz: bool) -> 
     indptr, indices = lower.indptr, lower.indices
     ca = cholmod_matrix(lower)
     cholmod.options.clear()
-    t_lin, t_chol = [], []
+    t_lin, t_chol, t_whole = [], [], []
     st = None
+    ip, ix = indptr.astype(np.int64), indices.astype(np.int64)
     for _ in range(repeats):
         t0 = time.perf_counter()
         st = supernodal_structure(indptr, indices, n, ordering, True)
         t1 = time.perf_counter()
         cholmod.symbolic(ca)
         t2 = time.perf_counter()
+        symbolic._analyse(ip, ix, n, ordering, True)  # uncached: what a new pattern costs
+        t3 = time.perf_counter()
         t_lin.append(t1 - t0)
         t_chol.append(t2 - t1)
+        t_whole.append(t3 - t2)
     lin, chol = statistics.median(t_lin), statistics.median(t_chol)
+    whole = statistics.median(t_whole)
     row = dict(
         problem=name,
         n=n,
@@ -110,6 +118,8 @@ def run(ordering: str, name: str, a: sp.csc_matrix, repeats: int, nnz: bool) -> 
         linsolve_s=lin,
         cholmod_s=chol,
         ratio=lin / chol,
+        whole_s=whole,
+        whole_ratio=whole / chol,
         nnz_L=st.nnz_L,
         supernodes=st.sn_start.shape[0] - 1,
     )
@@ -140,7 +150,8 @@ def main(argv=None) -> None:
     problems += [(f"3D {k}^3", lambda k=k: laplacian_3d(k)) for k in args.cubes]
     head = (
         f"{'problem':>10} {'n':>8} {'order':>6} {'linsolve s':>10} {'cholmod s':>9} "
-        f"{'ratio':>6} {'nnz(L)':>10} {'chol nnz':>10} {'nnz ratio':>9} {'snodes':>7}"
+        f"{'ratio':>6} {'whole s':>8} {'ratio':>6} {'nnz(L)':>10} {'chol nnz':>10} "
+        f"{'nnz ratio':>9} {'snodes':>7}"
     )
     print(head)
     for name, make in problems:
@@ -149,7 +160,8 @@ def main(argv=None) -> None:
             r = run(ordering, name, a, args.repeats, not args.no_nnz)
             print(
                 f"{r['problem']:>10} {r['n']:>8} {r['ordering']:>6} {r['linsolve_s']:>10.3f} "
-                f"{r['cholmod_s']:>9.3f} {r['ratio']:>6.2f} {r['nnz_L']:>10} "
+                f"{r['cholmod_s']:>9.3f} {r['ratio']:>6.2f} {r['whole_s']:>8.3f} "
+                f"{r['whole_ratio']:>6.2f} {r['nnz_L']:>10} "
                 f"{r.get('cholmod_nnz_L', '-'):>10} "
                 f"{r['nnz_ratio'] if 'nnz_ratio' in r else float('nan'):>9.3f} "
                 f"{r['supernodes']:>7}",

@@ -34,7 +34,7 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .numeric import HIGHEST, assemble, conj_transpose, const, tril_sym
+from .numeric import HIGHEST, conj_transpose, const, extend_add_index, level_buffer, tril_sym
 from .symbolic import Bucket, Symbolic
 from .takahashi import fronts, mm
 
@@ -67,16 +67,15 @@ def _factor_tangent(sym: Symbolic, g, x):
     dtype = g[0].dtype
     dg: list = [None] * len(sym.buckets)
     # The stored values (and the constant 1 on padding pivots) have no tangent here.
-    tail = jnp.zeros((sym.nnz + 1,), dtype)
-    source = tail
+    updates: list = []  # tangents of the level below's update matrices, with destinations
     for lev in sym.level_maps:
         dp_all = jnp.concatenate([x[b].reshape(-1) for b in lev.buckets])
-        dp_all = assemble(dp_all, lev.p_dst, source, lev.p_src)
-        du = []
+        buf = level_buffer(lev, dp_all, None, updates)
+        updates = []
         for b in lev.buckets:
             B = sym.buckets[b]
             K, M, N = B.K, B.M, B.N
-            dP = dp_all[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
+            dP = buf[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
             y = g[b][:, :K]  # L11^-1
             df11 = tril_sym(dP[:, :K])
             s = mm(mm(y, df11), conj_transpose(y))
@@ -91,9 +90,10 @@ def _factor_tangent(sym: Symbolic, g, x):
             dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
             t = df21 + 0.5 * wdf
             q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
-            du.append((q + conj_transpose(q)).reshape(-1))
+            start = lev.p_size + B.u_offset
+            du = buf[start : start + B.size * M * M].reshape(B.size, M, M)
+            updates.append((extend_add_index(B), du + q + conj_transpose(q)))
             dg[b] = jnp.concatenate([dy, dwn], axis=1)
-        source = assemble(jnp.concatenate(du + [tail]), lev.u_dst, source, lev.u_src)
     return dg
 
 

@@ -21,9 +21,10 @@ Pipeline:
    elimination tree (all supernodes of one level are independent), and inside a level bucketed
    by padded size, so the numeric phase does one batched dense kernel per bucket.
 6. The static integer maps the numeric phase needs (assembly of the stored values into the
-   frontal matrices, extend-add from child to parent fronts, the solve gathers/scatters), as
-   compact numpy arrays: O(nnz(A) + sum of supernode row counts), never O(sum of front sizes^2),
-   because XLA embeds them in the compiled program as constants.
+   frontal matrices, each child's rows' positions in its parent front for the extend-add,
+   the solve gathers/scatters), as compact numpy arrays: O(nnz(A) + sum of supernode row
+   counts), never O(sum of front sizes^2) — XLA embeds them in the compiled program as
+   constants, and the numeric phase computes the per-entry destinations from them.
 
 The numeric phase lives in `numeric.py`; the selected inverse in `selinv.py`.
 """
@@ -82,6 +83,11 @@ class Bucket:
     up_K: np.ndarray  # (b,) int32
     up_M: np.ndarray  # (b,) int32
     up_rel: np.ndarray  # (b, M) int32
+    # Where each supernode's update matrix goes (extend-add, `numeric.extend_add_index`):
+    # the parent's pivot columns start at up_pbase[t] and its update matrix at up_ubase[t]
+    # of the parent level's flat [P | U] buffer (see `Level`).
+    up_pbase: np.ndarray  # (b,) int32
+    up_ubase: np.ndarray  # (b,) int32
 
     @property
     def N(self) -> int:
@@ -111,23 +117,22 @@ class Level:
     """Assembly maps of one level of the supernodal tree (all its buckets at once).
 
     The front of a supernode is kept as two arrays: its pivot columns `P = [F11; F21]`
-    `(b, N, K)` and its update matrix `U` `(b, M, M)`, which starts as `-L21 L21^T` and
-    receives the children's contributions in place. A level's P's and U's are concatenated
-    into flat buffers (bucket offsets in `Bucket.p_offset / u_offset`); the U buffer is
-    followed by `[values, 1.0]` (index nnz of that is the constant 1 put on padding
-    pivots), and that whole buffer is the *source* of the next level up (the deepest level's
-    source is `[values, 1.0]` alone). Assembly is one gather and one scatter-add per region:
-    `P[p_dst] += source[p_src]`, `U[u_dst] += source[u_src]`, destinations sorted. Only
-    lower triangles are assembled and read.
+    `(b, N, K)` and its update matrix `U` `(b, M, M)`, which receives the children's
+    contributions and then `-L21 L21^H`. A level's P's and U's sit in one flat buffer
+    `[P | U]` (bucket offsets in `Bucket.p_offset / u_offset`, the U part starting at
+    `p_size`), assembled by one scatter-add: the stored values of A (and the constant 1 on
+    padding pivots, index nnz of `[values, 1.0]`) through the static map
+    `P[v_dst] += [values, 1][v_src]`, and the update matrices of the level below at
+    destinations computed in the program from O(rows) arrays (`Bucket.up_rel`, `up_pbase`,
+    `up_ubase`): the O(sum of squared update sizes) extend-add maps are never built on the
+    host nor embedded in the program. Only lower triangles are assembled and read.
     """
 
     buckets: tuple[int, ...]
     p_size: int
     u_size: int
-    p_src: np.ndarray  # int32
-    p_dst: np.ndarray  # int32, sorted
-    u_src: np.ndarray  # int32
-    u_dst: np.ndarray  # int32, sorted
+    v_src: np.ndarray  # int32
+    v_dst: np.ndarray  # int32, sorted
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -461,31 +466,7 @@ def _schedule(
         vals = rel_all[idx] if rel_all.size else np.zeros(idx.shape, np.int64)
         return np.where(valid, vals, pad[:, None])
 
-    # children of each bucket's supernodes, grouped by parent bucket
-    kids_order = child[np.argsort(bucket_of[par], kind="stable")]
-    kid_counts = np.bincount(bucket_of[par], minlength=nb)
-    kid_bounds = np.concatenate([[0], np.cumsum(kid_counts)])
-    kids_of_bucket = [kids_order[kid_bounds[b] : kid_bounds[b + 1]] for b in range(nb)]
-
-    # Row-major lower triangle of the largest update matrix: its first m (m + 1) / 2 entries
-    # are the lower triangle of an m x m one.
-    tri_i, tri_j = np.tril_indices(int(m.max()) if ns else 0)
-
-    def extend_add(kids: np.ndarray):
-        """Child bucket, flat source index in its update matrices, and parent-front
-        (row, col) of every real lower-triangle entry of the update matrices of `kids`."""
-        tc = m[kids] * (m[kids] + 1) // 2
-        start = np.concatenate([[0], np.cumsum(tc)])
-        kid = np.repeat(kids, tc)
-        local = np.arange(start[-1]) - np.repeat(start[:-1], tc)
-        ti, tj = tri_i[local], tri_j[local]
-        cb = bucket_of[kid]
-        w = bM[cb]
-        src = (sn_slot[kid] * w + ti) * w + tj
-        ri, rj = rel_all[rel_off[kid] + ti], rel_all[rel_off[kid] + tj]
-        return cb, src, sn_slot[sn_parent[kid]], ri, rj
-
-    # Flat level buffers: P's, then U's followed by [values, 1.0].
+    # Flat level buffers [P | U].
     p_offset = np.zeros(nb, dtype=np.int64)
     u_offset = np.zeros(nb, dtype=np.int64)
     p_size, u_size = [], []
@@ -498,29 +479,16 @@ def _schedule(
         p_size.append(po)
         u_size.append(uo)
 
-    def assembly_maps(b, sel, pad_t, pad_j, kids, values_at):
-        """(P src, P dst, U src, U dst) of bucket b in level-buffer coordinates; the stored
-        values sit at `values_at` in the source buffer."""
-        K, M, N = int(bK[b]), int(bM[b]), int(bN[b])
+    def value_maps(b, sel, pad_t, pad_j):
+        """(src, dst) of the stored values (and padding pivots' 1) of bucket b: index into
+        `[values, 1.0]`, flat index in its level's P buffer."""
+        K, N = int(bK[b]), int(bN[b])
         a_slot = sn_slot[e_sn[sel]]
-        p_src = [values_at + sel, np.full(pad_t.shape[0], values_at + nnz, np.int64)]
-        p_dst = [(a_slot * N + e_row[sel]) * K + e_col[sel], (pad_t * N + pad_j) * K + pad_j]
-        u_src, u_dst = [], []
-        if kids.size:
-            cb, src, slot, ri, rj = extend_add(kids)
-            src = src + u_offset[cb]
-            piv = rj < K
-            p_src.append(src[piv])
-            p_dst.append((slot[piv] * N + ri[piv]) * K + rj[piv])
-            u_src.append(src[~piv])
-            u_dst.append((slot[~piv] * M + ri[~piv] - K) * M + rj[~piv] - K)
-        cat = lambda x: np.concatenate(x) if x else np.zeros(0, np.int64)  # noqa: E731
-        return (
-            cat(p_src),
-            cat(p_dst) + p_offset[b],
-            cat(u_src),
-            cat(u_dst) + u_offset[b],
+        src = np.concatenate([sel, np.full(pad_t.shape[0], nnz, np.int64)])
+        dst = np.concatenate(
+            [(a_slot * N + e_row[sel]) * K + e_col[sel], (pad_t * N + pad_j) * K + pad_j]
         )
+        return src, dst + p_offset[b]
 
     level_index = np.zeros(nb, dtype=np.int64)
     for i, ids in enumerate(levels):
@@ -543,9 +511,7 @@ def _schedule(
 
         sel = read_idx[read_bucket == b]
         pad_t, pad_j = np.nonzero(~col_valid)
-        lev_i = level_index[b]
-        values_at = u_size[lev_i - 1] if lev_i else 0
-        raw_maps[b] = assembly_maps(b, sel, pad_t, pad_j, kids_of_bucket[b], values_at)
+        raw_maps[b] = value_maps(b, sel, pad_t, pad_j)
         mine = np.nonzero(e_bucket == b)[0]
         sel_chunks.append(mine)
 
@@ -560,6 +526,9 @@ def _schedule(
         up_b21 = np.where(has_parent, pz + pn * pK * pK + ps * pM * pK, 0)
         up_b22 = np.where(has_parent, pz + pn * (pK * pK + pM * pK) + ps * pM * pM, 0)
         up_rel = rel_rows(sns, M, np.full(bs, -1)) if M else np.zeros((bs, 0), np.int64)
+        p_lev = level_index[pb]
+        up_pbase = np.where(has_parent, p_offset[pb] + ps * bN[pb] * pK, 0)
+        up_ubase = np.where(has_parent, np.take(p_size, p_lev) + u_offset[pb] + ps * pM * pM, 0)
         buckets.append(
             Bucket(
                 level=bucket_level[b],
@@ -580,21 +549,22 @@ def _schedule(
                 up_K=up_K.astype(np.int32),
                 up_M=up_M.astype(np.int32),
                 up_rel=up_rel.astype(np.int32),
+                up_pbase=up_pbase.astype(np.int32),
+                up_ubase=up_ubase.astype(np.int32),
             )
         )
     level_maps = []
     for i, ids in enumerate(levels):
-        parts = [np.concatenate([raw_maps[b][j] for b in ids]) for j in range(4)]
-        po, uo = np.argsort(parts[1], kind="stable"), np.argsort(parts[3], kind="stable")
+        src = np.concatenate([raw_maps[b][0] for b in ids])
+        dst = np.concatenate([raw_maps[b][1] for b in ids])
+        o = np.argsort(dst, kind="stable")
         level_maps.append(
             Level(
                 buckets=tuple(ids),
                 p_size=p_size[i],
                 u_size=u_size[i],
-                p_src=parts[0][po].astype(np.int32),
-                p_dst=parts[1][po].astype(np.int32),
-                u_src=parts[2][uo].astype(np.int32),
-                u_dst=parts[3][uo].astype(np.int32),
+                v_src=src[o].astype(np.int32),
+                v_dst=dst[o].astype(np.int32),
             )
         )
     order = np.concatenate(sel_chunks) if sel_chunks else np.zeros(0, np.int64)
@@ -602,7 +572,7 @@ def _schedule(
     sel_order[order] = np.arange(order.shape[0])
 
     nnz_L_padded = int(np.sum(bsize * (bK * (bK + 1) // 2 + bK * bM)))
-    if max(max(z_pool), max(u_size) + nnz + 1, max(p_size), n + 1) >= 2**31:
+    if max(max(z_pool), max(np.add(u_size, p_size)), nnz + 1, n + 1) >= 2**31:
         raise ValueError("sparse factor too large for 32-bit index maps")
 
     return Symbolic(
