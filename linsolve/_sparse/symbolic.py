@@ -158,7 +158,9 @@ class Symbolic:
     # supernodes (in postorder of the supernodal elimination tree)
     sn_start: np.ndarray  # (ns + 1,) first permuted column of each supernode
     sn_parent: np.ndarray  # (ns,) parent supernode, -1 for roots
-    sn_rows: tuple[np.ndarray, ...]  # below-diagonal permuted row indices of each supernode
+    # below-diagonal permuted row indices of supernode s: sn_rowind[sn_rowptr[s]:sn_rowptr[s+1]]
+    sn_rowptr: np.ndarray  # (ns + 1,)
+    sn_rowind: np.ndarray
     sn_bucket: np.ndarray  # (ns,) bucket id
     sn_slot: np.ndarray  # (ns,) batch index inside the bucket
     buckets: tuple[Bucket, ...]
@@ -250,7 +252,6 @@ def _analyse(indptr, indices, n, ordering, relax) -> Symbolic:
     st = supernodal_structure(indptr, indices, n, ordering, relax)
     k = np.diff(st.sn_start)
     m = np.diff(st.sn_rowptr)
-    sn_rows = tuple(st.sn_rowind[st.sn_rowptr[s] : st.sn_rowptr[s + 1]] for s in range(k.size))
     return _schedule(
         n=n,
         nnz=int(indices.shape[0]),
@@ -262,7 +263,8 @@ def _analyse(indptr, indices, n, ordering, relax) -> Symbolic:
         entry_read=st.entry_read,
         sn_start=st.sn_start,
         sn_parent=st.sn_parent,
-        sn_rows=sn_rows,
+        sn_rowptr=st.sn_rowptr,
+        sn_rowind=st.sn_rowind,
         nnz_L=st.nnz_L,
         nnz_L_stored=int(np.sum(k * (k + 1) // 2 + k * m)),
         flops=float(np.sum(k**3 / 3 + k**2 * m + k * m**2)),
@@ -287,14 +289,14 @@ def _front_cost(K, M):
     return _COST_FLOP * (K**3 / 3 + K * K * M + K * M * M) + _COST_ELEM * (K + M) ** 2 + _COST_FRONT
 
 
-def _size_class(x: int) -> int:
-    """Round a block dimension up to 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (ratio <= 1.5)."""
-    if x <= 4:
-        return x
-    p = 1 << (int(x - 1).bit_length() - 1)  # largest power of two < x
-    if x <= p + p // 2:
-        return p + p // 2
-    return 2 * p
+def _size_class(x: np.ndarray) -> np.ndarray:
+    """Round block dimensions up to 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (ratio <= 1.5)."""
+    x = np.asarray(x, dtype=np.int64)
+    # largest power of two < x (for x > 4)
+    p = np.left_shift(1, np.floor(np.log2(np.maximum(x - 1, 1))).astype(np.int64))
+    p = np.where(p * 2 <= x - 1, p * 2, p)  # guard log2 rounding
+    p = np.where(p > x - 1, p // 2, p)
+    return np.where(x <= 4, x, np.where(x <= p + p // 2, p + p // 2, 2 * p))
 
 
 def _split_level(k: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
@@ -304,11 +306,13 @@ def _split_level(k: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
     optimal split into contiguous runs of classes is found by dynamic programming on the
     cost model above.
     """
-    kc = np.array([_size_class(int(x)) for x in k])
-    mc = np.array([_size_class(int(x)) for x in m])
-    cls, inv = np.unique(np.stack([kc + mc, kc, mc], axis=1), axis=0, return_inverse=True)
+    kc = _size_class(k)
+    mc = _size_class(m)
+    # classes in the order of (front size, K, M), as one integer key
+    base = int(max(kc.max(), mc.max())) + 1
+    keys, inv = np.unique(((kc + mc) * base + kc) * base + mc, return_inverse=True)
     inv = inv.reshape(-1)
-    C = cls.shape[0]
+    C = keys.shape[0]
     cnt = np.bincount(inv, minlength=C)
     kmax = np.zeros(C, np.int64)
     mmax = np.zeros(C, np.int64)
@@ -336,6 +340,20 @@ def _split_level(k: np.ndarray, m: np.ndarray) -> list[np.ndarray]:
     return groups[::-1]
 
 
+def _depths(parent: np.ndarray) -> np.ndarray:
+    """Depth of every node of a forest given by parent pointers (-1 for roots), by pointer
+    jumping: O(n log depth) vectorised work, no loop over nodes."""
+    depth = (parent >= 0).astype(np.int64)  # distance to `anc`
+    anc = parent.copy()
+    while True:
+        live = np.nonzero(anc >= 0)[0]
+        if not live.size:
+            return depth
+        a = anc[live]
+        depth[live] += depth[a]
+        anc[live] = anc[a]
+
+
 def _schedule(
     *,
     n,
@@ -348,25 +366,23 @@ def _schedule(
     entry_read,
     sn_start,
     sn_parent,
-    sn_rows,
+    sn_rowptr,
+    sn_rowind,
     nnz_L,
     nnz_L_stored,
     flops,
 ) -> Symbolic:
     ns = sn_parent.shape[0]
     k = np.diff(sn_start)
-    m = np.array([x.shape[0] for x in sn_rows], dtype=np.int64)
+    m = np.diff(sn_rowptr).astype(np.int64)
 
     # Levels by depth: a supernode is processed on the level just below its parent, so every
     # child of a level-d supernode is on level d + 1 and update matrices only ever flow
     # between consecutive levels (they can be freed right after).
-    depth = np.zeros(ns, dtype=np.int64)
-    parent_l = sn_parent.tolist()
-    for s in range(ns - 1, -1, -1):  # parents have larger ids
-        p = parent_l[s]
-        if p >= 0:
-            depth[s] = depth[p] + 1
+    depth = _depths(sn_parent)
     num_levels = int(depth.max()) + 1
+    by_depth = np.argsort(depth, kind="stable")
+    depth_bounds = np.searchsorted(depth[by_depth], np.arange(num_levels + 1))
 
     bucket_of = np.zeros(ns, dtype=np.int64)
     sn_slot = np.zeros(ns, dtype=np.int64)
@@ -374,7 +390,7 @@ def _schedule(
     bucket_level: list[int] = []
     levels: list[list[int]] = []
     for lev in range(num_levels - 1, -1, -1):
-        members = np.nonzero(depth == lev)[0]
+        members = by_depth[depth_bounds[lev] : depth_bounds[lev + 1]]
         ids = []
         for grp in _split_level(k[members], m[members]):
             sns = members[grp]
@@ -395,7 +411,7 @@ def _schedule(
     # global sorted key array (key = supernode * n + row).
     row_off = np.zeros(ns + 1, dtype=np.int64)
     np.cumsum(m, out=row_off[1:])
-    all_rows = np.concatenate(sn_rows) if ns else np.zeros(0, np.int64)
+    all_rows = np.asarray(sn_rowind, dtype=np.int64)
     row_keys = np.repeat(np.arange(ns), m) * n + all_rows
     col2sn = np.repeat(np.arange(ns), k)
 
@@ -449,10 +465,7 @@ def _schedule(
     # Position of every child's below rows in its parent's front.
     child = np.nonzero(sn_parent >= 0)[0]
     par = sn_parent[child]
-    if child.size:
-        cat_rows = np.concatenate([sn_rows[s] for s in child])
-    else:
-        cat_rows = np.zeros(0, np.int64)
+    cat_rows = all_rows[np.repeat(sn_parent >= 0, m)]  # rows of the children, in order
     rel_all, rel_found = front_pos(np.repeat(par, m[child]), cat_rows)
     if not np.all(rel_found):
         raise AssertionError("internal error: a child row is outside its parent's front")
@@ -495,8 +508,9 @@ def _schedule(
         level_index[list(ids)] = i
     raw_maps: list = [None] * nb
     buckets = []
-    read_idx = np.nonzero(entry_read)[0]
-    read_bucket = e_bucket[read_idx]
+    # stored entries grouped by bucket (in their order), all of them and the read ones
+    by_bucket = np.argsort(e_bucket, kind="stable")
+    e_bounds = np.searchsorted(e_bucket[by_bucket], np.arange(nb + 1))
     sel_chunks = []
     for b in range(nb):
         sns = bucket_members[b]
@@ -509,10 +523,10 @@ def _schedule(
         ridx = np.minimum(row_off[sns][:, None] + arM[None, :], max(all_rows.size - 1, 0))
         row_idx = np.where(row_valid, all_rows[ridx] if all_rows.size else n, n)
 
-        sel = read_idx[read_bucket == b]
+        mine = by_bucket[e_bounds[b] : e_bounds[b + 1]]
+        sel = mine[entry_read[mine]]
         pad_t, pad_j = np.nonzero(~col_valid)
         raw_maps[b] = value_maps(b, sel, pad_t, pad_j)
-        mine = np.nonzero(e_bucket == b)[0]
         sel_chunks.append(mine)
 
         has_parent = sn_parent[sns] >= 0
@@ -588,7 +602,8 @@ def _schedule(
         logdet_weight=weight,
         sn_start=sn_start,
         sn_parent=sn_parent,
-        sn_rows=sn_rows,
+        sn_rowptr=sn_rowptr,
+        sn_rowind=sn_rowind,
         sn_bucket=bucket_of,
         sn_slot=sn_slot,
         buckets=tuple(buckets),
