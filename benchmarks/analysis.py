@@ -144,6 +144,9 @@ def main(argv=None) -> None:
     _kernels()  # numba's import (the kernels themselves load or compile on first call)
     small = sp.tril(laplacian_2d(4)).tocsc()
     supernodal_structure(small.indptr, small.indices, 16, "auto", True)
+    symbolic._analyse(
+        small.indptr.astype(np.int64), small.indices.astype(np.int64), 16, "auto", True
+    )
     print(f"first call (numba import + kernel load/compile): {time.perf_counter() - t0:.2f} s")
 
     problems = [(f"2D {m}^2", lambda m=m: laplacian_2d(m)) for m in args.grids]

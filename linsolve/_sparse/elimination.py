@@ -505,6 +505,35 @@ def _k_supernode_rows(sn_start, sn_parent, rowptr, gp, gi, perm, iperm):
     return rowind, -1
 
 
+@no_type_check
+def _k_front_rows(sn_start, rowptr, rowind, s, row):
+    """Where permuted `row[q]` sits in the front of supernode `s[q]`: `(local, kind)` with
+    kind 1 and local = column offset for one of its pivot columns, kind 2 and local =
+    index among its (sorted) below rows, kind 0 if it is in neither (binary search)."""
+    nq = s.shape[0]
+    local = np.zeros(nq, dtype=np.int64)
+    kind = np.zeros(nq, dtype=np.int8)
+    for q in range(nq):
+        t = s[q]
+        r = row[q]
+        if sn_start[t] <= r < sn_start[t + 1]:
+            local[q] = r - sn_start[t]
+            kind[q] = 1
+            continue
+        lo = rowptr[t]
+        hi = rowptr[t + 1]
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if rowind[mid] < r:
+                lo = mid + 1
+            else:
+                hi = mid
+        if lo < rowptr[t + 1] and rowind[lo] == r:
+            local[q] = lo - rowptr[t]
+            kind[q] = 2
+    return local, kind
+
+
 class _Kernels:
     def __init__(self, jit):
         self.adjacency = jit(_k_adjacency)
@@ -513,6 +542,7 @@ class _Kernels:
         self.column_counts = jit(_k_column_counts)
         self.amalgamate = jit(_k_amalgamate)
         self.supernode_rows = jit(_k_supernode_rows)
+        self.front_rows = jit(_k_front_rows)
 
 
 @functools.cache

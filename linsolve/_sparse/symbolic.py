@@ -37,7 +37,7 @@ import time
 
 import numpy as np
 
-from .elimination import supernodal_structure
+from .elimination import _kernels, supernodal_structure
 
 
 # ---------------------------------------------------------------------------------------
@@ -407,25 +407,19 @@ def _schedule(
     bN = bK + bM
 
     # Position of permuted row `row` in the front of supernode `s`: its own columns come first,
-    # then its below rows after the (padded) pivot block. Below rows are found with one
-    # global sorted key array (key = supernode * n + row).
+    # then its below rows after the (padded) pivot block (a compiled binary search).
     row_off = np.zeros(ns + 1, dtype=np.int64)
     np.cumsum(m, out=row_off[1:])
     all_rows = np.asarray(sn_rowind, dtype=np.int64)
-    row_keys = np.repeat(np.arange(ns), m) * n + all_rows
     col2sn = np.repeat(np.arange(ns), k)
+    rowptr = np.asarray(sn_rowptr, dtype=np.int64)
 
     def front_pos(s: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(position, found) of permuted rows in the fronts of supernodes s (vectorised)."""
-        in_cols = (row >= sn_start[s]) & (row < sn_start[s + 1])
-        q = np.searchsorted(row_keys, s * n + row)
-        qc = np.minimum(q, max(row_keys.size - 1, 0))
-        if row_keys.size:
-            found_below = row_keys[qc] == s * n + row
-        else:
-            found_below = np.zeros(row.shape, bool)
-        pos = np.where(in_cols, row - sn_start[s], bK[bucket_of[s]] + q - row_off[s])
-        return pos, in_cols | found_below
+        """(position, found) of permuted rows in the fronts of supernodes s."""
+        s = np.ascontiguousarray(s, dtype=np.int64)
+        row = np.ascontiguousarray(row, dtype=np.int64)
+        local, kind = _kernels().front_rows(sn_start, rowptr, all_rows, s, row)
+        return np.where(kind == 2, bK[bucket_of[s]] + local, local), kind > 0
 
     # Stored entries -> flat position of their lower-triangle mirror in the fronts.
     pr, pc = iperm[entry_row], iperm[entry_col]
