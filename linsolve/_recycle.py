@@ -30,6 +30,8 @@ import jax
 import jax.numpy as jnp
 from jaxtyping import Array, Inexact
 
+from . import _lapack
+
 
 class RecycleSpace(eqx.Module):
     """A fixed-size recycle space for Krylov solves, carried from one `linear_solve` to the
@@ -140,7 +142,7 @@ def hermitian_pinv(matrix: Array, definite: bool = True) -> Array:
     eigenvalues below `size · eps` relative to the largest magnitude (zero columns of a
     short solve's basis, dependent vectors, rounding) are dropped."""
     matrix = 0.5 * (matrix + _ct(matrix))
-    lam, q = jnp.linalg.eigh(matrix)
+    lam, q = _lapack.eigh(matrix)
     eps = jnp.finfo(lam.dtype).eps
     size = jnp.abs(lam) if not definite else lam
     keep = size > matrix.shape[-1] * eps * jnp.max(jnp.abs(lam), axis=-1, keepdims=True)
@@ -153,7 +155,7 @@ def _orthonormalize_pass(z: Array, cutoff: float) -> Array:
     `z` whose Gram eigenvalue exceeds `cutoff · max` (zero columns for the others)."""
     gram = _ct(z) @ z
     gram = 0.5 * (gram + _ct(gram))
-    lam, u = jnp.linalg.eigh(gram)
+    lam, u = _lapack.eigh(gram)
     keep = lam > cutoff * jnp.max(lam)
     return u * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam, 1)), 0).astype(u.dtype)
 
@@ -296,12 +298,12 @@ def window_restart(window, tri: Array, m: int, by_magnitude: bool = False):
     s = tri.shape[0] - 1
     coupling = tri[s, s - 1]
     t = tri[:s, :s]
-    lam, y = jnp.linalg.eigh(t)
+    lam, y = _lapack.eigh(t)
     y = y[:, _order(lam, by_magnitude)[:m]]
-    lam_lead, y_lead = jnp.linalg.eigh(t[: s - 1, : s - 1])
+    lam_lead, y_lead = _lapack.eigh(t[: s - 1, : s - 1])
     y_lead = y_lead[:, _order(lam_lead, by_magnitude)[:m]]
     y_lead = jnp.concatenate([y_lead, jnp.zeros((1, m), t.dtype)], axis=0)
-    q, _ = jnp.linalg.qr(jnp.concatenate([y, y_lead], axis=1))  # (s, 2m), orthonormal
+    q, _ = _lapack.qr(jnp.concatenate([y, y_lead], axis=1))  # (s, 2m), orthonormal
     keep = 2 * m
     new_window = jax.tree.map(
         lambda w: jnp.zeros_like(w).at[:keep].set((q.T @ w).astype(w.dtype)), window
@@ -324,7 +326,7 @@ def ritz_rows(window, tri: Array, count, m: int, by_magnitude: bool = False):
     # Unused slots get a diagonal above every eigenvalue of the used block (Gershgorin).
     big = 2 * jnp.max(jnp.sum(jnp.abs(t), axis=1)) + 1
     t = t + jnp.diag(jnp.where(valid, 0, big))
-    lam, y = jnp.linalg.eigh(t)
+    lam, y = _lapack.eigh(t)
     idx = _order(lam, by_magnitude)[:m]
     # Drop the unused slots' eigenvectors (eigenvalue `big`) when fewer than m exist.
     y = jnp.where(valid[:, None] & (jnp.abs(lam[idx]) < 0.75 * big), y[:, idx], 0)
@@ -343,7 +345,7 @@ def _ritz_pairs(z: Array, az: Array, maz: Array, definite: bool):
     h, s = (amaz, zaz) if definite else (zaz, amaz)
     s = 0.5 * (s + _ct(s))
     h = 0.5 * (h + _ct(h))
-    lam_s, u = jnp.linalg.eigh(s)
+    lam_s, u = _lapack.eigh(s)
     eps = jnp.finfo(lam_s.dtype).eps
     keep = lam_s > s.shape[-1] * eps * jnp.max(jnp.abs(lam_s))
     root = u * jnp.where(keep, 1 / jnp.sqrt(jnp.where(keep, lam_s, 1)), 0)
@@ -353,11 +355,11 @@ def _ritz_pairs(z: Array, az: Array, maz: Array, definite: bool):
         # Dropped directions get an eigenvalue above all others: chosen last.
         big = 2 * jnp.max(jnp.sum(jnp.abs(k), axis=1)) + 1
         k = k + jnp.diag(jnp.where(keep, 0, big)).astype(k.dtype)
-        lam, g = jnp.linalg.eigh(k)
+        lam, g = _lapack.eigh(k)
         idx = jnp.argsort(lam)
         theta = jnp.where(jnp.abs(lam[idx]) < 0.75 * big, lam[idx], jnp.inf)
     else:
-        lam, g = jnp.linalg.eigh(k)  # dropped directions have eigenvalue 0: chosen last
+        lam, g = _lapack.eigh(k)  # dropped directions have eigenvalue 0: chosen last
         idx = jnp.argsort(-jnp.abs(lam))
         theta = jnp.where(lam[idx] != 0, 1 / jnp.where(lam[idx] != 0, lam[idx], 1), jnp.inf)
     return theta, root @ g[:, idx]

@@ -207,3 +207,53 @@ def test_vmapped_factorization_and_rcond_in_one_loop_match_each_matrix(solver, n
         text = init.lower(a).compile().as_text()
         # Loops in the entry computation; a failure's diagnosis (in a branch) aside.
         assert text[text.index("ENTRY") :].count(" while(") == 1
+
+
+KRYLOV = {
+    "cg-recycle": lambda: ls.CG(rtol=1e-10, recycle=4),
+    "minres-recycle": lambda: ls.MINRES(rtol=1e-10, recycle=4),
+}
+
+
+@pytest.mark.parametrize("name", list(KRYLOV))
+def test_recycled_krylov_solves_of_several_columns_make_unbatched_lapack_calls(name):
+    """Krylov recycling of an `(n, k)` right-hand side runs its small Rayleigh–Ritz
+    eigenproblems once per column: they must not become batched LAPACK calls (the PDE
+    inverse example, four sources with a carried space, deadlocked on 2 cores)."""
+    rng = np.random.default_rng(4)
+    n, k = 30, 3
+    a = _spd_batch(rng, 1, n)[0]
+    b = jnp.asarray(rng.standard_normal((n, k)))
+    space = ls.RecycleSpace.empty(n, 4, columns=k)
+
+    def loss(a, b):
+        sol = ls.linear_solve(ls.MatrixOperator(a, PSD), b, KRYLOV[name](), recycle=space)
+        return jnp.sum(jnp.sin(sol.value)), sol.stats["recycle"]
+
+    fn = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)
+    dims = _lapack_batch_dims(fn, a, b)
+    assert dims and all(d == 0 for d in dims), dims
+    (value, new_space), (ga, gb) = jax.jit(fn)(a, b)
+    x = np.linalg.solve(a, b)
+    np.testing.assert_allclose(value, np.sum(np.sin(x)), rtol=1e-8)
+    np.testing.assert_allclose(gb, np.linalg.solve(a, np.cos(x)), rtol=1e-6, atol=1e-9)
+    # the refreshed space is used by the next solve: still the same answer
+    sol = jax.jit(
+        lambda a, b, s: ls.linear_solve(ls.MatrixOperator(a, PSD), b, KRYLOV[name](), recycle=s)
+    )(a, b, new_space)
+    np.testing.assert_allclose(sol.value, x, rtol=1e-7, atol=1e-9)
+
+
+def test_vmapped_gmres_makes_unbatched_lapack_calls():
+    """GMRES's small least-squares triangular solve, batched over right-hand sides (each
+    has its own Hessenberg matrix)."""
+    rng = np.random.default_rng(5)
+    n = 20
+    a = jnp.asarray(rng.standard_normal((n, n)) + 8 * np.eye(n))
+    bs = jnp.asarray(rng.standard_normal((3, n)))
+    solve = jax.vmap(
+        lambda b: ls.linear_solve(ls.MatrixOperator(a), b, ls.GMRES(rtol=1e-12)).value
+    )
+    dims = _lapack_batch_dims(solve, bs)
+    assert all(d == 0 for d in dims), dims
+    np.testing.assert_allclose(jax.jit(solve)(bs), np.linalg.solve(a, bs.T).T, rtol=1e-9)

@@ -4,9 +4,9 @@ from typing import Any
 
 import equinox as eqx
 import jax.numpy as jnp
-import jax.scipy.linalg as jsl
 from jax import lax
 
+from .. import _lapack
 from .._solution import RESULTS, result_code
 from .abstract import AbstractReusingSolver
 from .krylov import (
@@ -143,7 +143,7 @@ def _gmres(state: KrylovState, b, y0, restart: int, verbose: bool, label: str):
         tri = jnp.where(used[:, None] & used[None, :], hess[:restart], 0)
         bad_diag = used & (jnp.diagonal(tri) == 0)
         tri = tri + jnp.diag(jnp.where(used & ~bad_diag, 0, 1).astype(dtype))
-        coef = jsl.solve_triangular(tri, jnp.where(used, g[:restart], 0), lower=False)
+        coef = _lapack.solve_triangular(tri, jnp.where(used, g[:restart], 0), lower=False)
         x = x + pre(coef @ basis[:restart])
         # No progress in a whole cycle (e.g. a singular operator): stop rather than spin
         # (unless the true residual, checked next, has converged after all).
