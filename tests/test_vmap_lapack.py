@@ -251,9 +251,7 @@ def test_vmapped_gmres_makes_unbatched_lapack_calls():
     n = 20
     a = jnp.asarray(rng.standard_normal((n, n)) + 8 * np.eye(n))
     bs = jnp.asarray(rng.standard_normal((3, n)))
-    solve = jax.vmap(
-        lambda b: ls.linear_solve(ls.MatrixOperator(a), b, ls.GMRES(rtol=1e-12)).value
-    )
+    solve = jax.vmap(lambda b: ls.linear_solve(ls.MatrixOperator(a), b, ls.GMRES(rtol=1e-12)).value)
     dims = _lapack_batch_dims(solve, bs)
     assert all(d == 0 for d in dims), dims
     np.testing.assert_allclose(jax.jit(solve)(bs), np.linalg.solve(a, bs.T).T, rtol=1e-9)
