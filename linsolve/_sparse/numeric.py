@@ -4,11 +4,11 @@ Multifrontal, one tree level at a time: `symbolic.analyse` put every supernode o
 just below its parent and split each level into buckets of supernodes padded to a common
 size. For each bucket this module
 
-1. assembles the frontal matrices of all its supernodes at once, in one scatter-add per
-   level: the stored values of A through a static O(nnz) map, and the update matrices of
-   the children (computed on the level below) at destinations computed in the program
-   from each child's rows' positions in its parent (`extend_add_index`). Only lower
-   triangles are assembled;
+1. assembles the frontal matrices of all its supernodes at once (`level_buffer`): the
+   stored values of A through a static O(nnz) map, and the update matrices of the children
+   (computed on the level below) at destinations computed in the program from each
+   child's rows' positions in its parent (`extend_add_index`). Only lower triangles are
+   assembled;
 2. partially factorizes them with dense batched kernels: `L11 = chol(F11)`, then one
    triangular solve gives both `L11^-T` and `L21 = F21 L11^-T`, and one matmul gives both
    `W = L21 L11^-1` and the update matrix `U = F22 - L21 L21^T` for the parent.
@@ -165,6 +165,15 @@ def level_buffer(
     return out
 
 
+def front_blocks(buf: Array, lev: Level, B: Bucket) -> tuple[Array, Array]:
+    """Bucket `B`'s pivot columns `(b, N, K)` and update matrices `(b, M, M)` in the flat
+    `[P | U]` buffer of its level."""
+    P = buf[B.p_offset : B.p_offset + B.size * B.N * B.K].reshape(B.size, B.N, B.K)
+    start = lev.p_size + B.u_offset
+    U = buf[start : start + B.size * B.M * B.M].reshape(B.size, B.M, B.M)
+    return P, U
+
+
 @jax.custom_jvp
 def _partial_cholesky(f11: Array, f21: Array) -> Array:
     """Dense kernel of one bucket: `X = [L^-H; F21 L^-H]` where `F11 = L L^H`.
@@ -287,8 +296,8 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
         updates = []
         for b in lev.buckets:
             B = sym.buckets[b]
-            K, M, N = B.K, B.M, B.N
-            P = buf[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
+            K, M = B.K, B.M
+            P, U = front_blocks(buf, lev, B)
             f21 = P[:, K:]
             W = S = None  # the update blocks (M > 0 only)
             if K == 1:
@@ -314,9 +323,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
             if M:
                 assert W is not None and S is not None
                 # The update matrix: the children's contributions minus L21 L21^H.
-                start = lev.p_size + B.u_offset
-                U = buf[start : start + B.size * M * M].reshape(B.size, M, M) - S
-                updates.append((extend_add_index(B), U))
+                updates.append((extend_add_index(B), U - S))
                 g[b] = jnp.concatenate([conj_transpose(xt), -W], axis=1)
             else:
                 g[b] = conj_transpose(xt)

@@ -34,7 +34,15 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .numeric import HIGHEST, conj_transpose, const, extend_add_index, level_buffer, tril_sym
+from .numeric import (
+    HIGHEST,
+    conj_transpose,
+    const,
+    extend_add_index,
+    front_blocks,
+    level_buffer,
+    tril_sym,
+)
 from .symbolic import Bucket, Symbolic
 from .takahashi import fronts, mm
 
@@ -74,8 +82,8 @@ def _factor_tangent(sym: Symbolic, g, x):
         updates = []
         for b in lev.buckets:
             B = sym.buckets[b]
-            K, M, N = B.K, B.M, B.N
-            dP = buf[B.p_offset : B.p_offset + B.size * N * K].reshape(B.size, N, K)
+            K, M = B.K, B.M
+            dP, du = front_blocks(buf, lev, B)
             y = g[b][:, :K]  # L11^-1
             df11 = tril_sym(dP[:, :K])
             s = mm(mm(y, df11), conj_transpose(y))
@@ -90,8 +98,6 @@ def _factor_tangent(sym: Symbolic, g, x):
             dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
             t = df21 + 0.5 * wdf
             q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
-            start = lev.p_size + B.u_offset
-            du = buf[start : start + B.size * M * M].reshape(B.size, M, M)
             updates.append((extend_add_index(B), du + q + conj_transpose(q)))
             dg[b] = jnp.concatenate([dy, dwn], axis=1)
     return dg

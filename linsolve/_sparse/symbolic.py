@@ -120,12 +120,13 @@ class Level:
     `(b, N, K)` and its update matrix `U` `(b, M, M)`, which receives the children's
     contributions and then `-L21 L21^H`. A level's P's and U's sit in one flat buffer
     `[P | U]` (bucket offsets in `Bucket.p_offset / u_offset`, the U part starting at
-    `p_size`), assembled by one scatter-add: the stored values of A (and the constant 1 on
+    `p_size`), assembled by scatter-adds: the stored values of A (and the constant 1 on
     padding pivots, index nnz of `[values, 1.0]`) through the static map
-    `P[v_dst] += [values, 1][v_src]`, and the update matrices of the level below at
-    destinations computed in the program from O(rows) arrays (`Bucket.up_rel`, `up_pbase`,
-    `up_ubase`): the O(sum of squared update sizes) extend-add maps are never built on the
-    host nor embedded in the program. Only lower triangles are assembled and read.
+    `P[v_dst] += [values, 1][v_src]`, and the update matrices of each bucket of the level
+    below at destinations computed in the program from O(rows) arrays (`Bucket.up_rel`,
+    `up_pbase`, `up_ubase`): the O(sum of squared update sizes) extend-add maps are never
+    built on the host nor embedded in the program. Only lower triangles are assembled and
+    read.
     """
 
     buckets: tuple[int, ...]
@@ -292,10 +293,8 @@ def _front_cost(K, M):
 def _size_class(x: np.ndarray) -> np.ndarray:
     """Round block dimensions up to 0, 1, 2, 3, 4, 6, 8, 12, 16, 24, ... (ratio <= 1.5)."""
     x = np.asarray(x, dtype=np.int64)
-    # largest power of two < x (for x > 4)
-    p = np.left_shift(1, np.floor(np.log2(np.maximum(x - 1, 1))).astype(np.int64))
-    p = np.where(p * 2 <= x - 1, p * 2, p)  # guard log2 rounding
-    p = np.where(p > x - 1, p // 2, p)
+    # largest power of two < x (x - 1 = f 2^e with 1/2 <= f < 1, exact for integers)
+    p = np.left_shift(1, np.frexp(np.maximum(x - 1, 1))[1] - 1)
     return np.where(x <= 4, x, np.where(x <= p + p // 2, p + p // 2, 2 * p))
 
 
@@ -408,11 +407,9 @@ def _schedule(
 
     # Position of permuted row `row` in the front of supernode `s`: its own columns come first,
     # then its below rows after the (padded) pivot block (a compiled binary search).
-    row_off = np.zeros(ns + 1, dtype=np.int64)
-    np.cumsum(m, out=row_off[1:])
+    rowptr = np.asarray(sn_rowptr, dtype=np.int64)
     all_rows = np.asarray(sn_rowind, dtype=np.int64)
     col2sn = np.repeat(np.arange(ns), k)
-    rowptr = np.asarray(sn_rowptr, dtype=np.int64)
 
     def front_pos(s: np.ndarray, row: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(position, found) of permuted rows in the fronts of supernodes s."""
@@ -514,7 +511,7 @@ def _schedule(
         col_valid = arK[None, :] < k[sns][:, None]
         col_idx = np.where(col_valid, sn_start[sns][:, None] + arK[None, :], n)
         row_valid = arM[None, :] < m[sns][:, None]
-        ridx = np.minimum(row_off[sns][:, None] + arM[None, :], max(all_rows.size - 1, 0))
+        ridx = np.minimum(rowptr[sns][:, None] + arM[None, :], max(all_rows.size - 1, 0))
         row_idx = np.where(row_valid, all_rows[ridx] if all_rows.size else n, n)
 
         mine = by_bucket[e_bounds[b] : e_bounds[b + 1]]
