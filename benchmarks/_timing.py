@@ -271,4 +271,10 @@ def environment(
         f"JAX backend {jax.default_backend()} ({devices}); Python {platform.python_version()}; "
         f"{versions}; threads: OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}, "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
+        # glibc's allocator settings change XLA:CPU's run times (fresh buffers every call)
+        + "".join(
+            f", {k}={os.environ[k]!r}"
+            for k in ("GLIBC_TUNABLES", "MALLOC_MMAP_MAX_", "LD_PRELOAD")
+            if k in os.environ
+        )
     )

@@ -35,9 +35,11 @@ Usage:
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 Note: XLA:CPU allocates its buffers afresh on every call, and on Linux the first touch of
-that memory (page faults) is a sizeable part of the run time at these sizes; CHOLMOD here
-refactorizes into memory it already owns. `--malloc-note` prints how to rerun with glibc
-keeping freed memory (MALLOC_MMAP_MAX_=0), which shows that share.
+that memory (page faults, 4 KiB at a time) is a sizeable part of the run time at these
+sizes; CHOLMOD here refactorizes into memory it already owns. With glibc >= 2.35, run as
+`GLIBC_TUNABLES=glibc.malloc.hugetlb=1 python benchmarks/sparse.py ...` to let large
+allocations use transparent huge pages (the environment line then shows it): 20-36 %
+less time for linsolve's numeric phases at 128^2-512^2 (docs/benchmarks.md).
 """
 
 from __future__ import annotations
