@@ -63,6 +63,34 @@ def const(x: np.ndarray) -> Array:
     return lax.optimization_barrier(jnp.asarray(x))
 
 
+def after(x: Array | np.ndarray, token: Array) -> Array:
+    """`x` (never differentiated: constants, index maps), computed only once `token` is.
+
+    An order for XLA's scheduler, which otherwise computes whatever depends on constants
+    alone (index maps, zero-filled buffers, identities) at the start of the program and
+    keeps it alive until used: at 32³ that tripled the factorization's memory. The
+    dependency is `x + 0 · token[0]` (NaN-safe); under `vmap` it reads one batch member's
+    token, so `x` stays unbatched. (An `optimization_barrier` does not do it: XLA:CPU
+    lowers it to control dependencies that do not survive on constant operands.)
+    """
+    return _order(jnp.asarray(x), lax.stop_gradient(token))
+
+
+@jax.custom_batching.custom_vmap
+def _order(x: Array, token: Array) -> Array:
+    dep = jnp.nan_to_num(jnp.real(token.reshape(-1)[0]) * 0)
+    return x + dep.astype(x.dtype)
+
+
+@_order.def_vmap
+def _order_vmap(axis_size, in_batched, x, token):
+    del axis_size
+    x_batched, token_batched = in_batched
+    if token_batched:
+        token = token[0]
+    return _order(x, token), x_batched
+
+
 def _after(x: Array, token: Array) -> Array:
     """`x`, but computed only once `token` is (a zero-valued data dependency, no gradient)."""
     # One element of the token (a slice XLA fuses into the consumer, not a reduction).
@@ -108,7 +136,7 @@ def _gather(x: Array, idx: np.ndarray) -> Array:
     )
 
 
-def extend_add_index(B: Bucket) -> Array:
+def extend_add_index(B: Bucket, token: Array) -> Array:
     """Destinations of the update matrices `(b, M, M)` of bucket `B` in its parent level's
     flat `[P | U]` buffer (see `symbolic.Level`), computed in the program from O(b M)
     arrays; entries that are not real lower-triangle entries point past any buffer (the
@@ -116,9 +144,10 @@ def extend_add_index(B: Bucket) -> Array:
 
     Child row `i` sits at row/column `r = up_rel[t, i]` of the parent's front: entry
     `(r, c)`, `r >= c`, lands in the parent's pivot columns when `c < K` and in its update
-    matrix otherwise.
+    matrix otherwise. Computed once `token` (the update matrices) is: the `(b, M, M)`
+    result is not made before it is needed.
     """
-    rel = const(B.up_rel)
+    rel = after(B.up_rel, token)
     r, c = rel[:, :, None], rel[:, None, :]
     K = const(B.up_K)[:, None, None]
     M = const(B.up_M)[:, None, None]
@@ -141,7 +170,10 @@ def level_buffer(
     buckets into one scatter (a copy) cost 15–40 % more.
     """
     size = lev.p_size + lev.u_size
-    out = jnp.pad(init, (0, size - init.shape[0]))
+    # Not before the level below is done (its last update matrix): the buffers of all
+    # levels would otherwise be filled and assembled at the start and all kept alive.
+    zero = after(np.zeros((), init.dtype), updates[-1][1]) if updates else 0
+    out = jnp.concatenate([init, jnp.full((size - init.shape[0],), zero, init.dtype)])
     if values is not None and lev.v_dst.size:
         out = lax.scatter_add(
             out,
@@ -188,7 +220,10 @@ def _partial_cholesky(f11: Array, f21: Array) -> Array:
     def one(blocks):
         a11, a21 = blocks
         L = lax.linalg.cholesky(a11, symmetrize_input=False)
-        rhs = jnp.concatenate([jnp.eye(K, dtype=a11.dtype), a21], axis=-2)
+        # The identity built in the loop (not hoisted out of it as a constant, alive for
+        # the whole program: K² entries, 345 MB for the root of a 64³ grid).
+        eye = jnp.eye(K, dtype=a11.dtype) * after(np.ones((), a11.dtype), a11)
+        rhs = jnp.concatenate([eye, a21], axis=-2)
         # X L^H = [I; F21]
         return lax.linalg.triangular_solve(
             L, rhs, left_side=False, lower=True, transpose_a=True, conjugate_a=True
@@ -323,10 +358,16 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
             if M:
                 assert W is not None and S is not None
                 # The update matrix: the children's contributions minus L21 L21^H.
-                updates.append((extend_add_index(B), U - S))
+                upd = U - S
+                # destinations computed now, not at the start of the program
+                updates.append((extend_add_index(B, upd), upd))
                 g[b] = jnp.concatenate([conj_transpose(xt), -W], axis=1)
             else:
                 g[b] = conj_transpose(xt)
+            # Materialized here: XLA would otherwise recompute a scalar-pivot bucket's
+            # blocks inside their late consumers (the selected inverse, the solves) from
+            # the level buffer, keeping every level's buffer alive to the end.
+            g[b] = lax.optimization_barrier(g[b])
     d = jnp.concatenate(pivots)
     ok = jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
     logdet = -2 * jnp.sum(jnp.log(d))

@@ -98,7 +98,8 @@ def _factor_tangent(sym: Symbolic, g, x):
             dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
             t = df21 + 0.5 * wdf
             q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
-            updates.append((extend_add_index(B), du + q + conj_transpose(q)))
+            upd = du + q + conj_transpose(q)
+            updates.append((extend_add_index(B, upd), upd))
             dg[b] = jnp.concatenate([dy, dwn], axis=1)
     return dg
 

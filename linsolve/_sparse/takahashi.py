@@ -7,7 +7,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .numeric import HIGHEST, conj_transpose, const
+from .numeric import HIGHEST, after, conj_transpose, const
 from .symbolic import Bucket, Symbolic
 
 
@@ -67,7 +67,8 @@ def gather_zii(B: Bucket, pool: Array) -> Array:
     The flat index of parent-front entry (r, c) is computed in-graph from O(b M) arrays
     (XLA fuses it into the gather), reading the lower triangle and mirroring the upper.
     """
-    rel = const(B.up_rel)
+    # computed once the parent level is (not at the start of the program, all kept alive)
+    rel = after(B.up_rel, pool)
     r, c = rel[:, :, None], rel[:, None, :]
     hi, lo = jnp.maximum(r, c), jnp.minimum(r, c)
     K = const(B.up_K)[:, None, None]
