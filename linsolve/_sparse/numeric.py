@@ -92,10 +92,8 @@ def _order_vmap(axis_size, in_batched, x, token):
 
 
 def _after(x: Array, token: Array) -> Array:
-    """`x`, but computed only once `token` is (a zero-valued data dependency, no gradient)."""
-    # One element of the token (a slice XLA fuses into the consumer, not a reduction).
-    dep = lax.stop_gradient(token.reshape(-1)[0]) * 0
-    return x + dep.astype(x.dtype)
+    """`x` (differentiable), computed only once `token` is: `after`'s zero added to it."""
+    return x + after(np.zeros((), x.dtype), token)
 
 
 def conj_transpose(x: Array) -> Array:
