@@ -17,7 +17,20 @@ import numpy as np
 import pytest
 import scipy.sparse as sp
 
-from linsolve._sparse import numeric, selinv, symbolic
+from linsolve._sparse import host, numeric, selinv, symbolic
+
+
+# Every test runs on both numeric phases: the host kernels (the CPU default) and the traced
+# XLA phase (other backends); tests of the traced phase's internals pin it.
+@pytest.fixture(autouse=True, params=["host", "traced"])
+def kernels(request, monkeypatch):
+    monkeypatch.setattr(host, "MODE", request.param)
+    return request.param
+
+
+@pytest.fixture
+def traced(monkeypatch):
+    monkeypatch.setattr(host, "MODE", "traced")
 
 
 # ---------------------------------------------------------------------------------------
@@ -318,7 +331,7 @@ def _cholesky_input_shapes(jaxpr):
     return shapes
 
 
-def test_no_batched_lapack_calls():
+def test_no_batched_lapack_calls(traced):
     # jaxlib 0.10 runs a batched CPU LAPACK call in parallel on its thread pool, and two at
     # once can deadlock (two sparse factorizations in one program hung on 2 cores): the
     # dense kernels use plain XLA ops for small pivot blocks and unbatched LAPACK calls,
@@ -367,7 +380,7 @@ def test_partial_cholesky_reads_lower_triangle_only(K, dtype):
     check_grads(numeric._partial_cholesky, (f11, f21), order=1, modes=("fwd", "rev"))
 
 
-def test_factorization_memory_stays_near_one_level():
+def test_factorization_memory_stays_near_one_level(traced):
     """XLA schedules whatever depends on constants alone (zero-filled level buffers, index
     maps) at the start of a program unless told otherwise (`numeric.after`), and then every
     level's buffers are alive at once: on this 3-D grid the factorization took 8 × the

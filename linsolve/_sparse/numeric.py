@@ -17,9 +17,11 @@ The factor keeps, per bucket, `G = [L11^-1; -W]` (shape `(b, N, K)`). With it bo
 solves are a gather, one batched matmul and a scatter per bucket (no triangular solves at
 solve time), and the selected inverse (`selinv.py`) needs exactly `L11^-1` and `W`.
 
-Nothing here calls back to the host, so `factor`, `solve` and `logdet` work under `jit`,
-`vmap` (a batch of value arrays sharing one pattern), `grad` and `jvp`, on any backend, in
-float32 and float64. A matrix that is not positive definite does not raise: the Cholesky
+This traced phase is what runs on GPU; on the CPU backend `factor` and `solve` hand the
+same work, in the same data layout, to the host kernels of `host.py` (one callback per
+phase: compile time that does not grow with the problem). Either way `factor`, `solve`
+and `logdet` work under `jit`, `vmap` (a batch of value arrays sharing one pattern),
+`grad` and `jvp`, in float32 and float64. A matrix that is not positive definite does not raise: the Cholesky
 kernel returns NaN for a failed block, NaNs reach the root, and `Factor.ok` is False.
 
 Index arithmetic on the static maps is done in-graph from small arrays (behind an
@@ -29,6 +31,8 @@ constants in the compiled program, and O(front size^2) maps would dominate compi
 
 from __future__ import annotations
 
+import functools
+
 import equinox as eqx
 import jax
 import jax.numpy as jnp
@@ -36,6 +40,7 @@ import numpy as np
 from jax import lax
 from jaxtyping import Array, Bool, Float, Inexact
 
+from . import host
 from .symbolic import Bucket, Level, Symbolic
 
 
@@ -52,6 +57,9 @@ class Factor(eqx.Module):
     g: tuple[Inexact[Array, "_b _N _K"], ...]  # (sizes differ between buckets)
     logdet: Float[Array, ""]
     ok: Bool[Array, ""]
+    # The blocks `g` joined, when the host kernels made them (`host.py`; `g` are then
+    # views of it): the host solves and selected inverse read it.
+    flat: Inexact[Array, " size"] | None = None
 
 
 def const(x: np.ndarray) -> Array:
@@ -156,11 +164,16 @@ def extend_add_index(B: Bucket, token: Array) -> Array:
 
 
 def level_buffer(
-    lev: Level, init: Array, values: Array | None, updates: list[tuple[Array, Array]]
+    lev: Level,
+    init: Array,
+    values: Array | None,
+    updates: list[tuple[Array, Array]],
+    token: Array | None = None,
 ) -> Array:
     """The flat `[P | U]` buffer of level `lev`: `init` (its P part, or all of it), plus the
     stored values (`[values, 1]`, or None) and the children's update matrices
-    (`(extend_add_index, U)` pairs, one per bucket of the level below).
+    (`(extend_add_index, U)` pairs, one per bucket of the level below), once `token`
+    (default: the last update matrix) is computed.
 
     One scatter-add per child bucket, straight from its `(b, M, M)` update matrices (their
     upper triangles dropped by the index): measured at 512², as fast as the static maps
@@ -170,7 +183,9 @@ def level_buffer(
     size = lev.p_size + lev.u_size
     # Not before the level below is done (its last update matrix): the buffers of all
     # levels would otherwise be filled and assembled at the start and all kept alive.
-    zero = after(np.zeros((), init.dtype), updates[-1][1]) if updates else 0
+    if token is None and updates:
+        token = updates[-1][1]
+    zero = after(np.zeros((), init.dtype), token) if token is not None else 0
     out = jnp.concatenate([init, jnp.full((size - init.shape[0],), zero, init.dtype)])
     if values is not None and lev.v_dst.size:
         out = lax.scatter_add(
@@ -303,17 +318,40 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     """Numeric factorization of the matrix with pattern `sym` and stored `values`.
 
     `values` is aligned with the CSC pattern given to `symbolic.analyse`; only the entries
-    with row >= col are read (duplicates are summed).
-
-    No batched LAPACK call is made (see `_partial_cholesky`: they can deadlock on CPU
-    with jaxlib 0.10). The dense kernels of successive buckets are also chained by a
-    (zero-valued) data dependency, so one factorization runs them one after another.
+    with row >= col are read (duplicates are summed). On the CPU backend the host kernels
+    do it (`host.py`: compile time independent of the problem), elsewhere `traced_factor`.
     """
+    values = _checked_values(sym, values)
+    if not host.enabled():
+        return traced_factor(sym, values)
+    flat = _host_factor(sym, values)
+    d = jnp.real(flat[host.plan(sym).diag])
+    return Factor(
+        g=host.split(sym, flat), logdet=-2 * jnp.sum(jnp.log(d)), ok=_pivots_ok(d), flat=flat
+    )
+
+
+def _checked_values(sym: Symbolic, values) -> Array:
     values = jnp.asarray(values)
     if values.shape != (sym.nnz,):
         raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
     if not jnp.issubdtype(values.dtype, jnp.inexact):
         values = values.astype(jnp.result_type(float))
+    return values
+
+
+def _pivots_ok(d: Array) -> Array:
+    return jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
+
+
+def traced_factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
+    """`factor` traced in XLA ops, one tree level and bucket at a time (any backend).
+
+    No batched LAPACK call is made (see `_partial_cholesky`: they can deadlock on CPU
+    with jaxlib 0.10). The dense kernels of successive buckets are also chained by a
+    (zero-valued) data dependency, so one factorization runs them one after another.
+    """
+    values = _checked_values(sym, values)
     dtype = values.dtype
     if jnp.iscomplexobj(values):
         # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
@@ -367,7 +405,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
             # the level buffer, keeping every level's buffer alive to the end.
             g[b] = lax.optimization_barrier(g[b])
     d = jnp.concatenate(pivots)
-    ok = jnp.all(d > 0) & jnp.all(jnp.isfinite(d))
+    ok = _pivots_ok(d)
     logdet = -2 * jnp.sum(jnp.log(d))
     return Factor(g=tuple(g), logdet=logdet, ok=ok)
 
@@ -393,15 +431,32 @@ def solve(sym: Symbolic, fac: Factor, b: Inexact[Array, "n *k"]) -> Inexact[Arra
         raise ValueError(f"expected b of shape ({sym.n},) or ({sym.n}, k), got {b.shape}")
     vector = b.ndim == 1
     x = b[:, None] if vector else b
-    x = x.astype(jnp.result_type(x.dtype, fac.g[0].dtype))[sym.perm]
-    x = solve_lower(sym, fac, x)
-    x = solve_upper(sym, fac, x)
-    x = x[sym.iperm]
+    x = x.astype(jnp.result_type(x.dtype, fac.g[0].dtype))
+    if fac.flat is not None:
+        x = _host_solve(sym, fac.flat, x)
+    else:
+        x = _traced_solve(sym, fac.g, x)
     return x[:, 0] if vector else x
 
 
-def solve_lower(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
-    """`L^-1 x` in the permuted ordering, leaves first.
+def _traced_solve(sym: Symbolic, g, x: Array) -> Array:
+    x = solve_lower(sym, g, x[sym.perm])
+    return solve_upper(sym, g, x)[sym.iperm]
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _host_solve(sym: Symbolic, flat: Array, x: Array) -> Array:
+    return host.solve(sym, flat, x)
+
+
+@_host_solve.defjvp
+def _host_solve_jvp(sym, primals, tangents):
+    # linear in (flat, x) jointly only to first order: the traced solve's derivative
+    return jax.jvp(lambda f, x: _traced_solve(sym, host.split(sym, f), x), primals, tangents)
+
+
+def solve_lower(sym: Symbolic, g, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
+    """`L^-1 x` in the permuted ordering, leaves first, from the factor blocks `g`.
 
     Per supernode: x_cols <- L11^-1 x_cols and x_rows -= W x_cols_old, i.e. one scatter-add
     of `G x_cols - [x_cols; 0]`.
@@ -411,18 +466,149 @@ def solve_lower(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact
             B = sym.buckets[b]
             cols = const(B.col_idx)
             xc = x.at[cols].get(mode="fill", fill_value=0)  # (size, K, k)
-            r = jnp.matmul(fac.g[b], xc, precision=HIGHEST)
+            r = jnp.matmul(g[b], xc, precision=HIGHEST)
             r = r.at[:, : B.K].add(-xc)
             x = x.at[const(_all_idx(B))].add(r, mode="drop")
     return x
 
 
-def solve_upper(sym: Symbolic, fac: Factor, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
+def solve_upper(sym: Symbolic, g, x: Inexact[Array, "n k"]) -> Inexact[Array, "n k"]:
     """`L^-H x` in the permuted ordering, roots first: x_cols <- G^H [x_cols; x_rows]."""
     for level in reversed(sym.levels):
         for b in level:
             B = sym.buckets[b]
             v = x.at[const(_all_idx(B))].get(mode="fill", fill_value=0)  # (size, N, k)
-            xc = jnp.matmul(conj_transpose(fac.g[b]), v, precision=HIGHEST)
+            xc = jnp.matmul(conj_transpose(g[b]), v, precision=HIGHEST)
             x = x.at[const(B.col_idx)].set(xc, mode="drop")
     return x
+
+
+# ---------------------------------------------------------------------------------------
+# The factor's tangent from the factor (forward mode, leaves up): the derivative of the
+# host factorization, and the first half of the selected inverse's derivative
+# (`sandwich.py`)
+# ---------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _host_factor(sym: Symbolic, values: Array) -> Array:
+    return host.factor_call(sym, values)
+
+
+@_host_factor.defjvp
+def _host_factor_jvp(sym, primals, tangents):
+    # Written from the host factor, and differentiable again (traced XLA); never a
+    # derivative of the traced factorization.
+    (values,), (dv,) = primals, tangents
+    flat = _host_factor(sym, values)
+    x = [mask(B, xb) for B, xb in zip(sym.buckets, inject(sym, dv))]
+    return flat, host.join(factor_tangent(sym, host.split(sym, flat), x, linear=True))
+
+
+def mm(a: Array, b: Array) -> Array:
+    """Batched matmul; an inner dimension of 1 (scalar pivots) as a broadcast product."""
+    if a.shape[-1] == 1:
+        return a * b
+    return jnp.matmul(a, b, precision=HIGHEST)
+
+
+@functools.lru_cache(maxsize=8)
+def _inject_maps(sym: Symbolic):
+    """Per bucket, (stored entries read into it, their flat index in its blocks laid out
+    as the factor's `(b, N, K)`)."""
+    bounds = np.cumsum([0] + [B.sel_pos.size for B in sym.buckets])
+    owner = np.empty(sym.nnz, np.int64)  # entry -> position in concat(sel_pos)
+    owner[:] = sym.sel_order
+    maps = []
+    for b, B in enumerate(sym.buckets):
+        e = np.nonzero((owner >= bounds[b]) & (owner < bounds[b + 1]) & sym.entry_read)[0]
+        pos = B.sel_pos[owner[e] - bounds[b]].astype(np.int64)
+        K, M, N = B.K, B.M, B.N
+        top = B.size * K * K
+        t = np.where(pos < top, pos // (K * K), (pos - top) // max(M * K, 1))
+        r = np.where(pos < top, (pos // K) % K, K + ((pos - top) // K) % max(M, 1))
+        c = pos % K
+        maps.append((e.astype(np.int32), ((t * N + r) * K + c).astype(np.int32)))
+    return maps
+
+
+def inject(sym: Symbolic, dv: Array):
+    """The stored values `dv` as lower-triangle blocks of the fronts, in the layout of the
+    factor (duplicates summed; for complex input the lower triangle of the permuted
+    matrix holds conj(v) where an entry lands above the diagonal)."""
+    if jnp.iscomplexobj(dv):
+        dv = jnp.where(const(sym.entry_flip), jnp.conj(dv), dv)
+    out = []
+    for B, (e, pos) in zip(sym.buckets, _inject_maps(sym)):
+        x = jnp.zeros((B.size * B.N * B.K,), dv.dtype)
+        if e.size:
+            x = x.at[const(pos)].add(dv[const(e)])
+        out.append(x.reshape(B.size, B.N, B.K))
+    return out
+
+
+def valid_weights(B: Bucket, dtype):
+    """Weights of the stored entries of a bucket's blocks (b, N, K): 1 on the diagonal,
+    2 strictly below it, 0 above it and on padding (built in-graph from O(b) arrays)."""
+    K, N = B.K, B.N
+    ncols = const(B.ncols)[:, None, None]
+    nrows = const(B.nrows)[:, None, None]
+    r = jnp.arange(N)[None, :, None]
+    c = jnp.arange(K)[None, None, :]
+    ok = (c < ncols) & jnp.where(r < K, (r >= c) & (r < ncols), r - K < nrows)
+    return jnp.where(ok, jnp.where(r == c, 1, 2), 0).astype(jnp.real(jnp.zeros((), dtype)).dtype)
+
+
+def mask(B: Bucket, x):
+    """`x` on the stored entries only (zero elsewhere; real diagonal)."""
+    w = valid_weights(B, x.dtype)
+    if jnp.iscomplexobj(x):
+        r = jnp.arange(B.N)[None, :, None]
+        c = jnp.arange(B.K)[None, None, :]
+        x = jnp.where(r == c, jnp.real(x).astype(x.dtype), x)
+    return jnp.where(w > 0, x, 0)
+
+
+def factor_tangent(sym: Symbolic, g, x, linear: bool = False):
+    """Forward-mode derivative of the factor blocks when `x` is added to the fronts'
+    pivot columns (leaves first, the update matrices' tangents extend-added upwards).
+
+    `linear`: `x` is a tangent that JAX will transpose this through (a `custom_jvp`
+    rule), so the index maps are ordered by the factor blocks `g`, never by a value
+    computed from `x`.
+    """
+    dtype = g[0].dtype
+    dg: list = [None] * len(sym.buckets)
+    # The stored values (and the constant 1 on padding pivots) have no tangent here.
+    updates: list = []  # tangents of the level below's update matrices, with destinations
+    tokens: list = []  # the factor blocks of the level below (`linear`)
+    for lev in sym.level_maps:
+        dp_all = jnp.concatenate([x[b].reshape(-1) for b in lev.buckets])
+        prev = updates
+        buf = level_buffer(
+            lev, dp_all, None, updates, token=tokens[-1] if linear and prev else None
+        )
+        updates, tokens = [], []
+        for b in lev.buckets:
+            B = sym.buckets[b]
+            K, M = B.K, B.M
+            dP, du = front_blocks(buf, lev, B)
+            y = g[b][:, :K]  # L11^-1
+            df11 = tril_sym(dP[:, :K])
+            s = mm(mm(y, df11), conj_transpose(y))
+            phi = jnp.tril(s) - 0.5 * jnp.eye(K, dtype=dtype) * s
+            dy = -mm(phi, y)
+            if not M:
+                dg[b] = dy
+                continue
+            wn = g[b][:, K:]  # -W
+            df21 = dP[:, K:]
+            wdf = mm(wn, df11)  # -W dF11
+            dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
+            t = df21 + 0.5 * wdf
+            q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
+            upd = du + q + conj_transpose(q)
+            updates.append((extend_add_index(B, g[b] if linear else upd), upd))
+            tokens.append(g[b])
+            dg[b] = jnp.concatenate([dy, dwn], axis=1)
+    return dg

@@ -34,85 +34,20 @@ import jax.numpy as jnp
 from jax.extend.core import Primitive
 from jax.interpreters import ad, batching, mlir
 
-from .numeric import (
-    HIGHEST,
-    conj_transpose,
-    const,
-    extend_add_index,
-    front_blocks,
-    level_buffer,
-    tril_sym,
-)
-from .symbolic import Bucket, Symbolic
-from .takahashi import fronts, mm
-
-
-def _valid(B: Bucket, dtype):
-    """Weights of the stored entries of a bucket's blocks (b, N, K): 1 on the diagonal,
-    2 strictly below it, 0 above it and on padding (built in-graph from O(b) arrays)."""
-    K, N = B.K, B.N
-    ncols = const(B.ncols)[:, None, None]
-    nrows = const(B.nrows)[:, None, None]
-    r = jnp.arange(N)[None, :, None]
-    c = jnp.arange(K)[None, None, :]
-    ok = (c < ncols) & jnp.where(r < K, (r >= c) & (r < ncols), r - K < nrows)
-    return jnp.where(ok, jnp.where(r == c, 1, 2), 0).astype(jnp.real(jnp.zeros((), dtype)).dtype)
-
-
-def _mask(B: Bucket, x):
-    """`x` on the stored entries only (zero elsewhere; real diagonal)."""
-    w = _valid(B, x.dtype)
-    if jnp.iscomplexobj(x):
-        r = jnp.arange(B.N)[None, :, None]
-        c = jnp.arange(B.K)[None, None, :]
-        x = jnp.where(r == c, jnp.real(x).astype(x.dtype), x)
-    return jnp.where(w > 0, x, 0)
-
-
-def _factor_tangent(sym: Symbolic, g, x):
-    """Forward-mode derivative of the factor blocks when `x` is added to the fronts'
-    pivot columns (leaves first, the update matrices' tangents extend-added upwards)."""
-    dtype = g[0].dtype
-    dg: list = [None] * len(sym.buckets)
-    # The stored values (and the constant 1 on padding pivots) have no tangent here.
-    updates: list = []  # tangents of the level below's update matrices, with destinations
-    for lev in sym.level_maps:
-        dp_all = jnp.concatenate([x[b].reshape(-1) for b in lev.buckets])
-        buf = level_buffer(lev, dp_all, None, updates)
-        updates = []
-        for b in lev.buckets:
-            B = sym.buckets[b]
-            K, M = B.K, B.M
-            dP, du = front_blocks(buf, lev, B)
-            y = g[b][:, :K]  # L11^-1
-            df11 = tril_sym(dP[:, :K])
-            s = mm(mm(y, df11), conj_transpose(y))
-            phi = jnp.tril(s) - 0.5 * jnp.eye(K, dtype=dtype) * s
-            dy = -mm(phi, y)
-            if not M:
-                dg[b] = dy
-                continue
-            wn = g[b][:, K:]  # -W
-            df21 = dP[:, K:]
-            wdf = mm(wn, df11)  # -W dF11
-            dwn = -mm(mm(df21 + wdf, conj_transpose(y)), y)  # -dW
-            t = df21 + 0.5 * wdf
-            q = jnp.matmul(t, conj_transpose(wn), precision=HIGHEST)
-            upd = du + q + conj_transpose(q)
-            updates.append((extend_add_index(B, upd), upd))
-            dg[b] = jnp.concatenate([dy, dwn], axis=1)
-    return dg
+from .numeric import factor_tangent, mask, valid_weights
+from .symbolic import Symbolic
+from .takahashi import fronts
 
 
 def _sandwich_one(sym: Symbolic, g, x):
     """`P(Z H(x) Z)` for one (unbatched) factor."""
-    x = [_mask(B, xb) for B, xb in zip(sym.buckets, x)]
-    dg = _factor_tangent(sym, g, x)
+    x = [mask(B, xb) for B, xb in zip(sym.buckets, x)]
+    dg = factor_tangent(sym, g, x)
     out = [None] * len(sym.buckets)
 
     def emit(b, z11, z21, dz11, dz21):
         d = dz11 if dz21 is None else jnp.concatenate([dz11, dz21], axis=1)
-        out[b] = -_mask(sym.buckets[b], d)  # dZ = -Z dA Z
+        out[b] = -mask(sym.buckets[b], d)  # dZ = -Z dA Z
 
     fronts(sym, g, emit, dg)
     return out
@@ -174,7 +109,7 @@ def _transpose(cts, *args, sym, nbatch):
     if all(type(c) is ad.Zero for c in cts):
         return [None] * nb + [ad.Zero(a.aval) for a in x]
     # c -> w conj(S(conj(c) / w))  (see the module docstring)
-    ws = [_valid(B, a.aval.dtype).astype(a.aval.dtype) for B, a in zip(sym.buckets, x)]
+    ws = [valid_weights(B, a.aval.dtype).astype(a.aval.dtype) for B, a in zip(sym.buckets, x)]
     cin = [
         jnp.where(w > 0, jnp.conj(ad.instantiate_zeros(c)) / jnp.where(w > 0, w, 1), 0)
         for c, w in zip(cts, ws)

@@ -35,8 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import numeric, sandwich
-from .numeric import Factor, const
+from . import host, numeric, sandwich
+from .numeric import Factor, const, inject
 from .symbolic import Symbolic
 from .takahashi import fronts
 
@@ -75,8 +75,15 @@ def _finish(sym: Symbolic, what: str, chunks: dict, dtype) -> Array:
     return out
 
 
-def _read(sym: Symbolic, whats: tuple[str, ...], g) -> tuple[Array, ...]:
-    """One Takahashi pass on the factor blocks `g`, giving each output in `whats`."""
+def _read(sym: Symbolic, whats: tuple[str, ...], fac: Factor) -> tuple[Array, ...]:
+    """One Takahashi pass on the factor, giving each output in `whats` (by the host
+    kernels when they made the factor)."""
+    if fac.flat is not None:
+        z = _host_takahashi(sym, fac.flat)
+        return tuple(
+            host.diag(sym, z) if w == "diag" else host.take(z, *_lookup(sym, w)) for w in whats
+        )
+    g = fac.g
     chunks: dict[str, dict] = {w: {} for w in whats}
 
     def emit(b, z11, z21):
@@ -85,6 +92,34 @@ def _read(sym: Symbolic, whats: tuple[str, ...], g) -> tuple[Array, ...]:
 
     fronts(sym, g, emit)
     return tuple(_finish(sym, w, chunks[w], g[0].dtype) for w in whats)
+
+
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
+def _host_takahashi(sym: Symbolic, flat: Array) -> Array:
+    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]` from the host factor, in its flat
+    layout, by the host kernel; derivative: the recurrence's tangent (`fronts`)."""
+    return host.takahashi_call(sym, flat)
+
+
+@_host_takahashi.defjvp
+def _host_takahashi_jvp(sym, primals, tangents):
+    (flat,), (dflat,) = primals, tangents
+    z, dz = [None] * len(sym.buckets), [None] * len(sym.buckets)
+
+    def emit(b, z11, z21, dz11, dz21):
+        z[b] = z11 if z21 is None else jnp.concatenate([z11, z21], axis=-2)
+        dz[b] = dz11 if dz21 is None else jnp.concatenate([dz11, dz21], axis=-2)
+
+    fronts(sym, host.split(sym, flat), emit, host.split(sym, dflat))
+    return host.join(z), host.join(dz)
+
+
+@functools.lru_cache(maxsize=8)
+def _lookup(sym: Symbolic, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """`host.lookup` of the entries output `what` reads."""
+    if what == "entries":
+        return host.lookup(sym, sym.entry_row, sym.entry_col)
+    return host.lookup(sym, *l_pattern(sym))
 
 
 def _read_blocks(sym: Symbolic, what: str, y) -> Array:
@@ -105,41 +140,6 @@ def _flat_blocks(z11, z21):
     return jnp.concatenate([z11.reshape(-1), z21.reshape(-1)])
 
 
-@functools.lru_cache(maxsize=8)
-def _inject_maps(sym: Symbolic):
-    """Per bucket, (stored entries read into it, their flat index in its blocks laid out
-    as the factor's `(b, N, K)`)."""
-    bounds = np.cumsum([0] + [B.sel_pos.size for B in sym.buckets])
-    owner = np.empty(sym.nnz, np.int64)  # entry -> position in concat(sel_pos)
-    owner[:] = sym.sel_order
-    maps = []
-    for b, B in enumerate(sym.buckets):
-        e = np.nonzero((owner >= bounds[b]) & (owner < bounds[b + 1]) & sym.entry_read)[0]
-        pos = B.sel_pos[owner[e] - bounds[b]].astype(np.int64)
-        K, M, N = B.K, B.M, B.N
-        top = B.size * K * K
-        t = np.where(pos < top, pos // (K * K), (pos - top) // max(M * K, 1))
-        r = np.where(pos < top, (pos // K) % K, K + ((pos - top) // K) % max(M, 1))
-        c = pos % K
-        maps.append((e.astype(np.int32), ((t * N + r) * K + c).astype(np.int32)))
-    return maps
-
-
-def _inject(sym: Symbolic, dv: Array):
-    """The stored values `dv` as lower-triangle blocks of the fronts, in the layout of the
-    factor (duplicates summed; for complex input the lower triangle of the permuted
-    matrix holds conj(v) where an entry lands above the diagonal)."""
-    if jnp.iscomplexobj(dv):
-        dv = jnp.where(const(sym.entry_flip), jnp.conj(dv), dv)
-    out = []
-    for B, (e, pos) in zip(sym.buckets, _inject_maps(sym)):
-        x = jnp.zeros((B.size * B.N * B.K,), dv.dtype)
-        if e.size:
-            x = x.at[const(pos)].add(dv[const(e)])
-        out.append(x.reshape(B.size, B.N, B.K))
-    return out
-
-
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
 def _selected(sym: Symbolic, what: str, values: Array) -> Array:
     """Output `what` of the selected inverse of the matrix with stored `values`.
@@ -148,15 +148,15 @@ def _selected(sym: Symbolic, what: str, values: Array) -> Array:
     `sandwich` (one forward-mode pass of factorization + recurrence), whose transpose is
     itself; nothing of the recurrences is taped.
     """
-    return _read(sym, (what,), numeric.factor(sym, values).g)[0]
+    return _read(sym, (what,), numeric.factor(sym, values))[0]
 
 
 @_selected.defjvp
 def _selected_jvp(sym, what, primals, tangents):
     (values,), (dv,) = primals, tangents
-    g = numeric.factor(sym, values).g
-    out = _read(sym, (what,), g)[0]
-    dz = sandwich.sandwich(sym, g, _inject(sym, dv))  # P(Z dA Z)
+    fac = numeric.factor(sym, values)
+    out = _read(sym, (what,), fac)[0]
+    dz = sandwich.sandwich(sym, fac.g, inject(sym, dv))  # P(Z dA Z)
     return out, -_read_blocks(sym, what, dz)
 
 
@@ -170,14 +170,14 @@ def _values(sym: Symbolic, values) -> Array:
 
 
 def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
-    return _read(sym, ("entries",), fac.g)[0]
+    return _read(sym, ("entries",), fac)[0]
 
 
 def selected_inverse_and_diag(
     sym: Symbolic, fac: Factor
 ) -> tuple[Float[Array, " nnz"], Float[Array, " n"]]:
     """`(selected_inverse_from_factor, diag_inverse_from_factor)` in a single pass."""
-    entries, diag = _read(sym, ("entries", "diag"), fac.g)
+    entries, diag = _read(sym, ("entries", "diag"), fac)
     return entries, diag
 
 
@@ -203,7 +203,7 @@ def diag_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " 
 
 def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
     """As `diag_inverse`, reusing a factorization (differentiated through the recurrence)."""
-    return _read(sym, ("diag",), fac.g)[0]
+    return _read(sym, ("diag",), fac)[0]
 
 
 def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:

@@ -7,15 +7,8 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jaxtyping import Array
 
-from .numeric import HIGHEST, after, conj_transpose, const
+from .numeric import after, conj_transpose, const, mm
 from .symbolic import Bucket, Symbolic
-
-
-def mm(a: Array, b: Array) -> Array:
-    """Batched matmul; an inner dimension of 1 (scalar pivots) as a broadcast product."""
-    if a.shape[-1] == 1:
-        return a * b
-    return jnp.matmul(a, b, precision=HIGHEST)
 
 
 def fronts(sym: Symbolic, g, emit, dg=None):
@@ -51,7 +44,7 @@ def fronts(sym: Symbolic, g, emit, dg=None):
             dz21 = dz22 = None
             if M:
                 assert dpool is not None and z22 is not None and z21 is not None
-                dz22 = gather_zii(B, dpool)
+                dz22 = gather_zii(B, dpool, token=pool)
                 dz21 = mm(dz22, gw) + mm(z22, dgw)
                 dz11 = dz11 + mm(conj_transpose(dgw), z21) + mm(conj_transpose(gw), dz21)
             dparts += [x.reshape(-1) for x in (dz11, dz21, dz22) if x is not None]
@@ -61,14 +54,18 @@ def fronts(sym: Symbolic, g, emit, dg=None):
             dpool = jnp.concatenate(dparts)
 
 
-def gather_zii(B: Bucket, pool: Array) -> Array:
+def gather_zii(B: Bucket, pool: Array, token: Array | None = None) -> Array:
     """Z[I, I] of every supernode of the bucket, read from its parent's blocks.
+
+    The index is computed once `token` (default: `pool`) is; a tangent pool orders it by
+    its primal pool, so that the index never depends on a tangent (a linear value: JAX
+    could not transpose the gather then).
 
     The flat index of parent-front entry (r, c) is computed in-graph from O(b M) arrays
     (XLA fuses it into the gather), reading the lower triangle and mirroring the upper.
     """
     # computed once the parent level is (not at the start of the program, all kept alive)
-    rel = after(B.up_rel, pool)
+    rel = after(B.up_rel, pool if token is None else token)
     r, c = rel[:, :, None], rel[:, None, :]
     hi, lo = jnp.maximum(r, c), jnp.minimum(r, c)
     K = const(B.up_K)[:, None, None]

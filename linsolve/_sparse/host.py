@@ -1,0 +1,247 @@
+"""The numeric phase on the host, for the CPU backend: factorization, selected inverse and
+triangular solves as compiled (numba) loops over the supernodes, called from the program
+through `jax.pure_callback`.
+
+Why: the traced numeric phase (`numeric.py`, `takahashi.py`) is one XLA kernel (or
+several) per tree level and bucket, and XLA:CPU spends ~40 ms of code generation per
+kernel, so its compile time grows with the problem (20–80 s at 128²–512²). Here the
+program holds one callback per phase whatever the size; the loops are compiled once per
+dtype by numba and cached on disk, and the dense work of a front goes to BLAS (`np.dot`).
+On other backends (GPU) the traced phase is used.
+
+The data layout is the traced phase's: the factor is the concatenation of the buckets'
+padded blocks `G = [L11^-1; -W]` (`Factor.g`, flattened), and the selected inverse's
+blocks `[Z[J, J]; Z[I, J]]` use the same layout. So every consumer of `Factor.g` (the
+selected inverse's derivative rule, `sandwich.py`) works unchanged, and the derivatives of
+the host phases are the traced phases' derivatives (`jax.jvp` of `numeric` /
+`takahashi`), which only differentiated programs (second order, the derivative of a
+selected inverse) compile.
+
+A front that is not positive definite gives NaN blocks (propagated to its ancestors), as in
+the traced phase.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jaxtyping import Array
+
+from . import host_kernels
+from .symbolic import Symbolic
+
+
+# "auto": the host phase on the CPU backend, the traced one elsewhere; "host" / "traced"
+# force one (tests run both). Read at trace time.
+MODE = os.environ.get("LINSOLVE_SPARSE_KERNELS", "auto")
+
+
+def enabled() -> bool:
+    if MODE == "host":
+        return True
+    if MODE == "traced":
+        return False
+    return jax.default_backend() == "cpu"
+
+
+# ---------------------------------------------------------------------------------------
+# Plan: the padded layout's offsets, per supernode
+# ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Plan:
+    size: int  # entries of the flat padded factor
+    bucket_base: np.ndarray  # (buckets + 1,) start of each bucket's blocks
+    off: np.ndarray  # (ns,) int64 start of supernode s's (N, K) block
+    K: np.ndarray  # (ns,) padded pivots
+    k: np.ndarray  # (ns,) real pivots
+    m: np.ndarray  # (ns,) real below rows
+    parent: np.ndarray  # (ns,) int64, -1 for roots
+    children: np.ndarray  # (ns,) number of children
+    relptr: np.ndarray  # (ns + 1,) int64
+    rel: np.ndarray  # position of each below row in the parent's padded front
+    vsrc: np.ndarray  # stored values -> flat: flat[vdst] += [values, 1][vsrc]
+    vdst: np.ndarray
+    diag: np.ndarray  # flat positions of the real pivots' diagonal (L11^-1)
+    col: np.ndarray  # permuted column of each of `diag`
+
+
+@functools.lru_cache(maxsize=8)
+def plan(sym: Symbolic) -> Plan:
+    sizes = [B.size * B.N * B.K for B in sym.buckets]
+    base = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    ns = sym.num_supernodes
+    bk = sym.sn_bucket
+    t = sym.sn_slot.astype(np.int64)
+    Ks = np.array([B.K for B in sym.buckets], np.int64)[bk]
+    Ns = np.array([B.N for B in sym.buckets], np.int64)[bk]
+    off = base[bk] + t * Ns * Ks
+    k = np.diff(sym.sn_start).astype(np.int64)
+    m = np.diff(sym.sn_rowptr).astype(np.int64)
+    parent = sym.sn_parent.astype(np.int64)
+    children = np.bincount(parent[parent >= 0], minlength=ns).astype(np.int64)
+    rel = np.empty(int(sym.sn_rowptr[-1]), np.int64)
+    for B in sym.buckets:
+        s = B.supernodes.astype(np.int64)
+        mm = m[s]
+        if not mm.sum():
+            continue
+        rows = np.repeat(np.arange(s.size), mm)
+        pos = np.arange(mm.sum()) - np.repeat(np.cumsum(mm) - mm, mm)
+        rel[np.repeat(sym.sn_rowptr[s], mm) + pos] = B.up_rel[rows, pos]
+    # Stored values: each level's map into its buckets' P blocks, which are the buckets'
+    # G blocks of the flat layout.
+    vsrc, vdst = [], []
+    for lev in sym.level_maps:
+        for b in lev.buckets:
+            B = sym.buckets[b]
+            lo, hi = B.p_offset, B.p_offset + B.size * B.N * B.K
+            sel = (lev.v_dst >= lo) & (lev.v_dst < hi)
+            vsrc.append(lev.v_src[sel].astype(np.int64))
+            vdst.append(lev.v_dst[sel].astype(np.int64) - lo + base[b])
+    col = np.arange(sym.n, dtype=np.int64)
+    s_of = np.repeat(np.arange(ns), k)
+    c = col - sym.sn_start[s_of]
+    diag = off[s_of] + c * Ks[s_of] + c
+    return Plan(
+        size=int(base[-1]),
+        bucket_base=base,
+        off=off,
+        K=Ks,
+        k=k,
+        m=m,
+        parent=parent,
+        children=children,
+        relptr=sym.sn_rowptr.astype(np.int64),
+        rel=rel,
+        vsrc=np.concatenate(vsrc) if vsrc else np.zeros(0, np.int64),
+        vdst=np.concatenate(vdst) if vdst else np.zeros(0, np.int64),
+        diag=diag,
+        col=col,
+    )
+
+
+def split(sym: Symbolic, flat: Array) -> tuple[Array, ...]:
+    """The buckets' `(size, N, K)` blocks of a flat padded array."""
+    base = plan(sym).bucket_base
+    return tuple(
+        flat[..., base[b] : base[b + 1]].reshape(flat.shape[:-1] + (B.size, B.N, B.K))
+        for b, B in enumerate(sym.buckets)
+    )
+
+
+def join(blocks) -> Array:
+    return jnp.concatenate([x.reshape(x.shape[:-3] + (-1,)) for x in blocks], axis=-1)
+
+
+def _kernels():
+    return host_kernels.compiled()
+
+
+# ---------------------------------------------------------------------------------------
+# The host functions (numpy in, numpy out)
+# ---------------------------------------------------------------------------------------
+
+
+def factor_np(sym: Symbolic, values: np.ndarray) -> np.ndarray:
+    """The flat padded factor of the matrix with (conj-flipped) stored `values`."""
+    P = plan(sym)
+    vals = np.concatenate([np.asarray(values), np.ones(1, values.dtype)])
+    flat = np.empty(P.size, values.dtype)
+    return _kernels()._k_factor(
+        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel
+    )
+
+
+def takahashi_np(sym: Symbolic, g: np.ndarray) -> np.ndarray:
+    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor."""
+    P = plan(sym)
+    z = np.empty_like(g)
+    return _kernels()._k_takahashi(
+        z, np.ascontiguousarray(g), P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel
+    )
+
+
+def solve_np(sym: Symbolic, g: np.ndarray, x: np.ndarray) -> np.ndarray:
+    """`A^-1 x` for `x` of shape (n, nrhs) in the original ordering."""
+    P = plan(sym)
+    y = np.ascontiguousarray(x[sym.perm], dtype=np.result_type(x.dtype, g.dtype))
+    g = np.ascontiguousarray(g)
+    kern = _kernels()._k_solve
+    rowind = sym.sn_rowind.astype(np.int64)
+    start = sym.sn_start.astype(np.int64)
+    y = kern(y, g, P.off, P.K, P.k, P.m, start, P.relptr, rowind, True)
+    y = kern(y, g, P.off, P.K, P.k, P.m, start, P.relptr, rowind, False)
+    return y[sym.iperm]
+
+
+# ---------------------------------------------------------------------------------------
+# In the program: callbacks, with the traced phases' derivatives
+# ---------------------------------------------------------------------------------------
+
+
+def _call(fn, shape, dtype, *args):
+    # "sequential": under vmap, one call per batch member (the kernels take one matrix).
+    return jax.pure_callback(
+        fn, jax.ShapeDtypeStruct(shape, dtype), *args, vmap_method="sequential"
+    )
+
+
+def factor_call(sym: Symbolic, values: Array) -> Array:
+    """The flat padded factor (`Factor.g`, joined) of the matrix with stored `values`, by
+    the host kernel (no derivative: see `numeric.factor`)."""
+    if jnp.iscomplexobj(values):
+        # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
+        values = jnp.where(sym.entry_flip, jnp.conj(values), values)
+    return _call(lambda v: factor_np(sym, np.asarray(v)), (plan(sym).size,), values.dtype, values)
+
+
+def takahashi_call(sym: Symbolic, flat: Array) -> Array:
+    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]` in the factor's flat layout, by
+    the host kernel (no derivative: see `selinv`)."""
+    return _call(lambda g: takahashi_np(sym, np.asarray(g)), flat.shape, flat.dtype, flat)
+
+
+def solve(sym: Symbolic, flat: Array, b: Array) -> Array:
+    """`A^-1 b` for `b` of shape (n, k) from the flat factor."""
+    dtype = jnp.result_type(b.dtype, flat.dtype)
+    return _call(lambda g, x: solve_np(sym, np.asarray(g), np.asarray(x)), b.shape, dtype, flat, b)
+
+
+def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Flat positions of `A^-1[row, col]` (original ordering) in the selected inverse's
+    blocks (`plan.size` where not on the pattern of L: reads 0), and whether the value
+    there must be conjugated."""
+    P = plan(sym)
+    pi, pj = sym.iperm[row].astype(np.int64), sym.iperm[col].astype(np.int64)
+    hi, lo = np.maximum(pi, pj), np.minimum(pi, pj)
+    s = np.searchsorted(sym.sn_start, lo, side="right") - 1
+    c = lo - sym.sn_start[s]
+    inside = hi < sym.sn_start[s + 1]
+    # below rows: hi's position among the (sorted) rows of supernode s
+    seg = np.repeat(np.arange(sym.num_supernodes, dtype=np.int64), np.diff(sym.sn_rowptr))
+    keys = seg * sym.n + sym.sn_rowind
+    q = np.minimum(np.searchsorted(keys, s * sym.n + hi), max(keys.size - 1, 0))
+    found = keys[q] == s * sym.n + hi if keys.size else np.zeros_like(inside)
+    r = np.where(inside, hi - sym.sn_start[s], P.K[s] + q - sym.sn_rowptr[s])
+    pos = np.where(inside | found, P.off[s] + r * P.K[s] + c, P.size)
+    return pos.astype(np.int64), pi < pj
+
+
+def diag(sym: Symbolic, z: Array) -> Array:
+    """diag(A^-1) in the original ordering from the selected inverse's flat blocks."""
+    return z[..., plan(sym).diag][..., sym.iperm]
+
+
+def take(z: Array, pos: np.ndarray, flip: np.ndarray) -> Array:
+    """The selected inverse's values at `lookup`'s positions: one gather."""
+    out = jnp.concatenate([z, jnp.zeros(z.shape[:-1] + (1,), z.dtype)], axis=-1)[..., pos]
+    if jnp.iscomplexobj(out):
+        out = jnp.where(flip, jnp.conj(out), out)
+    return out

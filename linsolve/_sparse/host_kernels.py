@@ -1,0 +1,219 @@
+"""The host kernels of `host.py`: plain Python here, compiled by numba on first use
+(`compiled()`; numba is imported then, not at `import linsolve`), per dtype, and cached on
+disk."""
+
+from __future__ import annotations
+
+import functools
+import types
+
+import numpy as np
+
+
+_KERNELS = ("_k_conj_t", "_k_cholinv", "_k_factor", "_k_takahashi", "_k_solve")
+
+
+@functools.cache
+def compiled() -> types.SimpleNamespace:
+    """The jitted kernels. Each replaces its Python function in this module's globals
+    (callees first), so that a kernel calling another calls the compiled one."""
+    import numba
+
+    def jit(fn):
+        try:
+            return numba.njit(cache=True, nogil=True)(fn)
+        except RuntimeError:  # no writable cache directory: compile in every process
+            return numba.njit(cache=False, nogil=True)(fn)
+
+    out = {}
+    for name in _KERNELS:
+        out[name] = globals()[name] = jit(globals()[name])
+    return types.SimpleNamespace(**out)
+
+
+_NB = 32  # block size of the pivot blocks' Cholesky and inverse
+
+
+def _k_conj_t(x):
+    return np.ascontiguousarray(np.conj(x).T)
+
+
+def _k_cholinv(A, k):
+    """`L^-1` (lower) for the hermitian matrix whose lower triangle is `A[:k, :k]`; NaN if
+    it is not positive definite. Blocked: the block updates are BLAS products."""
+    L = np.zeros((k, k), A.dtype)
+    for i in range(k):
+        for j in range(i + 1):
+            L[i, j] = A[i, j]
+    Li = np.zeros((k, k), A.dtype)
+    ok = True
+    for j0 in range(0, k, _NB):
+        j1 = min(j0 + _NB, k)
+        if j0 > 0:
+            L[j0:, j0:j1] -= np.dot(np.ascontiguousarray(L[j0:, :j0]), _k_conj_t(L[j0:j1, :j0]))
+        # unblocked Cholesky of the diagonal block
+        for j in range(j0, j1):
+            d = L[j, j].real
+            if not d > 0:
+                ok = False
+                d = np.nan
+            d = np.sqrt(d)
+            L[j, j] = d
+            for i in range(j + 1, j1):
+                L[i, j] /= d
+            for jj in range(j + 1, j1):
+                v = np.conj(L[jj, j])
+                for i in range(jj, j1):
+                    L[i, jj] -= L[i, j] * v
+        # inverse of the diagonal block
+        for j in range(j0, j1):
+            Li[j, j] = 1 / L[j, j]
+            for i in range(j + 1, j1):
+                acc = L[i, j] * Li[j, j]
+                for p in range(j + 1, i):
+                    acc += L[i, p] * Li[p, j]
+                Li[i, j] = -acc / L[i, i]
+        if j1 < k:
+            L[j1:, j0:j1] = np.dot(np.ascontiguousarray(L[j1:, j0:j1]), _k_conj_t(Li[j0:j1, j0:j1]))
+        if j0 > 0:
+            # rows j0:j1 of L^-1: -D^-1 (L[J, :j0] L^-1[:j0, :j0])
+            Li[j0:j1, :j0] = -np.dot(
+                np.ascontiguousarray(Li[j0:j1, j0:j1]),
+                np.dot(np.ascontiguousarray(L[j0:j1, :j0]), np.ascontiguousarray(Li[:j0, :j0])),
+            )
+    if not ok:
+        Li[:, :] = np.nan
+    return Li
+
+
+def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel):
+    """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
+    flat[:] = 0
+    for q in range(vsrc.shape[0]):
+        flat[vdst[q]] += vals[vsrc[q]]
+    ns = off.shape[0]
+    upd = [np.zeros((0, 0), flat.dtype) for _ in range(ns)]
+    for s in range(ns):
+        ks, ms, Ks = k[s], m[s], K[s]
+        N = Ks + ms  # rows of the block actually used (padding rows beyond stay zero)
+        G = flat[off[s] : off[s] + N * Ks].reshape(N, Ks)
+        Li = _k_cholinv(G, ks)
+        if ms:
+            F21 = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
+            L21 = np.dot(F21, _k_conj_t(Li))
+            W = np.dot(L21, Li)
+        for i in range(ks):
+            for j in range(ks):
+                G[i, j] = Li[i, j]
+        if not ms:
+            continue
+        for i in range(ms):
+            for j in range(ks):
+                G[Ks + i, j] = -W[i, j]
+        U = upd[s] if upd[s].shape[0] else np.zeros((ms, ms), flat.dtype)
+        upd[s] = np.zeros((0, 0), flat.dtype)
+        # U -= L21 L21^H, lower triangle, by row blocks
+        L21h = _k_conj_t(L21)
+        for i0 in range(0, ms, 256):
+            i1 = min(i0 + 256, ms)
+            U[i0:i1, :i1] -= np.dot(
+                np.ascontiguousarray(L21[i0:i1]), np.ascontiguousarray(L21h[:, :i1])
+            )
+        # extend-add into the parent's front
+        p = parent[s]
+        Kp = K[p]
+        Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+        if upd[p].shape[0] == 0 and m[p] > 0:
+            upd[p] = np.zeros((m[p], m[p]), flat.dtype)
+        Up = upd[p]
+        r0 = relptr[s]
+        for a in range(ms):
+            ra = rel[r0 + a]
+            for b in range(a + 1):
+                rb = rel[r0 + b]
+                if rb < Kp:
+                    Gp[ra, rb] += U[a, b]
+                else:
+                    Up[ra - Kp, rb - Kp] += U[a, b]
+    return flat
+
+
+def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
+    """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first."""
+    z[:] = 0
+    ns = off.shape[0]
+    zii = [np.zeros((0, 0), z.dtype) for _ in range(ns)]
+    left = children.copy()
+    for s in range(ns - 1, -1, -1):
+        ks, ms, Ks = k[s], m[s], K[s]
+        G = g[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
+        Zs = z[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
+        Li = np.ascontiguousarray(G[:ks, :ks])
+        Z11 = np.dot(_k_conj_t(Li), Li)
+        if ms:
+            p = parent[s]
+            Kp = K[p]
+            Zp = z[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+            Z22p = zii[p]
+            Z22 = np.empty((ms, ms), z.dtype)
+            r0 = relptr[s]
+            for a in range(ms):
+                ra = rel[r0 + a]
+                for b in range(a + 1):
+                    rb = rel[r0 + b]
+                    # ra >= rb: the lower triangle of the parent's front
+                    if ra < Kp:
+                        v = Zp[ra, rb]
+                    elif rb < Kp:
+                        v = Zp[ra, rb]
+                    else:
+                        v = Z22p[ra - Kp, rb - Kp]
+                    Z22[a, b] = v
+                    Z22[b, a] = np.conj(v)
+            Wn = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
+            Z21 = np.dot(Z22, Wn)
+            Z11 += np.dot(_k_conj_t(Wn), Z21)
+            for i in range(ms):
+                for j in range(ks):
+                    Zs[Ks + i, j] = Z21[i, j]
+            left[p] -= 1
+            if left[p] == 0:
+                zii[p] = np.zeros((0, 0), z.dtype)
+            if children[s]:
+                zii[s] = Z22
+        for i in range(ks):
+            for j in range(ks):
+                Zs[i, j] = Z11[i, j]
+    return z
+
+
+def _k_solve(x, g, off, K, k, m, sn_start, relptr, rowind, lower):
+    """`L^-1 x` (leaves first) or `L^-H x` (roots first) in the permuted ordering, in place;
+    `x` is `(n, nrhs)`."""
+    ns = off.shape[0]
+    nrhs = x.shape[1]
+    for q in range(ns):
+        s = q if lower else ns - 1 - q
+        ks, ms, Ks = k[s], m[s], K[s]
+        G = g[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
+        c0 = sn_start[s]
+        r0 = relptr[s]
+        if lower:
+            xc = x[c0 : c0 + ks].copy()
+            y = np.dot(np.ascontiguousarray(G[:ks, :ks]), xc)
+            x[c0 : c0 + ks] = y
+            if ms:
+                u = np.dot(np.ascontiguousarray(G[Ks : Ks + ms, :ks]), xc)
+                for i in range(ms):
+                    r = rowind[r0 + i]
+                    for j in range(nrhs):
+                        x[r, j] += u[i, j]
+        else:
+            v = np.dot(_k_conj_t(G[:ks, :ks]), np.ascontiguousarray(x[c0 : c0 + ks]))
+            if ms:
+                xr = np.empty((ms, nrhs), x.dtype)
+                for i in range(ms):
+                    xr[i] = x[rowind[r0 + i]]
+                v += np.dot(_k_conj_t(G[Ks : Ks + ms, :ks]), xr)
+            x[c0 : c0 + ks] = v
+    return x
