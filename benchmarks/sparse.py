@@ -32,6 +32,7 @@ Usage:
     python benchmarks/sparse.py --threads all            # multithreaded (default: 1 thread)
     python benchmarks/sparse.py --large --cubes          # 2D 1024^2, with peak RSS (one
     python benchmarks/sparse.py --large --grids          # 3D 64^3   problem per process)
+    python benchmarks/sparse.py --kernels traced         # the traced XLA phase (GPU's)
 
 Timing conventions are those of `benchmarks/_timing.py` (medians, interleaved samples).
 Note: XLA:CPU allocates its buffers afresh on every call, and on Linux the first touch of
@@ -199,8 +200,14 @@ def run_problem(name: str, a: sp.csc_matrix, args) -> list[list[str]]:
     def op_of(v):
         return ls.SparseOperator(v, *pattern, (n, n), ls.positive_semidefinite_tag)
 
+    def factor(v):
+        # The factor as the consumers read it: its flat blocks (host kernels) or the
+        # per-bucket blocks (traced), and the log-determinant.
+        fac = numeric.factor(sym, v)
+        return (fac.g if fac.flat is None else fac.flat), fac.logdet
+
     fns = {
-        "factor": lambda v: numeric.factor(sym, v),
+        "factor": factor,
         "solve": lambda v, rhs: ls.linear_solve(op_of(v), rhs, ls.SparseCholesky()).value,
         "logdet": lambda v: ls.logdet(op_of(v)),
         "logdet+grad": jax.value_and_grad(lambda v: ls.logdet(op_of(v))),
@@ -327,7 +334,16 @@ def main(argv=None):
         "CHOLMOD's factor size; no sparsax, splu or selected_inverse",
     )
     parser.add_argument("--no-sparsax", action="store_true")
+    parser.add_argument(
+        "--kernels",
+        choices=["auto", "host", "traced"],
+        default="auto",
+        help="numeric phase: auto (host kernels on CPU), host, or traced (XLA, as on GPU)",
+    )
     args = parser.parse_args(argv)
+    from linsolve._sparse import host
+
+    host.MODE = args.kernels
     if args.large:
         if args.grids == [128, 256, 512]:
             args.grids = [1024]
@@ -337,7 +353,10 @@ def main(argv=None):
         args.no_splu = args.no_sparsax = True
         args.skip = sorted(set(args.skip) | {"selected_inverse"})
 
-    print(environment(("linsolve", "jax", "jaxlib", "cvxopt", "sparsax", "scipy", "pymetis")))
+    print(
+        environment(("linsolve", "jax", "jaxlib", "cvxopt", "sparsax", "scipy", "pymetis", "numba"))
+    )
+    print(f"numeric phase: {'host kernels' if host.enabled() else 'traced XLA'} ({args.kernels})")
     problems = [(f"2D {m}^2", laplacian(m, 2)) for m in args.grids]
     problems += [(f"3D {k}^3", laplacian(k, 3)) for k in args.cubes]
     header = ["problem", "what", "run (median)", "/ CHOLMOD factor", "compile", "XLA memory"]

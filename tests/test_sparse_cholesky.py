@@ -270,11 +270,16 @@ def test_complex_selected_inverse_derivatives_second_order():
     check_grads(sel, (op.values,), order=1, modes=["fwd", "rev"])
 
 
-def test_diag_inverse_gradients_cost_one_extra_pass():
+def test_diag_inverse_gradients_cost_one_extra_pass(monkeypatch):
     """The reverse pass of a diag_inverse loss is one application of the rule (no tape of
     the recurrences): one `selinv_sandwich` in the gradient's jaxpr, and XLA's memory for
-    value + gradient stays within a small multiple of that of diag_inverse itself."""
+    value + gradient stays within a small multiple of that of diag_inverse itself (both
+    traced: the host kernels' memory is not XLA's)."""
     from helpers import count_primitive
+
+    from linsolve._sparse import host
+
+    monkeypatch.setattr(host, "MODE", "traced")
 
     op = ls.SparseOperator.from_scipy(laplacian_2d(12), PSD)
     c = jnp.linspace(0.5, 1.5, 144)

@@ -193,19 +193,46 @@ def _call(fn, shape, dtype, *args):
     )
 
 
-def factor_call(sym: Symbolic, values: Array) -> Array:
-    """The flat padded factor (`Factor.g`, joined) of the matrix with stored `values`, by
-    the host kernel (no derivative: see `numeric.factor`)."""
+def factor_call(sym: Symbolic, values: Array) -> tuple[Array, Array]:
+    """The flat padded factor (`Factor.g`, joined) of the matrix with stored `values`, and
+    the real diagonal of `L^-1` (permuted order), by the host kernel (no derivative: see
+    `numeric.factor`). The diagonal comes from the host: read in the program, its index
+    map (n integers) would be a constant of the program."""
     if jnp.iscomplexobj(values):
         # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
         values = jnp.where(sym.entry_flip, jnp.conj(values), values)
-    return _call(lambda v: factor_np(sym, np.asarray(v)), (plan(sym).size,), values.dtype, values)
+
+    def run(v):
+        flat = factor_np(sym, np.asarray(v))
+        return flat, np.real(flat[plan(sym).diag])
+
+    real = jnp.real(jnp.zeros((), values.dtype)).dtype
+    shapes = (
+        jax.ShapeDtypeStruct((plan(sym).size,), values.dtype),
+        jax.ShapeDtypeStruct((sym.n,), real),
+    )
+    return jax.pure_callback(run, shapes, values, vmap_method="sequential")
 
 
-def takahashi_call(sym: Symbolic, flat: Array) -> Array:
-    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]` in the factor's flat layout, by
-    the host kernel (no derivative: see `selinv`)."""
-    return _call(lambda g: takahashi_np(sym, np.asarray(g)), flat.shape, flat.dtype, flat)
+def selected_call(sym: Symbolic, flat: Array, reads) -> tuple[Array, ...]:
+    """Values of the selected inverse at each `(pos, flip)` of `reads` (see `lookup`), by
+    the host kernels: only these values come back, not the selected inverse's blocks (no
+    derivative: see `selinv`)."""
+
+    def run(g):
+        z = takahashi_np(sym, np.asarray(g))
+        return tuple(_read_np(z, pos, flip) for pos, flip in reads)
+
+    shapes = tuple(jax.ShapeDtypeStruct(pos.shape, flat.dtype) for pos, _ in reads)
+    return jax.pure_callback(run, shapes, flat, vmap_method="sequential")
+
+
+def _read_np(z: np.ndarray, pos: np.ndarray, flip: np.ndarray) -> np.ndarray:
+    out = z[np.minimum(pos, z.size - 1)]
+    out[pos >= z.size] = 0
+    if np.iscomplexobj(out):
+        out = np.where(flip, np.conj(out), out)
+    return out
 
 
 def solve(sym: Symbolic, flat: Array, b: Array) -> Array:
@@ -234,9 +261,9 @@ def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray,
     return pos.astype(np.int64), pi < pj
 
 
-def diag(sym: Symbolic, z: Array) -> Array:
-    """diag(A^-1) in the original ordering from the selected inverse's flat blocks."""
-    return z[..., plan(sym).diag][..., sym.iperm]
+def diag_reads(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
+    """`lookup`'s answer for diag(A^-1) in the original ordering."""
+    return plan(sym).diag[sym.iperm], np.zeros(sym.n, bool)
 
 
 def take(z: Array, pos: np.ndarray, flip: np.ndarray) -> Array:

@@ -10,7 +10,13 @@ import types
 import numpy as np
 
 
-_KERNELS = ("_k_conj_t", "_k_cholinv", "_k_factor", "_k_takahashi", "_k_solve")
+_KERNELS = (
+    "_k_conj_t",
+    "_k_cholinv",
+    "_k_factor",
+    "_k_takahashi",
+    "_k_solve",
+)
 
 
 @functools.cache
@@ -110,16 +116,9 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
         for i in range(ms):
             for j in range(ks):
                 G[Ks + i, j] = -W[i, j]
-        U = upd[s] if upd[s].shape[0] else np.zeros((ms, ms), flat.dtype)
+        U = upd[s]  # the children's contributions (none: empty)
         upd[s] = np.zeros((0, 0), flat.dtype)
-        # U -= L21 L21^H, lower triangle, by row blocks
-        L21h = _k_conj_t(L21)
-        for i0 in range(0, ms, 256):
-            i1 = min(i0 + 256, ms)
-            U[i0:i1, :i1] -= np.dot(
-                np.ascontiguousarray(L21[i0:i1]), np.ascontiguousarray(L21h[:, :i1])
-            )
-        # extend-add into the parent's front
+        has_u = U.shape[0] > 0
         p = parent[s]
         Kp = K[p]
         Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
@@ -127,14 +126,21 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
             upd[p] = np.zeros((m[p], m[p]), flat.dtype)
         Up = upd[p]
         r0 = relptr[s]
-        for a in range(ms):
-            ra = rel[r0 + a]
-            for b in range(a + 1):
-                rb = rel[r0 + b]
-                if rb < Kp:
-                    Gp[ra, rb] += U[a, b]
-                else:
-                    Up[ra - Kp, rb - Kp] += U[a, b]
+        L21h = _k_conj_t(L21)
+        # Extend-add of U - L21 L21^H (lower triangle) into the parent's front, one block
+        # of rows at a time: the product of a block is made, then scattered at once.
+        for i0 in range(0, ms, 256):
+            i1 = min(i0 + 256, ms)
+            S = np.dot(np.ascontiguousarray(L21[i0:i1]), np.ascontiguousarray(L21h[:, :i1]))
+            for a in range(i0, i1):
+                ra = rel[r0 + a]
+                for b in range(a + 1):
+                    rb = rel[r0 + b]
+                    v = U[a, b] - S[a - i0, b] if has_u else -S[a - i0, b]
+                    if rb < Kp:
+                        Gp[ra, rb] += v
+                    else:
+                        Up[ra - Kp, rb - Kp] += v
     return flat
 
 

@@ -324,8 +324,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     values = _checked_values(sym, values)
     if not host.enabled():
         return traced_factor(sym, values)
-    flat = _host_factor(sym, values)
-    d = jnp.real(flat[host.plan(sym).diag])
+    flat, d = _host_factor(sym, values)
     return Factor(
         g=host.split(sym, flat), logdet=-2 * jnp.sum(jnp.log(d)), ok=_pivots_ok(d), flat=flat
     )
@@ -491,7 +490,8 @@ def solve_upper(sym: Symbolic, g, x: Inexact[Array, "n k"]) -> Inexact[Array, "n
 
 
 @functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _host_factor(sym: Symbolic, values: Array) -> Array:
+def _host_factor(sym: Symbolic, values: Array) -> tuple[Array, Array]:
+    """`(flat factor, diag(L^-1))` by the host kernels."""
     return host.factor_call(sym, values)
 
 
@@ -500,9 +500,10 @@ def _host_factor_jvp(sym, primals, tangents):
     # Written from the host factor, and differentiable again (traced XLA); never a
     # derivative of the traced factorization.
     (values,), (dv,) = primals, tangents
-    flat = _host_factor(sym, values)
+    flat, d = _host_factor(sym, values)
     x = [mask(B, xb) for B, xb in zip(sym.buckets, inject(sym, dv))]
-    return flat, host.join(factor_tangent(sym, host.split(sym, flat), x, linear=True))
+    dflat = host.join(factor_tangent(sym, host.split(sym, flat), x, linear=True))
+    return (flat, d), (dflat, jnp.real(dflat[host.plan(sym).diag]))
 
 
 def mm(a: Array, b: Array) -> Array:

@@ -79,10 +79,7 @@ def _read(sym: Symbolic, whats: tuple[str, ...], fac: Factor) -> tuple[Array, ..
     """One Takahashi pass on the factor, giving each output in `whats` (by the host
     kernels when they made the factor)."""
     if fac.flat is not None:
-        z = _host_takahashi(sym, fac.flat)
-        return tuple(
-            host.diag(sym, z) if w == "diag" else host.take(z, *_lookup(sym, w)) for w in whats
-        )
+        return _host_selected(sym, whats, fac.flat)
     g = fac.g
     chunks: dict[str, dict] = {w: {} for w in whats}
 
@@ -94,15 +91,15 @@ def _read(sym: Symbolic, whats: tuple[str, ...], fac: Factor) -> tuple[Array, ..
     return tuple(_finish(sym, w, chunks[w], g[0].dtype) for w in whats)
 
 
-@functools.partial(jax.custom_jvp, nondiff_argnums=(0,))
-def _host_takahashi(sym: Symbolic, flat: Array) -> Array:
-    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]` from the host factor, in its flat
-    layout, by the host kernel; derivative: the recurrence's tangent (`fronts`)."""
-    return host.takahashi_call(sym, flat)
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _host_selected(sym: Symbolic, whats: tuple[str, ...], flat: Array) -> tuple[Array, ...]:
+    """Outputs `whats` of the selected inverse of the host factor `flat`, by the host
+    kernels; derivative: the recurrence's tangent (`fronts`), from the factor."""
+    return host.selected_call(sym, flat, [_lookup(sym, w) for w in whats])
 
 
-@_host_takahashi.defjvp
-def _host_takahashi_jvp(sym, primals, tangents):
+@_host_selected.defjvp
+def _host_selected_jvp(sym, whats, primals, tangents):
     (flat,), (dflat,) = primals, tangents
     z, dz = [None] * len(sym.buckets), [None] * len(sym.buckets)
 
@@ -111,15 +108,20 @@ def _host_takahashi_jvp(sym, primals, tangents):
         dz[b] = dz11 if dz21 is None else jnp.concatenate([dz11, dz21], axis=-2)
 
     fronts(sym, host.split(sym, flat), emit, host.split(sym, dflat))
-    return host.join(z), host.join(dz)
+    z, dz = host.join(z), host.join(dz)
+    reads = [_lookup(sym, w) for w in whats]
+    return tuple(host.take(z, *r) for r in reads), tuple(host.take(dz, *r) for r in reads)
 
 
 @functools.lru_cache(maxsize=8)
 def _lookup(sym: Symbolic, what: str) -> tuple[np.ndarray, np.ndarray]:
-    """`host.lookup` of the entries output `what` reads."""
+    """Where output `what` reads the selected inverse's flat blocks (`host.lookup`)."""
+    if what == "diag":
+        return host.diag_reads(sym)
     if what == "entries":
         return host.lookup(sym, sym.entry_row, sym.entry_col)
-    return host.lookup(sym, *l_pattern(sym))
+    maps = _l_pattern_maps(sym)
+    return maps[3], maps[2][1]
 
 
 def _read_blocks(sym: Symbolic, what: str, y) -> Array:
@@ -212,14 +214,15 @@ def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
 
     Includes the explicit zeros added by supernode amalgamation.
     """
-    rows, cols, _ = _l_pattern_maps(sym)
+    rows, cols = _l_pattern_maps(sym)[:2]
     return rows, cols
 
 
 @functools.lru_cache(maxsize=8)
 def _l_pattern_maps(sym: Symbolic):
-    rows, cols, pos = [], [], []
-    for B in sym.buckets:
+    rows, cols, pos, flat = [], [], [], []
+    base = host.plan(sym).bucket_base
+    for b, B in enumerate(sym.buckets):
         # every (supernode t, front row r, pivot column j < ncols[t]) with r >= j real
         kk = B.ncols.astype(np.int64)
         mm = B.nrows.astype(np.int64)
@@ -238,12 +241,13 @@ def _l_pattern_maps(sym: Symbolic):
         rows.append(full[t, r])
         cols.append(B.col_idx[t, j].astype(np.int64))
         pos.append(B.block_pos(t, r, j).astype(np.int32))
+        flat.append(base[b] + (t * B.N + r) * B.K + j)  # in the factor's flat layout
     rows = sym.perm[np.concatenate(rows)]
     cols = sym.perm[np.concatenate(cols)]
     # lower triangle in the original ordering; values read from above the diagonal there
     # are conjugated (complex hermitian)
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    return hi, lo, (tuple(pos), rows < cols)
+    return hi, lo, (tuple(pos), rows < cols), np.concatenate(flat)
 
 
 def _on_l_reads(sym: Symbolic) -> tuple[np.ndarray, ...]:
