@@ -33,6 +33,7 @@ import numpy as np
 from jaxtyping import Array
 
 from . import host_kernels
+from .elimination import _kernels as _elimination_kernels
 from .symbolic import Symbolic
 
 
@@ -214,24 +215,40 @@ def factor_call(sym: Symbolic, values: Array) -> tuple[Array, Array]:
     return jax.pure_callback(run, shapes, values, vmap_method="sequential")
 
 
-def selected_call(sym: Symbolic, flat: Array, reads) -> tuple[Array, ...]:
-    """Values of the selected inverse at each `(pos, flip)` of `reads` (see `lookup`), by
-    the host kernels: only these values come back, not the selected inverse's blocks (no
-    derivative: see `selinv`)."""
+@dataclasses.dataclass(frozen=True, eq=False)
+class Read:
+    """Values of the selected inverse, read from its flat blocks: `z[pos]` (0 where
+    `pos` is past the end: not on the pattern of L), conjugated where `flip`; then, where
+    `real` (if given), the real part only; then times `weight` (if given)."""
+
+    pos: np.ndarray
+    flip: np.ndarray
+    weight: np.ndarray | None = None
+    real: np.ndarray | None = None
+
+
+def selected_call(sym: Symbolic, flat: Array, reads: list[Read]) -> tuple[Array, ...]:
+    """The selected inverse's values for each of `reads`, by the host kernels: only these
+    values come back, not the selected inverse's blocks, and the reads' maps stay on the
+    host (no derivative: see `selinv`)."""
 
     def run(g):
         z = takahashi_np(sym, np.asarray(g))
-        return tuple(_read_np(z, pos, flip) for pos, flip in reads)
+        return tuple(_read_np(z, r) for r in reads)
 
-    shapes = tuple(jax.ShapeDtypeStruct(pos.shape, flat.dtype) for pos, _ in reads)
+    shapes = tuple(jax.ShapeDtypeStruct(r.pos.shape, flat.dtype) for r in reads)
     return jax.pure_callback(run, shapes, flat, vmap_method="sequential")
 
 
-def _read_np(z: np.ndarray, pos: np.ndarray, flip: np.ndarray) -> np.ndarray:
-    out = z[np.minimum(pos, z.size - 1)]
-    out[pos >= z.size] = 0
+def _read_np(z: np.ndarray, r: Read) -> np.ndarray:
+    out = z[np.minimum(r.pos, z.size - 1)]
+    out[r.pos >= z.size] = 0
     if np.iscomplexobj(out):
-        out = np.where(flip, np.conj(out), out)
+        out = np.where(r.flip, np.conj(out), out)
+        if r.real is not None:
+            out = np.where(r.real, np.real(out), out).astype(z.dtype)
+    if r.weight is not None:
+        out = out * r.weight.astype(out.dtype)
     return out
 
 
@@ -249,15 +266,15 @@ def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray,
     pi, pj = sym.iperm[row].astype(np.int64), sym.iperm[col].astype(np.int64)
     hi, lo = np.maximum(pi, pj), np.minimum(pi, pj)
     s = np.searchsorted(sym.sn_start, lo, side="right") - 1
-    c = lo - sym.sn_start[s]
-    inside = hi < sym.sn_start[s + 1]
-    # below rows: hi's position among the (sorted) rows of supernode s
-    seg = np.repeat(np.arange(sym.num_supernodes, dtype=np.int64), np.diff(sym.sn_rowptr))
-    keys = seg * sym.n + sym.sn_rowind
-    q = np.minimum(np.searchsorted(keys, s * sym.n + hi), max(keys.size - 1, 0))
-    found = keys[q] == s * sym.n + hi if keys.size else np.zeros_like(inside)
-    r = np.where(inside, hi - sym.sn_start[s], P.K[s] + q - sym.sn_rowptr[s])
-    pos = np.where(inside | found, P.off[s] + r * P.K[s] + c, P.size)
+    local, kind = _elimination_kernels().front_rows(
+        sym.sn_start.astype(np.int64),
+        sym.sn_rowptr.astype(np.int64),
+        sym.sn_rowind.astype(np.int64),
+        s,
+        hi,
+    )
+    r = np.where(kind == 1, local, P.K[s] + local)
+    pos = np.where(kind > 0, P.off[s] + r * P.K[s] + lo - sym.sn_start[s], P.size)
     return pos.astype(np.int64), pi < pj
 
 
@@ -266,9 +283,14 @@ def diag_reads(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
     return plan(sym).diag[sym.iperm], np.zeros(sym.n, bool)
 
 
-def take(z: Array, pos: np.ndarray, flip: np.ndarray) -> Array:
-    """The selected inverse's values at `lookup`'s positions: one gather."""
-    out = jnp.concatenate([z, jnp.zeros(z.shape[:-1] + (1,), z.dtype)], axis=-1)[..., pos]
+def take(z: Array, r: Read) -> Array:
+    """`Read` `r` from the selected inverse's flat blocks `z` in the program (its maps
+    then are constants of the program: derivative programs only)."""
+    out = jnp.concatenate([z, jnp.zeros(z.shape[:-1] + (1,), z.dtype)], axis=-1)[..., r.pos]
     if jnp.iscomplexobj(out):
-        out = jnp.where(flip, jnp.conj(out), out)
+        out = jnp.where(r.flip, jnp.conj(out), out)
+        if r.real is not None:
+            out = jnp.where(r.real, jnp.real(out).astype(out.dtype), out)
+    if r.weight is not None:
+        out = out * r.weight.astype(out.dtype)
     return out

@@ -28,6 +28,7 @@ go by autodiff through the recurrences (`_entries_from_factor`).
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 
 import jax
@@ -80,6 +81,12 @@ def _read(sym: Symbolic, whats: tuple[str, ...], fac: Factor) -> tuple[Array, ..
     kernels when they made the factor)."""
     if fac.flat is not None:
         return _host_selected(sym, whats, fac.flat)
+    if "logdet_grad" in whats:
+        z = _read(sym, ("entries",), fac)[0]
+        if jnp.iscomplexobj(z):  # Z[i, i] is real: no derivative w.r.t. Im of the diagonal
+            z = jnp.where(const(sym.entry_row == sym.entry_col), jnp.real(z).astype(z.dtype), z)
+        wz = jnp.asarray(sym.logdet_weight, dtype=z.dtype) * z
+        return tuple(wz if w == "logdet_grad" else _read(sym, (w,), fac)[0] for w in whats)
     g = fac.g
     chunks: dict[str, dict] = {w: {} for w in whats}
 
@@ -110,18 +117,22 @@ def _host_selected_jvp(sym, whats, primals, tangents):
     fronts(sym, host.split(sym, flat), emit, host.split(sym, dflat))
     z, dz = host.join(z), host.join(dz)
     reads = [_lookup(sym, w) for w in whats]
-    return tuple(host.take(z, *r) for r in reads), tuple(host.take(dz, *r) for r in reads)
+    return tuple(host.take(z, r) for r in reads), tuple(host.take(dz, r) for r in reads)
 
 
 @functools.lru_cache(maxsize=8)
-def _lookup(sym: Symbolic, what: str) -> tuple[np.ndarray, np.ndarray]:
+def _lookup(sym: Symbolic, what: str) -> host.Read:
     """Where output `what` reads the selected inverse's flat blocks (`host.lookup`)."""
     if what == "diag":
-        return host.diag_reads(sym)
+        return host.Read(*host.diag_reads(sym))
     if what == "entries":
-        return host.lookup(sym, sym.entry_row, sym.entry_col)
+        return host.Read(*host.lookup(sym, sym.entry_row, sym.entry_col))
+    if what == "logdet_grad":
+        return dataclasses.replace(
+            _lookup(sym, "entries"), weight=sym.logdet_weight, real=sym.entry_row == sym.entry_col
+        )
     maps = _l_pattern_maps(sym)
-    return maps[3], maps[2][1]
+    return host.Read(maps[3], maps[2][1])
 
 
 def _read_blocks(sym: Symbolic, what: str, y) -> Array:
@@ -279,14 +290,11 @@ def logdet_and_ok(sym: Symbolic, values: Float[Array, " nnz"]) -> tuple[Array, A
 def _logdet_jvp(sym, primals, tangents):
     (values,), (dv,) = primals, tangents
     fac = numeric.factor(sym, values)
-    z = _entries_from_factor(sym, fac)
-    w = jnp.asarray(sym.logdet_weight, dtype=z.dtype)
     # d log det A = tr(A^-1 dA); a stored lower entry v at (i, j), i > j, is A[i, j] and,
     # conjugated, A[j, i]: its term is 2 Re(conj(Z[i, j]) dv) (Re(Z[i, i] dv) on the
-    # diagonal, whose imaginary part is not read).
-    if jnp.iscomplexobj(z):  # Z[i, i] is real: no derivative w.r.t. Im of the diagonal
-        z = jnp.where(const(sym.entry_row == sym.entry_col), jnp.real(z).astype(z.dtype), z)
-    tangent = jnp.sum(w * jnp.conj(z) * dv)
+    # diagonal, whose imaginary part is not read): `wz` = weight * Z at the entries.
+    (wz,) = _read(sym, ("logdet_grad",), fac)
+    tangent = jnp.sum(jnp.conj(wz) * dv)
     if jnp.iscomplexobj(tangent):
         tangent = jnp.real(tangent)
     return (fac.logdet, fac.ok), (tangent, np.zeros((), dtype=jax.dtypes.float0))
