@@ -399,3 +399,34 @@ def test_factorization_memory_stays_near_one_level(traced):
     assert analysis.temp_size_in_bytes < 6 * factor_bytes, (
         analysis.temp_size_in_bytes / factor_bytes
     )
+
+
+def test_host_program_does_not_grow_with_the_problem(monkeypatch):
+    # The host kernels' point: the compiled program of value_and_grad(logdet) and of a
+    # solve is the same few operations (callbacks and small glue) whatever the number of
+    # supernodes, buckets and levels, so compile time does not grow with the problem.
+    # The traced phase's program grows with the buckets (checked for contrast).
+    def sizes(mode):
+        monkeypatch.setattr(host, "MODE", mode)
+        out = []
+        for side in (4, 12):
+            m = lower_csc(lap2d(side))
+            sym = analyse(m)
+            v = jnp.asarray(m.data)
+            rhs = jnp.ones(side * side)
+            vg = jax.value_and_grad(lambda v: selinv.logdet(sym, v))
+            sv = lambda v: numeric.solve(sym, numeric.factor(sym, v), rhs)  # noqa: E731
+            out.append(
+                (
+                    len(jax.make_jaxpr(vg)(v).jaxpr.eqns),
+                    len(jax.make_jaxpr(sv)(v).jaxpr.eqns),
+                    len(sym.buckets),
+                )
+            )
+        return out
+
+    (small, large) = sizes("host")
+    assert large[2] > small[2]  # more buckets ...
+    assert large[:2] == small[:2]  # ... and the same programs
+    (small, large) = sizes("traced")
+    assert large[0] > small[0] and large[1] > small[1]

@@ -51,14 +51,15 @@ class Factor(eqx.Module):
     """Supernodal Cholesky factor of `P A P^T` (the pattern lives in `Symbolic`).
 
     `g[b]` holds `[L11^-1; -L21 L11^-1]` for the supernodes of bucket `b`, shape
-    `(size, K + M, K)` (identity on padding pivots, zero on padding rows).
+    `(size, K + M, K)` (identity on padding pivots, zero on padding rows); from the host
+    kernels, `flat` holds them joined (read them with `blocks`).
     """
 
     g: tuple[Inexact[Array, "_b _N _K"], ...]  # (sizes differ between buckets)
     logdet: Float[Array, ""]
     ok: Bool[Array, ""]
-    # The blocks `g` joined, when the host kernels made them (`host.py`; `g` are then
-    # views of it): the host solves and selected inverse read it.
+    # The blocks joined, when the host kernels made them (`host.py`; `g` is then empty:
+    # `blocks` gives them): the host solves and selected inverse read it.
     flat: Inexact[Array, " size"] | None = None
 
 
@@ -325,9 +326,12 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     if not host.enabled():
         return traced_factor(sym, values)
     flat, d = _host_factor(sym, values)
-    return Factor(
-        g=host.split(sym, flat), logdet=-2 * jnp.sum(jnp.log(d)), ok=_pivots_ok(d), flat=flat
-    )
+    return Factor(g=(), logdet=-2 * jnp.sum(jnp.log(d)), ok=_pivots_ok(d), flat=flat)
+
+
+def blocks(sym: Symbolic, fac: Factor) -> tuple[Array, ...]:
+    """The factor's per-bucket blocks `G` (views of `fac.flat` for the host kernels')."""
+    return fac.g if fac.flat is None else host.split(sym, fac.flat)
 
 
 def _checked_values(sym: Symbolic, values) -> Array:
@@ -430,7 +434,7 @@ def solve(sym: Symbolic, fac: Factor, b: Inexact[Array, "n *k"]) -> Inexact[Arra
         raise ValueError(f"expected b of shape ({sym.n},) or ({sym.n}, k), got {b.shape}")
     vector = b.ndim == 1
     x = b[:, None] if vector else b
-    x = x.astype(jnp.result_type(x.dtype, fac.g[0].dtype))
+    x = x.astype(jnp.result_type(x.dtype, (fac.g[0] if fac.flat is None else fac.flat).dtype))
     if fac.flat is not None:
         x = _host_solve(sym, fac.flat, x)
     else:

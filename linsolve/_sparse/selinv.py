@@ -169,7 +169,7 @@ def _selected_jvp(sym, what, primals, tangents):
     (values,), (dv,) = primals, tangents
     fac = numeric.factor(sym, values)
     out = _read(sym, (what,), fac)[0]
-    dz = sandwich.sandwich(sym, fac.g, inject(sym, dv))  # P(Z dA Z)
+    dz = sandwich.sandwich(sym, numeric.blocks(sym, fac), inject(sym, dv))  # P(Z dA Z)
     return out, -_read_blocks(sym, what, dz)
 
 
