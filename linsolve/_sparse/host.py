@@ -150,22 +150,22 @@ def _kernels():
 # ---------------------------------------------------------------------------------------
 
 
-def factor_np(sym: Symbolic, values: np.ndarray) -> np.ndarray:
+def factor_np(sym: Symbolic, values: np.ndarray, tri=host_kernels.TRI) -> np.ndarray:
     """The flat padded factor of the matrix with (conj-flipped) stored `values`."""
     P = plan(sym)
     vals = np.concatenate([np.asarray(values), np.ones(1, values.dtype)])
     flat = np.empty(P.size, values.dtype)
     return _kernels()._k_factor(
-        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel
+        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
     )
 
 
-def takahashi_np(sym: Symbolic, g: np.ndarray) -> np.ndarray:
+def takahashi_np(sym: Symbolic, g: np.ndarray, tri=host_kernels.TRI) -> np.ndarray:
     """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor."""
     P = plan(sym)
     z = np.empty_like(g)
     return _kernels()._k_takahashi(
-        z, np.ascontiguousarray(g), P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel
+        z, np.ascontiguousarray(g), P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
     )
 
 

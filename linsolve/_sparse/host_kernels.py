@@ -12,6 +12,8 @@ import numpy as np
 
 _KERNELS = (
     "_k_conj_t",
+    "_k_times_lower",
+    "_k_lower_gram",
     "_k_cholinv",
     "_k_factor",
     "_k_takahashi",
@@ -42,6 +44,47 @@ _NB = 32  # block size of the pivot blocks' Cholesky and inverse
 
 def _k_conj_t(x):
     return np.ascontiguousarray(np.conj(x).T)
+
+
+# Pivot blocks from `tri[0]` columns on skip the zero triangle of `L11^-1` in their
+# products, by column blocks of `tri[1]`: fewer flops pay only for large fronts (3-D
+# problems; measured: slower for the 2-D grids' 30-250 column fronts).
+TRI = (256, 128)
+
+
+def _k_times_lower(A, Lw, herm, tri):
+    """`A Lw` (or `A Lw^H` with `herm`) for lower-triangular `Lw` (k x k)."""
+    mr, k = A.shape
+    cb = tri[1]
+    if k < tri[0]:
+        if herm:
+            return np.dot(A, _k_conj_t(Lw))
+        return np.dot(A, np.ascontiguousarray(Lw))
+    out = np.empty((mr, k), A.dtype)
+    for c0 in range(0, k, cb):
+        c1 = min(c0 + cb, k)
+        if herm:
+            blk = np.dot(np.ascontiguousarray(A[:, :c1]), _k_conj_t(Lw[c0:c1, :c1]))
+        else:
+            blk = np.dot(np.ascontiguousarray(A[:, c0:]), np.ascontiguousarray(Lw[c0:, c0:c1]))
+        out[:, c0:c1] = blk
+    return out
+
+
+def _k_lower_gram(X, Y, triangular, tri):
+    """`X^H Y` (k x k, both (r x k)), exact in its lower triangle only (the upper one is
+    not read); with `triangular`, `X` and `Y` are lower triangular (r = k) and their zero
+    rows are skipped."""
+    r, k = X.shape
+    cb = tri[1]
+    if k < tri[0]:
+        return np.dot(_k_conj_t(X), np.ascontiguousarray(Y))
+    out = np.zeros((k, k), X.dtype)
+    for i0 in range(0, k, cb):
+        i1 = min(i0 + cb, k)
+        p0 = i0 if triangular else 0
+        out[i0:i1, :i1] = np.dot(_k_conj_t(X[p0:, i0:i1]), np.ascontiguousarray(Y[p0:, :i1]))
+    return out
 
 
 def _k_cholinv(A, k):
@@ -92,7 +135,7 @@ def _k_cholinv(A, k):
     return Li
 
 
-def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel):
+def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel, tri):
     """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
     flat[:] = 0
     for q in range(vsrc.shape[0]):
@@ -106,8 +149,8 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
         Li = _k_cholinv(G, ks)
         if ms:
             F21 = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
-            L21 = np.dot(F21, _k_conj_t(Li))
-            W = np.dot(L21, Li)
+            L21 = _k_times_lower(F21, Li, True, tri)
+            W = _k_times_lower(L21, Li, False, tri)
         for i in range(ks):
             for j in range(ks):
                 G[i, j] = Li[i, j]
@@ -144,7 +187,7 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
     return flat
 
 
-def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
+def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
     """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first."""
     z[:] = 0
     ns = off.shape[0]
@@ -154,8 +197,9 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
         ks, ms, Ks = k[s], m[s], K[s]
         G = g[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
         Zs = z[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
+        # Only the lower triangle of Z[J, J] is ever read (here and by the children).
         Li = np.ascontiguousarray(G[:ks, :ks])
-        Z11 = np.dot(_k_conj_t(Li), Li)
+        Z11 = _k_lower_gram(Li, Li, True, tri)
         if ms:
             p = parent[s]
             Kp = K[p]
@@ -178,7 +222,7 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
                     Z22[b, a] = np.conj(v)
             Wn = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
             Z21 = np.dot(Z22, Wn)
-            Z11 += np.dot(_k_conj_t(Wn), Z21)
+            Z11 += _k_lower_gram(Wn, Z21, False, tri)
             for i in range(ms):
                 for j in range(ks):
                     Zs[Ks + i, j] = Z21[i, j]
