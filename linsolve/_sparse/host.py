@@ -12,10 +12,11 @@ On other backends (GPU) the traced phase is used.
 The data layout is the traced phase's: the factor is the concatenation of the buckets'
 padded blocks `G = [L11^-1; -W]` (`Factor.g`, flattened), and the selected inverse's
 blocks `[Z[J, J]; Z[I, J]]` use the same layout. So every consumer of `Factor.g` (the
-selected inverse's derivative rule, `sandwich.py`) works unchanged, and the derivatives of
-the host phases are the traced phases' derivatives (`jax.jvp` of `numeric` /
-`takahashi`), which only differentiated programs (second order, the derivative of a
-selected inverse) compile.
+selected inverse's derivative rule, `sandwich.py`) works unchanged, and the host phases'
+derivatives are written from their outputs in traced XLA (`numeric._host_factor`:
+the factor's tangent; `selinv._host_selected`: the recurrence's tangent; the solves:
+the traced solves' derivative), which only differentiated programs (second order, the
+derivative of a selected inverse) compile. The host kernels are never differentiated.
 
 A front that is not positive definite gives NaN blocks (propagated to its ancestors), as in
 the traced phase.
@@ -67,6 +68,8 @@ class Plan:
     children: np.ndarray  # (ns,) number of children
     relptr: np.ndarray  # (ns + 1,) int64
     rel: np.ndarray  # position of each below row in the parent's padded front
+    rowind: np.ndarray  # int64 `Symbolic.sn_rowind`
+    start: np.ndarray  # int64 `Symbolic.sn_start`
     vsrc: np.ndarray  # stored values -> flat: flat[vdst] += [values, 1][vsrc]
     vdst: np.ndarray
     diag: np.ndarray  # flat positions of the real pivots' diagonal (L11^-1)
@@ -121,6 +124,8 @@ def plan(sym: Symbolic) -> Plan:
         children=children,
         relptr=sym.sn_rowptr.astype(np.int64),
         rel=rel,
+        rowind=sym.sn_rowind.astype(np.int64),
+        start=sym.sn_start.astype(np.int64),
         vsrc=np.concatenate(vsrc) if vsrc else np.zeros(0, np.int64),
         vdst=np.concatenate(vdst) if vdst else np.zeros(0, np.int64),
         diag=diag,
@@ -175,23 +180,19 @@ def solve_np(sym: Symbolic, g: np.ndarray, x: np.ndarray) -> np.ndarray:
     y = np.ascontiguousarray(x[sym.perm], dtype=np.result_type(x.dtype, g.dtype))
     g = np.ascontiguousarray(g)
     kern = _kernels()._k_solve
-    rowind = sym.sn_rowind.astype(np.int64)
-    start = sym.sn_start.astype(np.int64)
-    y = kern(y, g, P.off, P.K, P.k, P.m, start, P.relptr, rowind, True)
-    y = kern(y, g, P.off, P.K, P.k, P.m, start, P.relptr, rowind, False)
+    for lower in (True, False):
+        y = kern(y, g, P.off, P.K, P.k, P.m, P.start, P.relptr, P.rowind, lower)
     return y[sym.iperm]
 
 
 # ---------------------------------------------------------------------------------------
-# In the program: callbacks, with the traced phases' derivatives
+# In the program: the callbacks (their derivatives: `numeric`, `selinv`)
 # ---------------------------------------------------------------------------------------
 
 
-def _call(fn, shape, dtype, *args):
+def _call(fn, shapes, *args):
     # "sequential": under vmap, one call per batch member (the kernels take one matrix).
-    return jax.pure_callback(
-        fn, jax.ShapeDtypeStruct(shape, dtype), *args, vmap_method="sequential"
-    )
+    return jax.pure_callback(fn, shapes, *args, vmap_method="sequential")
 
 
 def factor_call(sym: Symbolic, values: Array) -> tuple[Array, Array]:
@@ -212,7 +213,7 @@ def factor_call(sym: Symbolic, values: Array) -> tuple[Array, Array]:
         jax.ShapeDtypeStruct((plan(sym).size,), values.dtype),
         jax.ShapeDtypeStruct((sym.n,), real),
     )
-    return jax.pure_callback(run, shapes, values, vmap_method="sequential")
+    return _call(run, shapes, values)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -237,7 +238,7 @@ def selected_call(sym: Symbolic, flat: Array, reads: list[Read]) -> tuple[Array,
         return tuple(_read_np(z, r) for r in reads)
 
     shapes = tuple(jax.ShapeDtypeStruct(r.pos.shape, flat.dtype) for r in reads)
-    return jax.pure_callback(run, shapes, flat, vmap_method="sequential")
+    return _call(run, shapes, flat)
 
 
 def _read_np(z: np.ndarray, r: Read) -> np.ndarray:
@@ -254,8 +255,8 @@ def _read_np(z: np.ndarray, r: Read) -> np.ndarray:
 
 def solve(sym: Symbolic, flat: Array, b: Array) -> Array:
     """`A^-1 b` for `b` of shape (n, k) from the flat factor."""
-    dtype = jnp.result_type(b.dtype, flat.dtype)
-    return _call(lambda g, x: solve_np(sym, np.asarray(g), np.asarray(x)), b.shape, dtype, flat, b)
+    shape = jax.ShapeDtypeStruct(b.shape, jnp.result_type(b.dtype, flat.dtype))
+    return _call(lambda g, x: solve_np(sym, np.asarray(g), np.asarray(x)), shape, flat, b)
 
 
 def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -266,13 +267,7 @@ def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray,
     pi, pj = sym.iperm[row].astype(np.int64), sym.iperm[col].astype(np.int64)
     hi, lo = np.maximum(pi, pj), np.minimum(pi, pj)
     s = np.searchsorted(sym.sn_start, lo, side="right") - 1
-    local, kind = _elimination_kernels().front_rows(
-        sym.sn_start.astype(np.int64),
-        sym.sn_rowptr.astype(np.int64),
-        sym.sn_rowind.astype(np.int64),
-        s,
-        hi,
-    )
+    local, kind = _elimination_kernels().front_rows(P.start, P.relptr, P.rowind, s, hi)
     r = np.where(kind == 1, local, P.K[s] + local)
     pos = np.where(kind > 0, P.off[s] + r * P.K[s] + lo - sym.sn_start[s], P.size)
     return pos.astype(np.int64), pi < pj
