@@ -15,6 +15,8 @@ _KERNELS = (
     "_k_times_lower",
     "_k_lower_gram",
     "_k_cholinv",
+    "_k_scalar_front",
+    "_k_scalar_leaf_selinv",
     "_k_factor",
     "_k_takahashi",
     "_k_solve",
@@ -135,6 +137,39 @@ def _k_cholinv(A, k):
     return Li
 
 
+def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
+    """`_k_factor`'s step for a supernode of one pivot column, elementwise."""
+    d = G[0, 0].real
+    li = 1 / np.sqrt(d) if d > 0 else np.nan
+    G[0, 0] = li
+    if not ms:
+        return
+    U = upd[s]
+    upd[s] = np.zeros((0, 0), flat.dtype)
+    has_u = U.shape[0] > 0
+    p = parent[s]
+    Kp = K[p]
+    Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+    if upd[p].shape[0] == 0 and m[p] > 0:
+        upd[p] = np.zeros((m[p], m[p]), flat.dtype)
+    Up = upd[p]
+    r0 = relptr[s]
+    for a in range(ms):
+        la = G[Ks + a, 0] * li  # L21
+        ra = rel[r0 + a]
+        for b in range(a + 1):
+            v = -la * np.conj(G[Ks + b, 0] * li)
+            if has_u:
+                v += U[a, b]
+            rb = rel[r0 + b]
+            if rb < Kp:
+                Gp[ra, rb] += v
+            else:
+                Up[ra - Kp, rb - Kp] += v
+    for a in range(ms):
+        G[Ks + a, 0] = -(G[Ks + a, 0] * li) * li  # -W
+
+
 def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel, tri):
     """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
     flat[:] = 0
@@ -146,6 +181,10 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
         ks, ms, Ks = k[s], m[s], K[s]
         N = Ks + ms  # rows of the block actually used (padding rows beyond stay zero)
         G = flat[off[s] : off[s] + N * Ks].reshape(N, Ks)
+        if ks == 1:
+            # A scalar pivot (most leaves of a nested-dissection tree): no temporaries.
+            _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel)
+            continue
         Li = _k_cholinv(G, ks)
         if ms:
             F21 = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
@@ -187,6 +226,29 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
     return flat
 
 
+def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel):
+    """`_k_takahashi`'s step for a supernode of one pivot column without children:
+    `Z[I, J] = Z[I, I] (-W)` and `Z[J, J]`, read straight from the parent's blocks."""
+    li = G[0, 0]
+    z11 = li * np.conj(li)
+    if ms:
+        Kp = K[p]
+        Zp = z[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+        for a in range(ms):
+            ra = rel[r0 + a]
+            acc = 0 * li
+            for b in range(ms):
+                rb = rel[r0 + b]
+                hi, lo = max(ra, rb), min(ra, rb)
+                v = Zp[hi, lo] if lo < Kp else Z22p[hi - Kp, lo - Kp]
+                if ra < rb:
+                    v = np.conj(v)
+                acc += v * G[Ks + b, 0]
+            Zs[Ks + a, 0] = acc
+            z11 += np.conj(G[Ks + a, 0]) * acc
+    Zs[0, 0] = z11
+
+
 def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
     """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first."""
     z[:] = 0
@@ -197,6 +259,16 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
         ks, ms, Ks = k[s], m[s], K[s]
         G = g[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
         Zs = z[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
+        if ks == 1 and not children[s]:
+            # A scalar-pivot leaf (most of a nested-dissection tree): no temporaries.
+            _k_scalar_leaf_selinv(
+                Zs, G, Ks, ms, z, zii[parent[s]], off, K, m, parent[s], relptr[s], rel
+            )
+            if ms:
+                left[parent[s]] -= 1
+                if left[parent[s]] == 0:
+                    zii[parent[s]] = np.zeros((0, 0), z.dtype)
+            continue
         # Only the lower triangle of Z[J, J] is ever read (here and by the children).
         Li = np.ascontiguousarray(G[:ks, :ks])
         Z11 = _k_lower_gram(Li, Li, True, tri)
@@ -212,12 +284,7 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
                 for b in range(a + 1):
                     rb = rel[r0 + b]
                     # ra >= rb: the lower triangle of the parent's front
-                    if ra < Kp:
-                        v = Zp[ra, rb]
-                    elif rb < Kp:
-                        v = Zp[ra, rb]
-                    else:
-                        v = Z22p[ra - Kp, rb - Kp]
+                    v = Zp[ra, rb] if rb < Kp else Z22p[ra - Kp, rb - Kp]
                     Z22[a, b] = v
                     Z22[b, a] = np.conj(v)
             Wn = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
@@ -248,6 +315,20 @@ def _k_solve(x, g, off, K, k, m, sn_start, relptr, rowind, lower):
         G = g[off[s] : off[s] + (Ks + ms) * Ks].reshape(Ks + ms, Ks)
         c0 = sn_start[s]
         r0 = relptr[s]
+        if ks == 1:  # a scalar pivot: elementwise
+            if lower:
+                for j in range(nrhs):
+                    xc = x[c0, j]
+                    x[c0, j] = G[0, 0] * xc
+                    for i in range(ms):
+                        x[rowind[r0 + i], j] += G[Ks + i, 0] * xc
+            else:
+                for j in range(nrhs):
+                    acc = np.conj(G[0, 0]) * x[c0, j]
+                    for i in range(ms):
+                        acc += np.conj(G[Ks + i, 0]) * x[rowind[r0 + i], j]
+                    x[c0, j] = acc
+            continue
         if lower:
             xc = x[c0 : c0 + ks].copy()
             y = np.dot(np.ascontiguousarray(G[:ks, :ks]), xc)
