@@ -1,11 +1,13 @@
 """The host kernels of `host.py`: plain Python here, compiled by numba on first use
 (`compiled()`; numba is imported then, not at `import linsolve`), per dtype, and cached on
-disk."""
+disk. `no_type_check`: a runtime type checker (jaxtyping's import hook) must leave them
+plain functions, which numba can compile."""
 
 from __future__ import annotations
 
 import functools
 import types
+from typing import no_type_check
 
 import numpy as np
 
@@ -44,6 +46,7 @@ def compiled() -> types.SimpleNamespace:
 _NB = 32  # block size of the pivot blocks' Cholesky and inverse
 
 
+@no_type_check
 def _k_conj_t(x):
     return np.ascontiguousarray(np.conj(x).T)
 
@@ -54,6 +57,7 @@ def _k_conj_t(x):
 TRI = (256, 128)
 
 
+@no_type_check
 def _k_times_lower(A, Lw, herm, tri):
     """`A Lw` (or `A Lw^H` with `herm`) for lower-triangular `Lw` (k x k)."""
     mr, k = A.shape
@@ -73,6 +77,7 @@ def _k_times_lower(A, Lw, herm, tri):
     return out
 
 
+@no_type_check
 def _k_lower_gram(X, Y, triangular, tri):
     """`X^H Y` (k x k, both (r x k)), exact in its lower triangle only (the upper one is
     not read); with `triangular`, `X` and `Y` are lower triangular (r = k) and their zero
@@ -89,6 +94,7 @@ def _k_lower_gram(X, Y, triangular, tri):
     return out
 
 
+@no_type_check
 def _k_cholinv(A, k):
     """`L^-1` (lower) for the hermitian matrix whose lower triangle is `A[:k, :k]`; NaN if
     it is not positive definite. Blocked: the block updates are BLAS products."""
@@ -137,6 +143,7 @@ def _k_cholinv(A, k):
     return Li
 
 
+@no_type_check
 def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
     """`_k_factor`'s step for a supernode of one pivot column, elementwise."""
     d = G[0, 0].real
@@ -170,6 +177,7 @@ def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
         G[Ks + a, 0] = -(G[Ks + a, 0] * li) * li  # -W
 
 
+@no_type_check
 def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel, tri):
     """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
     flat[:] = 0
@@ -226,6 +234,7 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
     return flat
 
 
+@no_type_check
 def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel):
     """`_k_takahashi`'s step for a supernode of one pivot column without children:
     `Z[I, J] = Z[I, I] (-W)` and `Z[J, J]`, read straight from the parent's blocks."""
@@ -249,6 +258,7 @@ def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel):
     Zs[0, 0] = z11
 
 
+@no_type_check
 def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
     """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first."""
     z[:] = 0
@@ -304,6 +314,7 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
     return z
 
 
+@no_type_check
 def _k_solve(x, g, off, K, k, m, sn_start, relptr, rowind, lower):
     """`L^-1 x` (leaves first) or `L^-H x` (roots first) in the permuted ordering, in place;
     `x` is `(n, nrhs)`."""
