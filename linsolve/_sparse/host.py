@@ -73,7 +73,6 @@ class Plan:
     vsrc: np.ndarray  # stored values -> flat: flat[vdst] += [values, 1][vsrc]
     vdst: np.ndarray
     diag: np.ndarray  # flat positions of the real pivots' diagonal (L11^-1)
-    col: np.ndarray  # permuted column of each of `diag`
 
 
 @functools.lru_cache(maxsize=8)
@@ -109,9 +108,8 @@ def plan(sym: Symbolic) -> Plan:
             sel = (lev.v_dst >= lo) & (lev.v_dst < hi)
             vsrc.append(lev.v_src[sel].astype(np.int64))
             vdst.append(lev.v_dst[sel].astype(np.int64) - lo + base[b])
-    col = np.arange(sym.n, dtype=np.int64)
     s_of = np.repeat(np.arange(ns), k)
-    c = col - sym.sn_start[s_of]
+    c = np.arange(sym.n, dtype=np.int64) - sym.sn_start[s_of]
     diag = off[s_of] + c * Ks[s_of] + c
     return Plan(
         size=int(base[-1]),
@@ -129,7 +127,6 @@ def plan(sym: Symbolic) -> Plan:
         vsrc=np.concatenate(vsrc) if vsrc else np.zeros(0, np.int64),
         vdst=np.concatenate(vdst) if vdst else np.zeros(0, np.int64),
         diag=diag,
-        col=col,
     )
 
 
@@ -161,7 +158,7 @@ def factor_np(sym: Symbolic, values: np.ndarray, tri=host_kernels.TRI) -> np.nda
     vals = np.concatenate([np.asarray(values), np.ones(1, values.dtype)])
     flat = np.empty(P.size, values.dtype)
     return _kernels()._k_factor(
-        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
+        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.relptr, P.rel, tri
     )
 
 

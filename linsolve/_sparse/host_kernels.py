@@ -17,6 +17,7 @@ _KERNELS = (
     "_k_times_lower",
     "_k_lower_gram",
     "_k_cholinv",
+    "_k_extend_add_targets",
     "_k_scalar_front",
     "_k_scalar_leaf_selinv",
     "_k_factor",
@@ -144,6 +145,22 @@ def _k_cholinv(A, k):
 
 
 @no_type_check
+def _k_extend_add_targets(flat, upd, s, off, K, m, parent):
+    """For supernode `s` of `_k_factor`: its children's contributions to its update
+    matrix (taken out of `upd`; empty if none, and whether there were any), and where its
+    own update goes — the parent's pivot-column block, its update matrix (made on first
+    use) and its padded pivot count."""
+    U = upd[s]
+    upd[s] = np.zeros((0, 0), flat.dtype)
+    p = parent[s]
+    Kp = K[p]
+    Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+    if upd[p].shape[0] == 0 and m[p] > 0:
+        upd[p] = np.zeros((m[p], m[p]), flat.dtype)
+    return U, U.shape[0] > 0, Gp, upd[p], Kp
+
+
+@no_type_check
 def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
     """`_k_factor`'s step for a supernode of one pivot column, elementwise."""
     d = G[0, 0].real
@@ -151,15 +168,7 @@ def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
     G[0, 0] = li
     if not ms:
         return
-    U = upd[s]
-    upd[s] = np.zeros((0, 0), flat.dtype)
-    has_u = U.shape[0] > 0
-    p = parent[s]
-    Kp = K[p]
-    Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
-    if upd[p].shape[0] == 0 and m[p] > 0:
-        upd[p] = np.zeros((m[p], m[p]), flat.dtype)
-    Up = upd[p]
+    U, has_u, Gp, Up, Kp = _k_extend_add_targets(flat, upd, s, off, K, m, parent)
     r0 = relptr[s]
     for a in range(ms):
         la = G[Ks + a, 0] * li  # L21
@@ -178,7 +187,7 @@ def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
 
 
 @no_type_check
-def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, rel, tri):
+def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel, tri):
     """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
     flat[:] = 0
     for q in range(vsrc.shape[0]):
@@ -206,15 +215,7 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
         for i in range(ms):
             for j in range(ks):
                 G[Ks + i, j] = -W[i, j]
-        U = upd[s]  # the children's contributions (none: empty)
-        upd[s] = np.zeros((0, 0), flat.dtype)
-        has_u = U.shape[0] > 0
-        p = parent[s]
-        Kp = K[p]
-        Gp = flat[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
-        if upd[p].shape[0] == 0 and m[p] > 0:
-            upd[p] = np.zeros((m[p], m[p]), flat.dtype)
-        Up = upd[p]
+        U, has_u, Gp, Up, Kp = _k_extend_add_targets(flat, upd, s, off, K, m, parent)
         r0 = relptr[s]
         L21h = _k_conj_t(L21)
         # Extend-add of U - L21 L21^H (lower triangle) into the parent's front, one block
@@ -225,8 +226,8 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, children, relptr, re
             for a in range(i0, i1):
                 ra = rel[r0 + a]
                 for b in range(a + 1):
-                    rb = rel[r0 + b]
                     v = U[a, b] - S[a - i0, b] if has_u else -S[a - i0, b]
+                    rb = rel[r0 + b]
                     if rb < Kp:
                         Gp[ra, rb] += v
                     else:
