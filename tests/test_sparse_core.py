@@ -451,3 +451,27 @@ def test_host_kernels_triangular_blocking_matches(dtype):
     np.testing.assert_allclose(zb, zp, rtol=0, atol=1e-13)
     rows, cols = selinv.l_pattern(sym)
     np.testing.assert_allclose(zp, np.linalg.inv(a)[rows, cols], rtol=0, atol=1e-12)
+    # In place of the factor (what `factor_selected_call` does): the same selected inverse.
+    for tri in ((10**9, 1), (2, 2)):
+        z = host.takahashi_np(sym, plain.copy(), tri=tri, in_place=True)
+        np.testing.assert_allclose(host._read_np(z, read), zp, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.complex128])
+def test_host_fused_call_matches_separate_calls(dtype):
+    # logdet + gradient and diag_inverse on the host come from one callback that factors
+    # and runs the recurrence in place; it equals the factor + recurrence callbacks.
+    a = lap2d(8) + (0.4j * (np.eye(64, k=1) - np.eye(64, k=-1)) if dtype == np.complex128 else 0)
+    m = lower_csc(a.astype(dtype))
+    sym = analyse(m)
+    v = jnp.asarray(m.data)
+    whats = ("logdet_grad", "diag", "entries")
+    logdet, ok, outs = jax.jit(lambda v: selinv._host_fused(sym, whats, v))(v)
+    fac = numeric.factor(sym, v)
+    assert bool(ok) and np.allclose(logdet, fac.logdet, rtol=1e-13)
+    for got, want in zip(outs, selinv._read(sym, whats, fac)):
+        np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    np.testing.assert_allclose(outs[1], np.real(np.diag(np.linalg.inv(a))), rtol=1e-12)
+    # not positive definite: ok is False, never a silent number
+    bad = jnp.asarray(lower_csc((a - 9 * np.eye(64)).astype(dtype)).data)
+    assert not bool(selinv._host_fused(sym, whats, bad)[1])

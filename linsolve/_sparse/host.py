@@ -162,12 +162,16 @@ def factor_np(sym: Symbolic, values: np.ndarray, tri=host_kernels.TRI) -> np.nda
     )
 
 
-def takahashi_np(sym: Symbolic, g: np.ndarray, tri=host_kernels.TRI) -> np.ndarray:
-    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor."""
+def takahashi_np(
+    sym: Symbolic, g: np.ndarray, tri=host_kernels.TRI, in_place: bool = False
+) -> np.ndarray:
+    """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor
+    (`in_place`: overwriting the factor `g`, which must then be writable)."""
     P = plan(sym)
-    z = np.empty_like(g)
+    g = g if in_place else np.ascontiguousarray(g)
+    z = g if in_place else np.zeros_like(g)
     return _kernels()._k_takahashi(
-        z, np.ascontiguousarray(g), P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
+        z, g, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
     )
 
 
@@ -197,20 +201,56 @@ def factor_call(sym: Symbolic, values: Array) -> tuple[Array, Array]:
     the real diagonal of `L^-1` (permuted order), by the host kernel (no derivative: see
     `numeric.factor`). The diagonal comes from the host: read in the program, its index
     map (n integers) would be a constant of the program."""
-    if jnp.iscomplexobj(values):
-        # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.
-        values = jnp.where(sym.entry_flip, jnp.conj(values), values)
 
     def run(v):
         flat = factor_np(sym, np.asarray(v))
         return flat, np.real(flat[plan(sym).diag])
 
-    real = jnp.real(jnp.zeros((), values.dtype)).dtype
     shapes = (
         jax.ShapeDtypeStruct((plan(sym).size,), values.dtype),
-        jax.ShapeDtypeStruct((sym.n,), real),
+        jax.ShapeDtypeStruct((sym.n,), _real(values.dtype)),
     )
-    return _call(run, shapes, values)
+    return _call(run, shapes, _lower(sym, values))
+
+
+def _lower(sym: Symbolic, values: Array) -> Array:
+    """The values as the lower triangle of `P A P^T` holds them: conjugated where an entry
+    lands above the diagonal (complex)."""
+    if jnp.iscomplexobj(values):
+        values = jnp.where(sym.entry_flip, jnp.conj(values), values)
+    return values
+
+
+def _real(dtype):
+    return jnp.real(jnp.zeros((), dtype)).dtype
+
+
+def factor_selected_call(
+    sym: Symbolic, values: Array, reads: list[Read]
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`(log det A, ok, reads of A^-1)` from the stored `values` in one host call: the
+    factorization, then the selected inverse in place of the factor, so nothing of the
+    factor is copied out and the host holds one factor-sized buffer (`factor_call` then
+    `selected_call` hold and copy several). `ok` is False where a pivot is not positive
+    (as `numeric.factor`'s). No derivative (see `selinv._host_fused`)."""
+    real = _real(values.dtype)
+
+    def run(v):
+        flat = factor_np(sym, np.asarray(v))
+        d = np.real(flat[plan(sym).diag])
+        with np.errstate(invalid="ignore", divide="ignore"):
+            logdet = np.asarray(-2 * np.sum(np.log(d)), real)
+        ok = np.asarray(np.all(d > 0) & np.all(np.isfinite(d)))
+        z = takahashi_np(sym, flat, in_place=True)
+        return (logdet, ok, *(_read_np(z, r) for r in reads))
+
+    shapes = (
+        jax.ShapeDtypeStruct((), real),
+        jax.ShapeDtypeStruct((), jnp.bool_),
+        *(jax.ShapeDtypeStruct(r.pos.shape, values.dtype) for r in reads),
+    )
+    logdet, ok, *out = _call(run, shapes, _lower(sym, values))
+    return logdet, ok, tuple(out)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

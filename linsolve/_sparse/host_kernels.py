@@ -236,14 +236,17 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel, tri):
 
 
 @no_type_check
-def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel):
+def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel, w):
     """`_k_takahashi`'s step for a supernode of one pivot column without children:
-    `Z[I, J] = Z[I, I] (-W)` and `Z[J, J]`, read straight from the parent's blocks."""
+    `Z[I, J] = Z[I, I] (-W)` and `Z[J, J]`, read straight from the parent's blocks. `w`:
+    scratch for the column `-W` (`Zs` may be `G`: in place)."""
     li = G[0, 0]
     z11 = li * np.conj(li)
     if ms:
         Kp = K[p]
         Zp = z[off[p] : off[p] + (Kp + m[p]) * Kp].reshape(Kp + m[p], Kp)
+        for b in range(ms):
+            w[b] = G[Ks + b, 0]
         for a in range(ms):
             ra = rel[r0 + a]
             acc = 0 * li
@@ -253,17 +256,20 @@ def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel):
                 v = Zp[hi, lo] if lo < Kp else Z22p[hi - Kp, lo - Kp]
                 if ra < rb:
                     v = np.conj(v)
-                acc += v * G[Ks + b, 0]
+                acc += v * w[b]
             Zs[Ks + a, 0] = acc
-            z11 += np.conj(G[Ks + a, 0]) * acc
+            z11 += np.conj(w[a]) * acc
     Zs[0, 0] = z11
 
 
 @no_type_check
 def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
-    """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first."""
-    z[:] = 0
+    """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first.
+    `z` comes zeroed, or is `g` itself: a supernode's factor blocks are read (copied) before
+    its own selected-inverse blocks overwrite them, and only ancestors' blocks are read
+    from `z`, so the recurrence can run in place."""
     ns = off.shape[0]
+    w = np.empty(m.max() if ns else 0, z.dtype)
     zii = [np.zeros((0, 0), z.dtype) for _ in range(ns)]
     left = children.copy()
     for s in range(ns - 1, -1, -1):
@@ -273,7 +279,7 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
         if ks == 1 and not children[s]:
             # A scalar-pivot leaf (most of a nested-dissection tree): no temporaries.
             _k_scalar_leaf_selinv(
-                Zs, G, Ks, ms, z, zii[parent[s]], off, K, m, parent[s], relptr[s], rel
+                Zs, G, Ks, ms, z, zii[parent[s]], off, K, m, parent[s], relptr[s], rel, w
             )
             if ms:
                 left[parent[s]] -= 1

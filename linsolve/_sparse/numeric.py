@@ -322,7 +322,7 @@ def factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     with row >= col are read (duplicates are summed). On the CPU backend the host kernels
     do it (`host.py`: compile time independent of the problem), elsewhere `traced_factor`.
     """
-    values = _checked_values(sym, values)
+    values = checked_values(sym, values)
     if not host.enabled():
         return traced_factor(sym, values)
     flat, d = _host_factor(sym, values)
@@ -334,7 +334,7 @@ def blocks(sym: Symbolic, fac: Factor) -> tuple[Array, ...]:
     return fac.g if fac.flat is None else host.split(sym, fac.flat)
 
 
-def _checked_values(sym: Symbolic, values) -> Array:
+def checked_values(sym: Symbolic, values) -> Array:
     values = jnp.asarray(values)
     if values.shape != (sym.nnz,):
         raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
@@ -354,7 +354,7 @@ def traced_factor(sym: Symbolic, values: Inexact[Array, " nnz"]) -> Factor:
     with jaxlib 0.10). The dense kernels of successive buckets are also chained by a
     (zero-valued) data dependency, so one factorization runs them one after another.
     """
-    values = _checked_values(sym, values)
+    values = checked_values(sym, values)
     dtype = values.dtype
     if jnp.iscomplexobj(values):
         # The lower triangle of P A P^T holds conj(v) where an entry lands above the diagonal.

@@ -120,6 +120,26 @@ def _host_selected_jvp(sym, whats, primals, tangents):
     return tuple(host.take(z, r) for r in reads), tuple(host.take(dz, r) for r in reads)
 
 
+@functools.partial(jax.custom_jvp, nondiff_argnums=(0, 1))
+def _host_fused(
+    sym: Symbolic, whats: tuple[str, ...], values: Array
+) -> tuple[Array, Array, tuple[Array, ...]]:
+    """`(log det A, ok, outputs whats)` from the stored values by one host call
+    (factorization and recurrence in place: the factor never leaves the host); derivative:
+    that of the factorization followed by the recurrence (`_host_factor`,
+    `_host_selected`), which only differentiated programs trace."""
+    return host.factor_selected_call(sym, values, [_lookup(sym, w) for w in whats])
+
+
+@_host_fused.defjvp
+def _host_fused_jvp(sym, whats, primals, tangents):
+    def unfused(values):
+        fac = numeric.factor(sym, values)
+        return fac.logdet, fac.ok, _read(sym, whats, fac)
+
+    return jax.jvp(unfused, primals, tangents)
+
+
 @functools.lru_cache(maxsize=8)
 def _lookup(sym: Symbolic, what: str) -> host.Read:
     """Where output `what` reads the selected inverse's flat blocks (`host.lookup`)."""
@@ -161,6 +181,8 @@ def _selected(sym: Symbolic, what: str, values: Array) -> Array:
     `sandwich` (one forward-mode pass of factorization + recurrence), whose transpose is
     itself; nothing of the recurrences is taped.
     """
+    if host.enabled():
+        return _host_fused(sym, (what,), values)[2][0]
     return _read(sym, (what,), numeric.factor(sym, values))[0]
 
 
@@ -171,15 +193,6 @@ def _selected_jvp(sym, what, primals, tangents):
     out = _read(sym, (what,), fac)[0]
     dz = sandwich.sandwich(sym, numeric.blocks(sym, fac), inject(sym, dv))  # P(Z dA Z)
     return out, -_read_blocks(sym, what, dz)
-
-
-def _values(sym: Symbolic, values) -> Array:
-    values = jnp.asarray(values)
-    if values.shape != (sym.nnz,):
-        raise ValueError(f"expected values of shape ({sym.nnz},), got {values.shape}")
-    if not jnp.issubdtype(values.dtype, jnp.inexact):
-        values = values.astype(jnp.result_type(float))
-    return values
 
 
 def _entries_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
@@ -200,7 +213,7 @@ def selected_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array
     A stored strict-upper entry (full symmetric storage) gets the value of its mirror
     `A^-1[j, i]` (equal by symmetry), or 0 if that mirror is not on the pattern of L.
     """
-    return _selected(sym, "entries", _values(sym, values))
+    return _selected(sym, "entries", numeric.checked_values(sym, values))
 
 
 def selected_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " nnz"]:
@@ -211,7 +224,7 @@ def selected_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n
 
 def diag_inverse(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " n"]:
     """diag(A^-1) in the original ordering (e.g. marginal variances of a GMRF)."""
-    return _selected(sym, "diag", _values(sym, values))
+    return _selected(sym, "diag", numeric.checked_values(sym, values))
 
 
 def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
@@ -268,7 +281,7 @@ def _on_l_reads(sym: Symbolic) -> tuple[np.ndarray, ...]:
 
 def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnzL"]:
     """Entries of `A^-1` on the whole (supernodal) pattern of L, aligned with `l_pattern`."""
-    return _selected(sym, "on_l", _values(sym, values))
+    return _selected(sym, "on_l", numeric.checked_values(sym, values))
 
 
 # ---------------------------------------------------------------------------------------
@@ -289,15 +302,19 @@ def logdet_and_ok(sym: Symbolic, values: Float[Array, " nnz"]) -> tuple[Array, A
 @logdet_and_ok.defjvp
 def _logdet_jvp(sym, primals, tangents):
     (values,), (dv,) = primals, tangents
-    fac = numeric.factor(sym, values)
+    values = numeric.checked_values(sym, values)
+    if host.enabled():
+        logdet, ok, (wz,) = _host_fused(sym, ("logdet_grad",), values)
+    else:
+        fac = numeric.factor(sym, values)
+        logdet, ok, (wz,) = fac.logdet, fac.ok, _read(sym, ("logdet_grad",), fac)
     # d log det A = tr(A^-1 dA); a stored lower entry v at (i, j), i > j, is A[i, j] and,
     # conjugated, A[j, i]: its term is 2 Re(conj(Z[i, j]) dv) (Re(Z[i, i] dv) on the
     # diagonal, whose imaginary part is not read): `wz` = weight * Z at the entries.
-    (wz,) = _read(sym, ("logdet_grad",), fac)
     tangent = jnp.sum(jnp.conj(wz) * dv)
     if jnp.iscomplexobj(tangent):
         tangent = jnp.real(tangent)
-    return (fac.logdet, fac.ok), (tangent, np.zeros((), dtype=jax.dtypes.float0))
+    return (logdet, ok), (tangent, np.zeros((), dtype=jax.dtypes.float0))
 
 
 def logdet(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, ""]:
