@@ -152,26 +152,24 @@ def _kernels():
 # ---------------------------------------------------------------------------------------
 
 
-def factor_np(sym: Symbolic, values: np.ndarray, tri=host_kernels.TRI) -> np.ndarray:
+def factor_np(sym: Symbolic, values: np.ndarray) -> np.ndarray:
     """The flat padded factor of the matrix with (conj-flipped) stored `values`."""
     P = plan(sym)
     vals = np.concatenate([np.asarray(values), np.ones(1, values.dtype)])
-    flat = np.empty(P.size, values.dtype)
+    flat = np.zeros(P.size, values.dtype)
     return _kernels()._k_factor(
-        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.relptr, P.rel, tri
+        flat, vals, P.vsrc, P.vdst, P.off, P.K, P.k, P.m, P.parent, P.relptr, P.rel
     )
 
 
-def takahashi_np(
-    sym: Symbolic, g: np.ndarray, tri=host_kernels.TRI, in_place: bool = False
-) -> np.ndarray:
+def takahashi_np(sym: Symbolic, g: np.ndarray, in_place: bool = False) -> np.ndarray:
     """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor
     (`in_place`: overwriting the factor `g`, which must then be writable)."""
     P = plan(sym)
     g = g if in_place else np.ascontiguousarray(g)
     z = g if in_place else np.zeros_like(g)
     return _kernels()._k_takahashi(
-        z, g, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel, tri
+        z, g, P.off, P.K, P.k, P.m, P.parent, P.children, P.relptr, P.rel
     )
 
 

@@ -14,9 +14,15 @@ import numpy as np
 
 _KERNELS = (
     "_k_conj_t",
-    "_k_times_lower",
-    "_k_lower_gram",
-    "_k_cholinv",
+    "_ld",
+    "_b_potrf",
+    "_b_trtri",
+    "_b_lauum",
+    "_b_trsm_rh",
+    "_b_trmm_r",
+    "_b_herk",
+    "_b_gemm_nh",
+    "_b_gemm_hn",
     "_k_extend_add_targets",
     "_k_scalar_front",
     "_k_scalar_leaf_selinv",
@@ -32,6 +38,8 @@ def compiled() -> types.SimpleNamespace:
     (callees first), so that a kernel calling another calls the compiled one."""
     import numba
 
+    _register_blas()
+
     def jit(fn):
         try:
             return numba.njit(cache=True, nogil=True)(fn)
@@ -44,104 +52,279 @@ def compiled() -> types.SimpleNamespace:
     return types.SimpleNamespace(**out)
 
 
-_NB = 32  # block size of the pivot blocks' Cholesky and inverse
-
-
 @no_type_check
 def _k_conj_t(x):
     return np.ascontiguousarray(np.conj(x).T)
 
 
-# Pivot blocks from `tri[0]` columns on skip the zero triangle of `L11^-1` in their
-# products, by column blocks of `tri[1]`: fewer flops pay only for large fronts (3-D
-# problems; measured: slower for the 2-D grids' 30-250 column fronts).
-TRI = (256, 128)
+# ---------------------------------------------------------------------------------------
+# BLAS and LAPACK in the kernels: the routines `np.dot` cannot stand in for without
+# spending flops (Cholesky and inverse of a triangle in place, triangular products and
+# solves, half of a hermitian product, L^H L), called through scipy's Cython bindings —
+# the library numba's own `np.dot` calls — by address. The symbols are registered with
+# LLVM under fixed names before compiling, so the kernels stay cacheable on disk.
+#
+# The kernels' blocks are row-major with rows `ld` apart; BLAS reads the same memory as
+# the column-major transpose. So a row-major lower triangle is BLAS's upper one, and each
+# helper below states the row-major operation it performs (on `A[:r, :c]` etc. of views
+# whose rows may be longer: padded blocks are used in place).
+# ---------------------------------------------------------------------------------------
+
+# (routine, number of arguments); the prefix s/d/c/z is chosen from the dtype.
+_ROUTINES = {
+    "potrf": ("lapack", "potrf", 5),
+    "trtri": ("lapack", "trtri", 6),
+    "lauum": ("lapack", "lauum", 5),
+    "trsm": ("blas", "trsm", 11),
+    "trmm": ("blas", "trmm", 11),
+    "herk": ("blas", "herk", 10),  # syrk for real dtypes
+    "gemm": ("blas", "gemm", 13),
+}
+_U, _N, _C, _L = ord("U"), ord("N"), ord("C"), ord("L")
 
 
-@no_type_check
-def _k_times_lower(A, Lw, herm, tri):
-    """`A Lw` (or `A Lw^H` with `herm`) for lower-triangular `Lw` (k x k)."""
-    mr, k = A.shape
-    cb = tri[1]
-    if k < tri[0]:
-        if herm:
-            return np.dot(A, _k_conj_t(Lw))
-        return np.dot(A, np.ascontiguousarray(Lw))
-    out = np.empty((mr, k), A.dtype)
-    for c0 in range(0, k, cb):
-        c1 = min(c0 + cb, k)
-        if herm:
-            blk = np.dot(np.ascontiguousarray(A[:, :c1]), _k_conj_t(Lw[c0:c1, :c1]))
+# Typed per dtype by `_register_blas` (numba overloads); never called as Python.
+def _x_potrf(x, a0, a1, a2, a3, a4): ...
+def _x_trtri(x, a0, a1, a2, a3, a4, a5): ...
+def _x_lauum(x, a0, a1, a2, a3, a4): ...
+def _x_trsm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
+def _x_trmm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
+def _x_herk(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9): ...
+def _x_gemm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12): ...
+
+
+def _register_blas() -> None:
+    import ctypes
+
+    import scipy.linalg.cython_blas
+    import scipy.linalg.cython_lapack
+    from llvmlite import binding
+    from numba import types as nt
+    from numba.extending import overload
+
+    capsule_name = ctypes.pythonapi.PyCapsule_GetName
+    capsule_name.restype, capsule_name.argtypes = ctypes.c_char_p, [ctypes.py_object]
+    capsule_ptr = ctypes.pythonapi.PyCapsule_GetPointer
+    capsule_ptr.restype = ctypes.c_void_p
+    capsule_ptr.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    libs = {"blas": scipy.linalg.cython_blas, "lapack": scipy.linalg.cython_lapack}
+    prefix = {nt.float32: "s", nt.float64: "d", nt.complex64: "c", nt.complex128: "z"}
+
+    def routine(op, p):
+        lib, name, nargs = _ROUTINES[op]
+        name = p + ("syrk" if name == "herk" and p in "sd" else name)
+        return lib, name, nargs
+
+    # Every symbol now, not when a kernel is typed: kernels loaded from numba's disk
+    # cache are linked against these names without being typed again.
+    for op in _ROUTINES:
+        for p in "sdcz":
+            lib, name, _ = routine(op, p)
+            cap = libs[lib].__pyx_capi__[name]
+            binding.add_symbol(f"linsolve_{name}", capsule_ptr(cap, capsule_name(cap)))
+
+    def external(op, dtype):
+        _, name, nargs = routine(op, prefix[dtype])
+        return nt.ExternalFunction(f"linsolve_{name}", nt.void(*([nt.voidptr] * nargs)))
+
+    def register(op, stub):
+        # One overload per arity, written out: numba matches the stub's signature.
+        nargs = _ROUTINES[op][2]
+        if nargs == 5:
+
+            def ol(x, a0, a1, a2, a3, a4):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4: f(a0, a1, a2, a3, a4)
+
+        elif nargs == 6:
+
+            def ol(x, a0, a1, a2, a3, a4, a5):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4, a5: f(a0, a1, a2, a3, a4, a5)
+
+        elif nargs == 10:
+
+            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9: f(
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9
+                )
+
+        elif nargs == 11:
+
+            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10: f(
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10
+                )
+
         else:
-            blk = np.dot(np.ascontiguousarray(A[:, c0:]), np.ascontiguousarray(Lw[c0:, c0:c1]))
-        out[:, c0:c1] = blk
-    return out
+
+            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12: f(
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12
+                )
+
+        overload(stub)(ol)
+
+    for op in _ROUTINES:
+        register(op, globals()[f"_x_{op}"])
+
+
+# The helpers' scratch: `iw` (int32, 16) holds BLAS's character and integer arguments
+# (a character as the first byte of an int32 slot), `sw` (2 of the dtype) and `rw` (2
+# of its real type) the scalars alpha and beta. Allocated once per kernel call.
 
 
 @no_type_check
-def _k_lower_gram(X, Y, triangular, tri):
-    """`X^H Y` (k x k, both (r x k)), exact in its lower triangle only (the upper one is
-    not read); with `triangular`, `X` and `Y` are lower triangular (r = k) and their zero
-    rows are skipped."""
-    r, k = X.shape
-    cb = tri[1]
-    if k < tri[0]:
-        return np.dot(_k_conj_t(X), np.ascontiguousarray(Y))
-    out = np.zeros((k, k), X.dtype)
-    for i0 in range(0, k, cb):
-        i1 = min(i0 + cb, k)
-        p0 = i0 if triangular else 0
-        out[i0:i1, :i1] = np.dot(_k_conj_t(X[p0:, i0:i1]), np.ascontiguousarray(Y[p0:, :i1]))
-    return out
+def _ld(A):
+    return max(A.strides[0] // A.itemsize, 1)
 
 
 @no_type_check
-def _k_cholinv(A, k):
-    """`L^-1` (lower) for the hermitian matrix whose lower triangle is `A[:k, :k]`; NaN if
-    it is not positive definite. Blocked: the block updates are BLAS products."""
-    L = np.zeros((k, k), A.dtype)
-    for i in range(k):
-        for j in range(i + 1):
-            L[i, j] = A[i, j]
-    Li = np.zeros((k, k), A.dtype)
-    ok = True
-    for j0 in range(0, k, _NB):
-        j1 = min(j0 + _NB, k)
-        if j0 > 0:
-            L[j0:, j0:j1] -= np.dot(np.ascontiguousarray(L[j0:, :j0]), _k_conj_t(L[j0:j1, :j0]))
-        # unblocked Cholesky of the diagonal block
-        for j in range(j0, j1):
-            d = L[j, j].real
-            if not d > 0:
-                ok = False
-                d = np.nan
-            d = np.sqrt(d)
-            L[j, j] = d
-            for i in range(j + 1, j1):
-                L[i, j] /= d
-            for jj in range(j + 1, j1):
-                v = np.conj(L[jj, j])
-                for i in range(jj, j1):
-                    L[i, jj] -= L[i, j] * v
-        # inverse of the diagonal block
-        for j in range(j0, j1):
-            Li[j, j] = 1 / L[j, j]
-            for i in range(j + 1, j1):
-                acc = L[i, j] * Li[j, j]
-                for p in range(j + 1, i):
-                    acc += L[i, p] * Li[p, j]
-                Li[i, j] = -acc / L[i, i]
-        if j1 < k:
-            L[j1:, j0:j1] = np.dot(np.ascontiguousarray(L[j1:, j0:j1]), _k_conj_t(Li[j0:j1, j0:j1]))
-        if j0 > 0:
-            # rows j0:j1 of L^-1: -D^-1 (L[J, :j0] L^-1[:j0, :j0])
-            Li[j0:j1, :j0] = -np.dot(
-                np.ascontiguousarray(Li[j0:j1, j0:j1]),
-                np.dot(np.ascontiguousarray(L[j0:j1, :j0]), np.ascontiguousarray(Li[:j0, :j0])),
-            )
-    if not ok:
-        Li[:, :] = np.nan
-    return Li
+def _b_potrf(A, k, iw):
+    """lower(A[:k, :k]) <- its Cholesky factor L (A = L L^H); returns LAPACK's info
+    (> 0: not positive definite)."""
+    iw[0], iw[1], iw[2], iw[3] = _U, k, _ld(A), 0
+    _x_potrf(A, iw[0:].ctypes, iw[1:].ctypes, A.ctypes, iw[2:].ctypes, iw[3:].ctypes)
+    return iw[3]
+
+
+@no_type_check
+def _b_trtri(A, k, iw):
+    """lower(A[:k, :k]) <- its inverse (lower triangular)."""
+    iw[0], iw[1], iw[2], iw[3], iw[4] = _U, _N, k, _ld(A), 0
+    _x_trtri(A, iw[0:].ctypes, iw[1:].ctypes, iw[2:].ctypes, A.ctypes, iw[3:].ctypes, iw[4:].ctypes)
+
+
+@no_type_check
+def _b_lauum(A, k, iw):
+    """lower(A[:k, :k]) <- L^H L for L = lower(A[:k, :k])."""
+    iw[0], iw[1], iw[2], iw[3] = _U, k, _ld(A), 0
+    _x_lauum(A, iw[0:].ctypes, iw[1:].ctypes, A.ctypes, iw[2:].ctypes, iw[3:].ctypes)
+
+
+@no_type_check
+def _b_trsm_rh(L, B, k, m, iw, sw):
+    """B[:m, :k] <- B L^-H for L = lower(L[:k, :k])."""
+    if m == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3] = _L, _U, _C, _N
+    iw[4], iw[5], iw[6], iw[7] = k, m, _ld(L), _ld(B)
+    sw[0] = 1
+    _x_trsm(
+        B,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        iw[4:].ctypes,
+        iw[5:].ctypes,
+        sw.ctypes,
+        L.ctypes,
+        iw[6:].ctypes,
+        B.ctypes,
+        iw[7:].ctypes,
+    )
+
+
+@no_type_check
+def _b_trmm_r(L, B, k, m, alpha, iw, sw):
+    """B[:m, :k] <- alpha B L for L = lower(L[:k, :k])."""
+    if m == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3] = _L, _U, _N, _N
+    iw[4], iw[5], iw[6], iw[7] = k, m, _ld(L), _ld(B)
+    sw[0] = alpha
+    _x_trmm(
+        B,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        iw[4:].ctypes,
+        iw[5:].ctypes,
+        sw.ctypes,
+        L.ctypes,
+        iw[6:].ctypes,
+        B.ctypes,
+        iw[7:].ctypes,
+    )
+
+
+@no_type_check
+def _b_herk(C, A, r, k, alpha, beta, iw, rw):
+    """lower(C[:r, :r]) <- alpha A A^H + beta C for A = A[:r, :k] (alpha, beta real)."""
+    if r == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3], iw[4], iw[5] = _U, _C, r, k, _ld(A), _ld(C)
+    rw[0], rw[1] = alpha, beta
+    _x_herk(
+        C,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        rw[0:].ctypes,
+        A.ctypes,
+        iw[4:].ctypes,
+        rw[1:].ctypes,
+        C.ctypes,
+        iw[5:].ctypes,
+    )
+
+
+@no_type_check
+def _b_gemm_nh(C, A, B, r, c, k, alpha, beta, iw, sw):
+    """C[:r, :c] <- alpha A[:r, :k] B[:c, :k]^H + beta C."""
+    if r == 0 or c == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3], iw[4] = _C, _N, c, r, k
+    iw[5], iw[6], iw[7] = _ld(B), _ld(A), _ld(C)
+    sw[0], sw[1] = alpha, beta
+    _x_gemm(
+        C,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        iw[4:].ctypes,
+        sw[0:].ctypes,
+        B.ctypes,
+        iw[5:].ctypes,
+        A.ctypes,
+        iw[6:].ctypes,
+        sw[1:].ctypes,
+        C.ctypes,
+        iw[7:].ctypes,
+    )
+
+
+@no_type_check
+def _b_gemm_hn(C, A, B, k, c, m, alpha, beta, iw, sw):
+    """C[:k, :c] <- alpha A[:m, :k]^H B[:m, :c] + beta C."""
+    if k == 0 or c == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3], iw[4] = _N, _C, c, k, m
+    iw[5], iw[6], iw[7] = _ld(B), _ld(A), _ld(C)
+    sw[0], sw[1] = alpha, beta
+    _x_gemm(
+        C,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        iw[4:].ctypes,
+        sw[0:].ctypes,
+        B.ctypes,
+        iw[5:].ctypes,
+        A.ctypes,
+        iw[6:].ctypes,
+        sw[1:].ctypes,
+        C.ctypes,
+        iw[7:].ctypes,
+    )
 
 
 @no_type_check
@@ -187,13 +370,17 @@ def _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel):
 
 
 @no_type_check
-def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel, tri):
-    """Multifrontal factorization into the flat padded layout `flat` (zeroed here)."""
-    flat[:] = 0
+def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel):
+    """Multifrontal factorization into the flat padded layout `flat`, which comes zeroed
+    (fresh pages: the operating system's zeros, no second pass). A front's blocks are
+    factored in place: `F11 -> L11 -> L11^-1` and `F21 -> L21 -> -W`."""
     for q in range(vsrc.shape[0]):
         flat[vdst[q]] += vals[vsrc[q]]
     ns = off.shape[0]
     upd = [np.zeros((0, 0), flat.dtype) for _ in range(ns)]
+    iw = np.zeros(16, np.int32)
+    sw = np.zeros(2, flat.dtype)
+    rw = np.zeros(2, flat.dtype).real
     for s in range(ns):
         ks, ms, Ks = k[s], m[s], K[s]
         N = Ks + ms  # rows of the block actually used (padding rows beyond stay zero)
@@ -202,36 +389,34 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel, tri):
             # A scalar pivot (most leaves of a nested-dissection tree): no temporaries.
             _k_scalar_front(G, Ks, ms, upd, s, flat, off, K, m, parent, relptr, rel)
             continue
-        Li = _k_cholinv(G, ks)
+        if _b_potrf(G, ks, iw) != 0:
+            # Not positive definite: NaN, propagated to the ancestors.
+            for i in range(ks):
+                for j in range(i + 1):
+                    G[i, j] = np.nan
+        L21 = G[Ks:]
+        _b_trsm_rh(G, L21, ks, ms, iw, sw)  # L21 = F21 L11^-H
         if ms:
-            F21 = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
-            L21 = _k_times_lower(F21, Li, True, tri)
-            W = _k_times_lower(L21, Li, False, tri)
-        for i in range(ks):
-            for j in range(ks):
-                G[i, j] = Li[i, j]
-        if not ms:
-            continue
-        for i in range(ms):
-            for j in range(ks):
-                G[Ks + i, j] = -W[i, j]
-        U, has_u, Gp, Up, Kp = _k_extend_add_targets(flat, upd, s, off, K, m, parent)
-        r0 = relptr[s]
-        L21h = _k_conj_t(L21)
-        # Extend-add of U - L21 L21^H (lower triangle) into the parent's front, one block
-        # of rows at a time: the product of a block is made, then scattered at once.
-        for i0 in range(0, ms, 256):
-            i1 = min(i0 + 256, ms)
-            S = np.dot(np.ascontiguousarray(L21[i0:i1]), np.ascontiguousarray(L21h[:, :i1]))
-            for a in range(i0, i1):
-                ra = rel[r0 + a]
-                for b in range(a + 1):
-                    v = U[a, b] - S[a - i0, b] if has_u else -S[a - i0, b]
-                    rb = rel[r0 + b]
-                    if rb < Kp:
-                        Gp[ra, rb] += v
-                    else:
-                        Up[ra - Kp, rb - Kp] += v
+            U, has_u, Gp, Up, Kp = _k_extend_add_targets(flat, upd, s, off, K, m, parent)
+            r0 = relptr[s]
+            # Extend-add of U - L21 L21^H (lower triangle) into the parent's front, one
+            # block of rows at a time: the block's product is made, then scattered.
+            for i0 in range(0, ms, 256):
+                i1 = min(i0 + 256, ms)
+                S = np.empty((i1 - i0, i1), flat.dtype)
+                _b_gemm_nh(S, L21[i0:i1], L21, i1 - i0, i0, ks, 1, 0, iw, sw)
+                _b_herk(S[:, i0:], L21[i0:i1], i1 - i0, ks, 1, 0, iw, rw)
+                for a in range(i0, i1):
+                    ra = rel[r0 + a]
+                    for b in range(a + 1):
+                        v = U[a, b] - S[a - i0, b] if has_u else -S[a - i0, b]
+                        rb = rel[r0 + b]
+                        if rb < Kp:
+                            Gp[ra, rb] += v
+                        else:
+                            Up[ra - Kp, rb - Kp] += v
+        _b_trtri(G, ks, iw)  # L11^-1
+        _b_trmm_r(G, L21, ks, ms, -1, iw, sw)  # -W = -L21 L11^-1
     return flat
 
 
@@ -263,13 +448,15 @@ def _k_scalar_leaf_selinv(Zs, G, Ks, ms, z, Z22p, off, K, m, p, r0, rel, w):
 
 
 @no_type_check
-def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
+def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
     """Selected inverse blocks `[Z[J, J]; Z[I, J]]` in the flat padded layout, roots first.
     `z` comes zeroed, or is `g` itself: a supernode's factor blocks are read (copied) before
     its own selected-inverse blocks overwrite them, and only ancestors' blocks are read
     from `z`, so the recurrence can run in place."""
     ns = off.shape[0]
     w = np.empty(m.max() if ns else 0, z.dtype)
+    iw = np.zeros(16, np.int32)
+    sw = np.zeros(2, z.dtype)
     zii = [np.zeros((0, 0), z.dtype) for _ in range(ns)]
     left = children.copy()
     for s in range(ns - 1, -1, -1):
@@ -287,8 +474,11 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
                     zii[parent[s]] = np.zeros((0, 0), z.dtype)
             continue
         # Only the lower triangle of Z[J, J] is ever read (here and by the children).
-        Li = np.ascontiguousarray(G[:ks, :ks])
-        Z11 = _k_lower_gram(Li, Li, True, tri)
+        Z11 = np.zeros((ks, ks), z.dtype)
+        for i in range(ks):
+            for j in range(i + 1):
+                Z11[i, j] = G[i, j]
+        _b_lauum(Z11, ks, iw)  # L11^-H L11^-1
         if ms:
             p = parent[s]
             Kp = K[p]
@@ -306,7 +496,7 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel, tri):
                     Z22[b, a] = np.conj(v)
             Wn = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
             Z21 = np.dot(Z22, Wn)
-            Z11 += _k_lower_gram(Wn, Z21, False, tri)
+            _b_gemm_hn(Z11, Wn, Z21, ks, ks, ms, 1, 1, iw, sw)  # + W^H Z[I, J]
             for i in range(ms):
                 for j in range(ks):
                     Zs[Ks + i, j] = Z21[i, j]
