@@ -73,11 +73,10 @@ def selected_inverse(
     values = selinv.selected_inverse_on_l(sym, operator.values)
     result = _sparse_result(operator, values)
     values = finish("linsolve.selected_inverse", values, result, throw, False)
-    order = np.lexsort((rows, cols))  # CSC: by column, then row
     n = operator.shape[0]
-    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])
+    indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])  # CSC order
     tag = hermitian_tag if jnp.iscomplexobj(values) else symmetric_tag
-    out = SparseOperator(values[order], rows[order], indptr, (n, n), tag)
+    out = SparseOperator(values, rows, indptr, (n, n), tag)
     return (out, result) if return_result else out
 
 

@@ -227,10 +227,10 @@ def factor_selected_call(
     sym: Symbolic, values: Array, reads: list[Read]
 ) -> tuple[Array, Array, tuple[Array, ...]]:
     """`(log det A, ok, reads of A^-1)` from the stored `values` in one host call: the
-    factorization, then the selected inverse in place of the factor, so nothing of the
-    factor is copied out and the host holds one factor-sized buffer (`factor_call` then
-    `selected_call` hold and copy several). `ok` is False where a pivot is not positive
-    (as `numeric.factor`'s). No derivative (see `selinv._host_fused`)."""
+    factorization, then (if there are reads) the selected inverse in place of the factor,
+    so nothing of the factor is copied out and the host holds one factor-sized buffer
+    (`factor_call` then `selected_call` hold and copy several). `ok` is False where a
+    pivot is not positive (as `numeric.factor`'s). No derivative (see `selinv._host_fused`)."""
     real = _real(values.dtype)
 
     def run(v):
@@ -239,6 +239,8 @@ def factor_selected_call(
         with np.errstate(invalid="ignore", divide="ignore"):
             logdet = np.asarray(-2 * np.sum(np.log(d)), real)
         ok = np.asarray(np.all(d > 0) & np.all(np.isfinite(d)))
+        if not reads:
+            return logdet, ok
         z = takahashi_np(sym, flat, in_place=True)
         return (logdet, ok, *(_read_np(z, r) for r in reads))
 
@@ -301,7 +303,7 @@ def lookup(sym: Symbolic, row: np.ndarray, col: np.ndarray) -> tuple[np.ndarray,
     P = plan(sym)
     pi, pj = sym.iperm[row].astype(np.int64), sym.iperm[col].astype(np.int64)
     hi, lo = np.maximum(pi, pj), np.minimum(pi, pj)
-    s = np.searchsorted(sym.sn_start, lo, side="right") - 1
+    s = np.repeat(np.arange(sym.num_supernodes), P.k)[lo]  # the supernode of column lo
     local, kind = _elimination_kernels().front_rows(P.start, P.relptr, P.rowind, s, hi)
     r = np.where(kind == 1, local, P.K[s] + local)
     pos = np.where(kind > 0, P.off[s] + r * P.K[s] + lo - sym.sn_start[s], P.size)

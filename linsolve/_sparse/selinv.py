@@ -67,8 +67,9 @@ def _finish(sym: Symbolic, what: str, chunks: dict, dtype) -> Array:
     if what == "entries":
         out = out[const(sym.sel_order)]
         flip = sym.entry_flip
-    else:  # on_l: the buckets' reads are already in the order of `l_pattern`
-        flip = _l_pattern_maps(sym)[2][1]
+    else:  # on_l: the buckets' reads, in the order of `l_pattern`
+        maps = _l_pattern_maps(sym)
+        out, flip = out[const(maps[5])], maps[3]
     if jnp.iscomplexobj(out):
         # Values are read from the lower triangle of the permuted inverse: where that is the
         # mirror of the entry, A^-1[i, j] = conj(A^-1[j, i]).
@@ -152,7 +153,7 @@ def _lookup(sym: Symbolic, what: str) -> host.Read:
             _lookup(sym, "entries"), weight=sym.logdet_weight, real=sym.entry_row == sym.entry_col
         )
     maps = _l_pattern_maps(sym)
-    return host.Read(maps[3], maps[2][1])
+    return host.Read(maps[4], maps[3])
 
 
 def _read_blocks(sym: Symbolic, what: str, y) -> Array:
@@ -234,7 +235,8 @@ def diag_inverse_from_factor(sym: Symbolic, fac: Factor) -> Float[Array, " n"]:
 
 def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
     """(rows, cols) of the supernodal pattern of L (lower triangle with the diagonal) in the
-    ORIGINAL ordering, in the order `selected_inverse_on_l` returns its values.
+    ORIGINAL ordering, in CSC order (by column, then row), the order in which
+    `selected_inverse_on_l` returns its values.
 
     Includes the explicit zeros added by supernode amalgamation.
     """
@@ -271,12 +273,17 @@ def _l_pattern_maps(sym: Symbolic):
     # lower triangle in the original ordering; values read from above the diagonal there
     # are conjugated (complex hermitian)
     lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
-    return hi, lo, (tuple(pos), rows < cols), np.concatenate(flat)
+    # Returned in CSC order (by column, then row), so a result operator needs no gather
+    # (whose index map would be a program constant of nnz(L) entries); the traced
+    # recurrence emits bucket by bucket and permutes by `order` (`_finish`).
+    order = np.lexsort((hi, lo))
+    flip = (rows < cols)[order]
+    return hi[order], lo[order], tuple(pos), flip, np.concatenate(flat)[order], order
 
 
 def _on_l_reads(sym: Symbolic) -> tuple[np.ndarray, ...]:
     """Per bucket, the flat block positions `selected_inverse_on_l` reads (in order)."""
-    return _l_pattern_maps(sym)[2][0]
+    return _l_pattern_maps(sym)[2]
 
 
 def selected_inverse_on_l(sym: Symbolic, values: Float[Array, " nnz"]) -> Float[Array, " nnzL"]:
@@ -295,6 +302,9 @@ def logdet_and_ok(sym: Symbolic, values: Float[Array, " nnz"]) -> tuple[Array, A
 
     Derivative w.r.t. `values`: `weight * selected_inverse` (see module docstring).
     """
+    if host.enabled():  # nothing of the factor leaves the host
+        logdet, ok, _ = _host_fused(sym, (), numeric.checked_values(sym, values))
+        return logdet, ok
     fac = numeric.factor(sym, values)
     return fac.logdet, fac.ok
 
