@@ -104,6 +104,38 @@ def _mb(nbytes: float) -> str:
     return f"{nbytes / 2**20:.0f} MiB"
 
 
+def _resident() -> int:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def _call_memory(compiled, args) -> float:
+    """Peak resident memory of the process during one call, above its level before the
+    call (sampled every 2 ms by a thread; Linux): what the call needs, whoever allocates
+    it (XLA's buffers, the host kernels' arrays, the callbacks' copies)."""
+    import gc
+    import threading
+
+    gc.collect()
+    before = _resident()
+    peak, done = [before], threading.Event()
+
+    def poll():
+        while not done.is_set():
+            peak[0] = max(peak[0], _resident())
+            time.sleep(0.002)
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    out = compiled(*args)
+    jax.block_until_ready(out)
+    done.set()
+    thread.join()
+    peak[0] = max(peak[0], _resident())
+    del out
+    return peak[0] - before
+
+
 def _memory(compiled) -> float:
     stats = compiled.memory_analysis()
     if stats is None:
@@ -286,6 +318,12 @@ def run_problem(name: str, a: sp.csc_matrix, args) -> list[list[str]]:
 
         peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
         rows.append([name, "peak RSS of this process (everything above)", _mb(peak), "-", "-", "-"])
+        for k in compile_s:
+            compiled, fargs = calls[f"linsolve {k}"]
+            rows.append(
+                [name, f"linsolve {k}: memory a call adds", _mb(_call_memory(compiled, fargs))]
+                + ["-"] * 3
+            )
         lnz = _cholmod_factor_nnz(a_low)
         if lnz is not None:
             rows.append(

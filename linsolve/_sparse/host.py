@@ -6,8 +6,16 @@ Why: the traced numeric phase (`numeric.py`, `takahashi.py`) is one XLA kernel (
 several) per tree level and bucket, and XLA:CPU spends ~40 ms of code generation per
 kernel, so its compile time grows with the problem (20–80 s at 128²–512²). Here the
 program holds one callback per phase whatever the size; the loops are compiled once per
-dtype by numba and cached on disk, and the dense work of a front goes to BLAS (`np.dot`).
-On other backends (GPU) the traced phase is used.
+dtype by numba and cached on disk, and the dense work of a front goes to BLAS and LAPACK
+(`host_kernels`: potrf, trtri, trsm, trmm, herk, lauum, gemm), in place on the padded
+blocks. On other backends (GPU) the traced phase is used.
+
+What a program needs of the factor decides how many callbacks it makes: `logdet`, and
+the first-order derivative of `logdet`, `diag_inverse` and `selected_inverse` of the
+values, take one (`factor_selected_call`: the factorization, then the recurrence in
+place of the factor, returning only what is read), so the factor never leaves the host
+and its memory is one padded factor; a solve takes the factor (`factor_call`) and
+passes it to the solve callback.
 
 The data layout is the traced phase's: the factor is the concatenation of the buckets'
 padded blocks `G = [L11^-1; -W]` (`Factor.g`, flattened), and the selected inverse's

@@ -23,6 +23,7 @@ _KERNELS = (
     "_b_herk",
     "_b_gemm_nh",
     "_b_gemm_hn",
+    "_b_hemm_l",
     "_k_extend_add_targets",
     "_k_scalar_front",
     "_k_scalar_leaf_selinv",
@@ -79,8 +80,9 @@ _ROUTINES = {
     "trmm": ("blas", "trmm", 11),
     "herk": ("blas", "herk", 10),  # syrk for real dtypes
     "gemm": ("blas", "gemm", 13),
+    "hemm": ("blas", "hemm", 12),  # symm for real dtypes
 }
-_U, _N, _C, _L = ord("U"), ord("N"), ord("C"), ord("L")
+_U, _N, _C, _L, _R = ord("U"), ord("N"), ord("C"), ord("L"), ord("R")
 
 
 # Typed per dtype by `_register_blas` (numba overloads); never called as Python.
@@ -91,6 +93,7 @@ def _x_trsm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
 def _x_trmm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
 def _x_herk(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9): ...
 def _x_gemm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12): ...
+def _x_hemm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11): ...
 
 
 def _register_blas() -> None:
@@ -112,7 +115,9 @@ def _register_blas() -> None:
 
     def routine(op, p):
         lib, name, nargs = _ROUTINES[op]
-        name = p + ("syrk" if name == "herk" and p in "sd" else name)
+        if p in "sd":
+            name = {"herk": "syrk", "hemm": "symm"}.get(name, name)
+        name = p + name
         return lib, name, nargs
 
     # Every symbol now, not when a kernel is typed: kernels loaded from numba's disk
@@ -156,6 +161,14 @@ def _register_blas() -> None:
                 f = external(op, x.dtype)
                 return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10: f(
                     a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10
+                )
+
+        elif nargs == 12:
+
+            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
+                f = external(op, x.dtype)
+                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11: f(
+                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11
                 )
 
         else:
@@ -298,6 +311,32 @@ def _b_gemm_nh(C, A, B, r, c, k, alpha, beta, iw, sw):
         sw[1:].ctypes,
         C.ctypes,
         iw[7:].ctypes,
+    )
+
+
+@no_type_check
+def _b_hemm_l(C, H, B, m, k, alpha, beta, iw, sw):
+    """C[:m, :k] <- alpha H B[:m, :k] + beta C for H (m x m) hermitian, given by its lower
+    triangle."""
+    if m == 0 or k == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3] = _R, _U, k, m
+    iw[4], iw[5], iw[6] = _ld(H), _ld(B), _ld(C)
+    sw[0], sw[1] = alpha, beta
+    _x_hemm(
+        C,
+        iw[0:].ctypes,
+        iw[1:].ctypes,
+        iw[2:].ctypes,
+        iw[3:].ctypes,
+        sw[0:].ctypes,
+        H.ctypes,
+        iw[4:].ctypes,
+        B.ctypes,
+        iw[5:].ctypes,
+        sw[1:].ctypes,
+        C.ctypes,
+        iw[6:].ctypes,
     )
 
 
@@ -490,12 +529,12 @@ def _k_takahashi(z, g, off, K, k, m, parent, children, relptr, rel):
                 ra = rel[r0 + a]
                 for b in range(a + 1):
                     rb = rel[r0 + b]
-                    # ra >= rb: the lower triangle of the parent's front
-                    v = Zp[ra, rb] if rb < Kp else Z22p[ra - Kp, rb - Kp]
-                    Z22[a, b] = v
-                    Z22[b, a] = np.conj(v)
-            Wn = np.ascontiguousarray(G[Ks : Ks + ms, :ks])
-            Z21 = np.dot(Z22, Wn)
+                    # ra >= rb: the lower triangle of the parent's front (and of Z22:
+                    # the only one read, here by hemm and by the children)
+                    Z22[a, b] = Zp[ra, rb] if rb < Kp else Z22p[ra - Kp, rb - Kp]
+            Wn = G[Ks:]
+            Z21 = np.empty((ms, ks), z.dtype)
+            _b_hemm_l(Z21, Z22, Wn, ms, ks, 1, 0, iw, sw)  # Z[I, J] = Z[I, I] (-W)
             _b_gemm_hn(Z11, Wn, Z21, ks, ks, ms, 1, 1, iw, sw)  # + W^H Z[I, J]
             for i in range(ms):
                 for j in range(ks):
