@@ -30,6 +30,10 @@ _KERNELS = (
     "_k_factor",
     "_k_takahashi",
     "_k_solve",
+    "_k_l_pattern",
+    "_k_counting_sort",
+    "_k_csc_order",
+    "_k_take",
 )
 
 
@@ -595,3 +599,71 @@ def _k_solve(x, g, off, K, k, m, sn_start, relptr, rowind, lower):
                 v += np.dot(_k_conj_t(G[Ks : Ks + ms, :ks]), xr)
             x[c0 : c0 + ks] = v
     return x
+
+
+# ---------------------------------------------------------------------------------------
+# The pattern of L (for `selinv.selected_inverse_on_l`)
+# ---------------------------------------------------------------------------------------
+
+
+@no_type_check
+def _k_l_pattern(order, start, relptr, rowind, off, K, k, m, slot, bsize, bM, perm, total):
+    """Every entry of the supernodes' pivot columns, front by front in `order`, row by row
+    (pivot rows `r >= j`, then the below rows): as an entry `(hi, lo)` of the lower
+    triangle in the original ordering (`perm`), whether it mirrors the permuted entry
+    (`flip`: complex values are conjugated), its position in the flat padded layout, and
+    in its bucket's blocks as the traced recurrence numbers them (`Bucket.block_pos`)."""
+    hi = np.empty(total, np.int64)
+    lo = np.empty(total, np.int64)
+    flip = np.empty(total, np.bool_)
+    flat = np.empty(total, np.int64)
+    pos = np.empty(total, np.int64)
+    q = 0
+    for s in order:
+        Ks, ks, ms, t, c0 = K[s], k[s], m[s], slot[s], start[s]
+        for r in range(ks + ms):
+            row = perm[c0 + r] if r < ks else perm[rowind[relptr[s] + r - ks]]
+            fr = r if r < ks else Ks + r - ks
+            for j in range(min(r + 1, ks)):
+                col = perm[c0 + j]
+                hi[q], lo[q], flip[q] = max(row, col), min(row, col), row < col
+                flat[q] = off[s] + fr * Ks + j
+                if fr < Ks:
+                    pos[q] = (t * Ks + fr) * Ks + j
+                else:
+                    pos[q] = bsize[s] * Ks * Ks + (t * bM[s] + fr - Ks) * Ks + j
+                q += 1
+    return hi, lo, flip, flat, pos
+
+
+@no_type_check
+def _k_counting_sort(keys, src, dst, n):
+    """`dst` <- the entries `src`, stably sorted by `keys[src]` (in `range(n)`)."""
+    count = np.zeros(n + 1, np.int64)
+    for q in range(src.shape[0]):
+        count[keys[src[q]] + 1] += 1
+    for i in range(n):
+        count[i + 1] += count[i]
+    for q in range(src.shape[0]):
+        e = src[q]
+        dst[count[keys[e]]] = e
+        count[keys[e]] += 1
+
+
+@no_type_check
+def _k_csc_order(row, col, n):
+    """The permutation that sorts entries by column, then row (two stable counting
+    sorts)."""
+    by_row = np.empty(row.shape[0], np.int64)
+    _k_counting_sort(row, np.arange(row.shape[0]), by_row, n)
+    out = np.empty(row.shape[0], np.int64)
+    _k_counting_sort(col, by_row, out, n)
+    return out
+
+
+@no_type_check
+def _k_take(x, idx):
+    out = np.empty(idx.shape[0], x.dtype)
+    for q in range(idx.shape[0]):
+        out[q] = x[idx[q]]
+    return out

@@ -36,7 +36,7 @@ import jax.numpy as jnp
 import numpy as np
 from jaxtyping import Array, Float
 
-from . import host, numeric, sandwich
+from . import host, host_kernels, numeric, sandwich
 from .numeric import Factor, const, inject
 from .symbolic import Symbolic
 from .takahashi import fronts
@@ -246,39 +246,29 @@ def l_pattern(sym: Symbolic) -> tuple[np.ndarray, np.ndarray]:
 
 @functools.lru_cache(maxsize=8)
 def _l_pattern_maps(sym: Symbolic):
-    rows, cols, pos, flat = [], [], [], []
-    base = host.plan(sym).bucket_base
-    for b, B in enumerate(sym.buckets):
-        # every (supernode t, front row r, pivot column j < ncols[t]) with r >= j real
-        kk = B.ncols.astype(np.int64)
-        mm = B.nrows.astype(np.int64)
-        t, r, j = np.nonzero(
-            (np.arange(B.N)[None, :, None] >= np.arange(B.K)[None, None, :])
-            & (np.arange(B.K)[None, None, :] < kk[:, None, None])
-            & (
-                (np.arange(B.N)[None, :, None] < kk[:, None, None])
-                | (
-                    (np.arange(B.N)[None, :, None] >= B.K)
-                    & (np.arange(B.N)[None, :, None] < B.K + mm[:, None, None])
-                )
-            )
-        )
-        full = np.concatenate([B.col_idx, B.row_idx], axis=1).astype(np.int64)
-        rows.append(full[t, r])
-        cols.append(B.col_idx[t, j].astype(np.int64))
-        pos.append(B.block_pos(t, r, j).astype(np.int32))
-        flat.append(base[b] + (t * B.N + r) * B.K + j)  # in the factor's flat layout
-    rows = sym.perm[np.concatenate(rows)]
-    cols = sym.perm[np.concatenate(cols)]
-    # lower triangle in the original ordering; values read from above the diagonal there
-    # are conjugated (complex hermitian)
-    lo, hi = np.minimum(rows, cols), np.maximum(rows, cols)
+    """The pattern of L as `selected_inverse_on_l` returns it, in CSC order of the lower
+    triangle in the original ordering: `(rows, cols, per-bucket block positions (bucket
+    order, for the traced recurrence), conjugate?, flat positions (host layout), order
+    (bucket order -> CSC))`. Made by compiled loops: nnz(L) entries."""
+    P = host.plan(sym)
+    kern = host_kernels.compiled()
+    sizes = np.array([B.size for B in sym.buckets], np.int64)[sym.sn_bucket]
+    Ms = np.array([B.M for B in sym.buckets], np.int64)[sym.sn_bucket]
+    visit = np.concatenate([B.supernodes for B in sym.buckets]).astype(np.int64)
+    per_sn = P.k * (P.k + 1) // 2 + P.m * P.k
+    hi, lo, flip, flat, pos = kern._k_l_pattern(
+        visit, P.start, P.relptr, P.rowind, P.off, P.K, P.k, P.m,
+        sym.sn_slot.astype(np.int64), sizes, Ms, sym.perm.astype(np.int64),
+        int(per_sn.sum()),
+    )  # fmt: skip
+    ends = np.cumsum([per_sn[B.supernodes].sum() for B in sym.buckets])
+    pos = tuple(x.astype(np.int32) for x in np.split(pos, ends[:-1]))
     # Returned in CSC order (by column, then row), so a result operator needs no gather
     # (whose index map would be a program constant of nnz(L) entries); the traced
     # recurrence emits bucket by bucket and permutes by `order` (`_finish`).
-    order = np.lexsort((hi, lo))
-    flip = (rows < cols)[order]
-    return hi[order], lo[order], tuple(pos), flip, np.concatenate(flat)[order], order
+    order = kern._k_csc_order(hi, lo, sym.n)
+    hi, lo, flip, flat = (kern._k_take(x, order) for x in (hi, lo, flip, flat))
+    return hi, lo, pos, flip, flat, order
 
 
 def _on_l_reads(sym: Symbolic) -> tuple[np.ndarray, ...]:
