@@ -1,6 +1,6 @@
 """Entries of the inverse: `selected_inverse` and `diag_inverse`, differentiable."""
 
-from typing import Any, Literal, overload
+from typing import Any, Literal, cast, overload
 
 import jax
 import jax.numpy as jnp
@@ -72,7 +72,7 @@ def selected_inverse(
     rows, cols = selinv.l_pattern(sym)
     values = selinv.selected_inverse_on_l(sym, operator.values)
     result = _sparse_result(operator, values)
-    values = finish("linsolve.selected_inverse", values, result, throw, False)
+    values = cast(Array, finish("linsolve.selected_inverse", values, result, throw, False))
     n = operator.shape[0]
     indptr = np.concatenate([[0], np.cumsum(np.bincount(cols, minlength=n))])  # CSC order
     tag = hermitian_tag if jnp.iscomplexobj(values) else symmetric_tag

@@ -18,9 +18,9 @@ _KERNELS = (
     "_b_potrf",
     "_b_trtri",
     "_b_lauum",
-    "_b_trsm_rh",
-    "_b_trmm_r",
+    "_b_tri_r",
     "_b_herk",
+    "_b_gemm",
     "_b_gemm_nh",
     "_b_gemm_hn",
     "_b_hemm_l",
@@ -90,14 +90,14 @@ _U, _N, _C, _L, _R = ord("U"), ord("N"), ord("C"), ord("L"), ord("R")
 
 
 # Typed per dtype by `_register_blas` (numba overloads); never called as Python.
-def _x_potrf(x, a0, a1, a2, a3, a4): ...
-def _x_trtri(x, a0, a1, a2, a3, a4, a5): ...
-def _x_lauum(x, a0, a1, a2, a3, a4): ...
-def _x_trsm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
-def _x_trmm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10): ...
-def _x_herk(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9): ...
-def _x_gemm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12): ...
-def _x_hemm(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11): ...
+def _x_potrf(x, *args): ...
+def _x_trtri(x, *args): ...
+def _x_lauum(x, *args): ...
+def _x_trsm(x, *args): ...
+def _x_trmm(x, *args): ...
+def _x_herk(x, *args): ...
+def _x_gemm(x, *args): ...
+def _x_hemm(x, *args): ...
 
 
 def _register_blas() -> None:
@@ -137,51 +137,9 @@ def _register_blas() -> None:
         return nt.ExternalFunction(f"linsolve_{name}", nt.void(*([nt.voidptr] * nargs)))
 
     def register(op, stub):
-        # One overload per arity, written out: numba matches the stub's signature.
-        nargs = _ROUTINES[op][2]
-        if nargs == 5:
-
-            def ol(x, a0, a1, a2, a3, a4):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4: f(a0, a1, a2, a3, a4)
-
-        elif nargs == 6:
-
-            def ol(x, a0, a1, a2, a3, a4, a5):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4, a5: f(a0, a1, a2, a3, a4, a5)
-
-        elif nargs == 10:
-
-            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9: f(
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9
-                )
-
-        elif nargs == 11:
-
-            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10: f(
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10
-                )
-
-        elif nargs == 12:
-
-            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11: f(
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11
-                )
-
-        else:
-
-            def ol(x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12):
-                f = external(op, x.dtype)
-                return lambda x, a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12: f(
-                    a0, a1, a2, a3, a4, a5, a6, a7, a8, a9, a10, a11, a12
-                )
+        def ol(x, *args):
+            f = external(op, x.dtype)
+            return lambda x, *args: f(*args)
 
         overload(stub)(ol)
 
@@ -223,51 +181,21 @@ def _b_lauum(A, k, iw):
 
 
 @no_type_check
-def _b_trsm_rh(L, B, k, m, iw, sw):
-    """B[:m, :k] <- B L^-H for L = lower(L[:k, :k])."""
+def _b_tri_r(solve, L, B, k, m, alpha, herm, iw, sw):
+    """B[:m, :k] <- alpha B op(L)^-1 (`solve`) or alpha B op(L), op(L) = L^H (`herm`) or L,
+    for L = lower(L[:k, :k])."""
     if m == 0:
         return
-    iw[0], iw[1], iw[2], iw[3] = _L, _U, _C, _N
-    iw[4], iw[5], iw[6], iw[7] = k, m, _ld(L), _ld(B)
-    sw[0] = 1
-    _x_trsm(
-        B,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        iw[4:].ctypes,
-        iw[5:].ctypes,
-        sw.ctypes,
-        L.ctypes,
-        iw[6:].ctypes,
-        B.ctypes,
-        iw[7:].ctypes,
-    )
-
-
-@no_type_check
-def _b_trmm_r(L, B, k, m, alpha, iw, sw):
-    """B[:m, :k] <- alpha B L for L = lower(L[:k, :k])."""
-    if m == 0:
-        return
-    iw[0], iw[1], iw[2], iw[3] = _L, _U, _N, _N
+    iw[0], iw[1], iw[2], iw[3] = _L, _U, _C if herm else _N, _N
     iw[4], iw[5], iw[6], iw[7] = k, m, _ld(L), _ld(B)
     sw[0] = alpha
-    _x_trmm(
-        B,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        iw[4:].ctypes,
-        iw[5:].ctypes,
-        sw.ctypes,
-        L.ctypes,
-        iw[6:].ctypes,
-        B.ctypes,
-        iw[7:].ctypes,
-    )
+    i = iw
+    args = (i[0:].ctypes, i[1:].ctypes, i[2:].ctypes, i[3:].ctypes, i[4:].ctypes, i[5:].ctypes)
+    args2 = (sw.ctypes, L.ctypes, i[6:].ctypes, B.ctypes, i[7:].ctypes)
+    if solve:  # the two routines take the same arguments
+        _x_trsm(B, *args, *args2)
+    else:
+        _x_trmm(B, *args, *args2)
 
 
 @no_type_check
@@ -277,45 +205,35 @@ def _b_herk(C, A, r, k, alpha, beta, iw, rw):
         return
     iw[0], iw[1], iw[2], iw[3], iw[4], iw[5] = _U, _C, r, k, _ld(A), _ld(C)
     rw[0], rw[1] = alpha, beta
-    _x_herk(
-        C,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        rw[0:].ctypes,
-        A.ctypes,
-        iw[4:].ctypes,
-        rw[1:].ctypes,
-        C.ctypes,
-        iw[5:].ctypes,
-    )
+    i = iw
+    args = (i[0:].ctypes, i[1:].ctypes, i[2:].ctypes, i[3:].ctypes, rw[0:].ctypes)
+    _x_herk(C, *args, A.ctypes, i[4:].ctypes, rw[1:].ctypes, C.ctypes, i[5:].ctypes)
+
+
+@no_type_check
+def _b_gemm(C, A, B, ta, tb, M, N, K, alpha, beta, iw, sw):
+    """BLAS's own gemm on the column-major views: C <- alpha op(A) op(B) + beta C, with
+    C of M x N (the row-major helpers below set the operands)."""
+    if M == 0 or N == 0:
+        return
+    iw[0], iw[1], iw[2], iw[3], iw[4] = ta, tb, M, N, K
+    iw[5], iw[6], iw[7] = _ld(A), _ld(B), _ld(C)
+    sw[0], sw[1] = alpha, beta
+    i = iw
+    args = (i[0:].ctypes, i[1:].ctypes, i[2:].ctypes, i[3:].ctypes, i[4:].ctypes, sw[0:].ctypes)
+    _x_gemm(C, *args, A.ctypes, i[5:].ctypes, B.ctypes, i[6:].ctypes, sw[1:].ctypes, C.ctypes, i[7:].ctypes)  # fmt: skip
 
 
 @no_type_check
 def _b_gemm_nh(C, A, B, r, c, k, alpha, beta, iw, sw):
     """C[:r, :c] <- alpha A[:r, :k] B[:c, :k]^H + beta C."""
-    if r == 0 or c == 0:
-        return
-    iw[0], iw[1], iw[2], iw[3], iw[4] = _C, _N, c, r, k
-    iw[5], iw[6], iw[7] = _ld(B), _ld(A), _ld(C)
-    sw[0], sw[1] = alpha, beta
-    _x_gemm(
-        C,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        iw[4:].ctypes,
-        sw[0:].ctypes,
-        B.ctypes,
-        iw[5:].ctypes,
-        A.ctypes,
-        iw[6:].ctypes,
-        sw[1:].ctypes,
-        C.ctypes,
-        iw[7:].ctypes,
-    )
+    _b_gemm(C, B, A, _C, _N, c, r, k, alpha, beta, iw, sw)
+
+
+@no_type_check
+def _b_gemm_hn(C, A, B, k, c, m, alpha, beta, iw, sw):
+    """C[:k, :c] <- alpha A[:m, :k]^H B[:m, :c] + beta C."""
+    _b_gemm(C, B, A, _N, _C, c, k, m, alpha, beta, iw, sw)
 
 
 @no_type_check
@@ -327,47 +245,9 @@ def _b_hemm_l(C, H, B, m, k, alpha, beta, iw, sw):
     iw[0], iw[1], iw[2], iw[3] = _R, _U, k, m
     iw[4], iw[5], iw[6] = _ld(H), _ld(B), _ld(C)
     sw[0], sw[1] = alpha, beta
-    _x_hemm(
-        C,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        sw[0:].ctypes,
-        H.ctypes,
-        iw[4:].ctypes,
-        B.ctypes,
-        iw[5:].ctypes,
-        sw[1:].ctypes,
-        C.ctypes,
-        iw[6:].ctypes,
-    )
-
-
-@no_type_check
-def _b_gemm_hn(C, A, B, k, c, m, alpha, beta, iw, sw):
-    """C[:k, :c] <- alpha A[:m, :k]^H B[:m, :c] + beta C."""
-    if k == 0 or c == 0:
-        return
-    iw[0], iw[1], iw[2], iw[3], iw[4] = _N, _C, c, k, m
-    iw[5], iw[6], iw[7] = _ld(B), _ld(A), _ld(C)
-    sw[0], sw[1] = alpha, beta
-    _x_gemm(
-        C,
-        iw[0:].ctypes,
-        iw[1:].ctypes,
-        iw[2:].ctypes,
-        iw[3:].ctypes,
-        iw[4:].ctypes,
-        sw[0:].ctypes,
-        B.ctypes,
-        iw[5:].ctypes,
-        A.ctypes,
-        iw[6:].ctypes,
-        sw[1:].ctypes,
-        C.ctypes,
-        iw[7:].ctypes,
-    )
+    i = iw
+    args = (i[0:].ctypes, i[1:].ctypes, i[2:].ctypes, i[3:].ctypes, sw[0:].ctypes)
+    _x_hemm(C, *args, H.ctypes, i[4:].ctypes, B.ctypes, i[5:].ctypes, sw[1:].ctypes, C.ctypes, i[6:].ctypes)  # fmt: skip
 
 
 @no_type_check
@@ -438,7 +318,7 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel):
                 for j in range(i + 1):
                     G[i, j] = np.nan
         L21 = G[Ks:]
-        _b_trsm_rh(G, L21, ks, ms, iw, sw)  # L21 = F21 L11^-H
+        _b_tri_r(True, G, L21, ks, ms, 1, True, iw, sw)  # L21 = F21 L11^-H
         if ms:
             U, has_u, Gp, Up, Kp = _k_extend_add_targets(flat, upd, s, off, K, m, parent)
             r0 = relptr[s]
@@ -459,7 +339,7 @@ def _k_factor(flat, vals, vsrc, vdst, off, K, k, m, parent, relptr, rel):
                         else:
                             Up[ra - Kp, rb - Kp] += v
         _b_trtri(G, ks, iw)  # L11^-1
-        _b_trmm_r(G, L21, ks, ms, -1, iw, sw)  # -W = -L21 L11^-1
+        _b_tri_r(False, G, L21, ks, ms, -1, False, iw, sw)  # -W = -L21 L11^-1
     return flat
 
 
