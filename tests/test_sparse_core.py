@@ -493,11 +493,13 @@ def test_host_kernels_match_dense(dtype, problem):
 @pytest.mark.parametrize("dtype", [np.float64, np.complex128])
 def test_host_fused_call_matches_separate_calls(dtype):
     # logdet + gradient and diag_inverse on the host come from one callback that factors
-    # and runs the recurrence in place; it equals the factor + recurrence callbacks.
+    # and runs the recurrence in place, in the layout without the buckets' padding; it
+    # equals the factor + recurrence callbacks (padded layout).
     a = lap2d(8) + (0.4j * (np.eye(64, k=1) - np.eye(64, k=-1)) if dtype == np.complex128 else 0)
     m = lower_csc(a.astype(dtype))
     sym = analyse(m)
     v = jnp.asarray(m.data)
+    assert host.compact_plan(sym).size < host.plan(sym).size
     whats = ("logdet_grad", "diag", "entries")
     logdet, ok, outs = jax.jit(lambda v: selinv._host_fused(sym, whats, v))(v)
     fac = numeric.factor(sym, v)

@@ -138,6 +138,47 @@ def plan(sym: Symbolic) -> Plan:
     )
 
 
+@functools.lru_cache(maxsize=8)
+def compact_plan(sym: Symbolic) -> Plan:
+    """`plan` without the buckets' padding: supernode `s`'s block is `(k + m) x k`, blocks
+    in supernode order. For what stays on the host (`factor_selected_call`): the padding
+    is there for the traced phase's batched kernels and the derivative rules, which read
+    the factor in the program; the kernels take any layout (`off`, `K`, `rel`). At 128²
+    the padded factor is 3.5 x the compact one, at 512² 1.6 x."""
+    P = plan(sym)
+    sizes = (P.k + P.m) * P.k
+    off = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    # a child's below rows in the parent's front: after the parent's k real pivots
+    Kp = np.repeat(P.K[P.parent], P.m)
+    kp = np.repeat(P.k[P.parent], P.m)
+    rel = np.where(P.rel < Kp, P.rel, P.rel - Kp + kp)
+    C = dataclasses.replace(
+        P, size=int(sizes.sum()), bucket_base=np.zeros(0, np.int64), off=off, K=P.k, rel=rel
+    )
+    vdst = _to_compact(P, C, P.vdst)
+    real = vdst < C.size  # not the ones the traced phase puts on padded pivots
+    return dataclasses.replace(
+        C, vsrc=P.vsrc[real], vdst=vdst[real], diag=_to_compact(P, C, P.diag)
+    )
+
+
+def _to_compact(P: Plan, C: Plan, pos: np.ndarray) -> np.ndarray:
+    """Positions in the padded layout `P` -> in the compact one `C`; padding and past the
+    end -> past the end."""
+    order = np.argsort(P.off, kind="stable")
+    s = order[np.searchsorted(P.off[order], np.minimum(pos, P.size - 1), side="right") - 1]
+    K, k = P.K[s], P.k[s]
+    r, c = np.divmod(pos - P.off[s], K)
+    real = (pos < P.size) & (c < k) & ((r < k) | ((r >= K) & (r < K + P.m[s])))
+    r = np.where(r < K, r, r - K + k)
+    return np.where(real, C.off[s] + r * k + c, C.size)
+
+
+@functools.lru_cache(maxsize=32)
+def _compact_read(sym: Symbolic, r: Read) -> Read:
+    return dataclasses.replace(r, pos=_to_compact(plan(sym), compact_plan(sym), r.pos))
+
+
 def split(sym: Symbolic, flat: Array) -> tuple[Array, ...]:
     """The buckets' `(size, N, K)` blocks of a flat padded array."""
     base = plan(sym).bucket_base
@@ -160,9 +201,10 @@ def _kernels():
 # ---------------------------------------------------------------------------------------
 
 
-def factor_np(sym: Symbolic, values: np.ndarray) -> np.ndarray:
-    """The flat padded factor of the matrix with (conj-flipped) stored `values`."""
-    P = plan(sym)
+def factor_np(sym: Symbolic, values: np.ndarray, compact: bool = False) -> np.ndarray:
+    """The flat padded factor of the matrix with (conj-flipped) stored `values` (in the
+    `compact_plan` layout with `compact`)."""
+    P = compact_plan(sym) if compact else plan(sym)
     vals = np.concatenate([np.asarray(values), np.ones(1, values.dtype)])
     flat = np.zeros(P.size, values.dtype)
     return _kernels()._k_factor(
@@ -170,10 +212,13 @@ def factor_np(sym: Symbolic, values: np.ndarray) -> np.ndarray:
     )
 
 
-def takahashi_np(sym: Symbolic, g: np.ndarray, in_place: bool = False) -> np.ndarray:
+def takahashi_np(
+    sym: Symbolic, g: np.ndarray, in_place: bool = False, compact: bool = False
+) -> np.ndarray:
     """The selected inverse's blocks `[Z[J, J]; Z[I, J]]`, flat padded, from the factor
-    (`in_place`: overwriting the factor `g`, which must then be writable)."""
-    P = plan(sym)
+    (`in_place`: overwriting the factor `g`, which must then be writable; `compact`: in
+    the `compact_plan` layout)."""
+    P = compact_plan(sym) if compact else plan(sym)
     g = g if in_place else np.ascontiguousarray(g)
     z = g if in_place else np.zeros_like(g)
     return _kernels()._k_takahashi(
@@ -237,20 +282,23 @@ def factor_selected_call(
     """`(log det A, ok, reads of A^-1)` from the stored `values` in one host call: the
     factorization, then (if there are reads) the selected inverse in place of the factor,
     so nothing of the factor is copied out and the host holds one factor-sized buffer
-    (`factor_call` then `selected_call` hold and copy several). `ok` is False where a
+    (`factor_call` then `selected_call` hold and copy several), without the buckets'
+    padding (`compact_plan`). `ok` is False where a
     pivot is not positive (as `numeric.factor`'s). No derivative (see `selinv._host_fused`)."""
     real = _real(values.dtype)
 
+    compact = [_compact_read(sym, r) for r in reads]
+
     def run(v):
-        flat = factor_np(sym, np.asarray(v))
-        d = np.real(flat[plan(sym).diag])
+        flat = factor_np(sym, np.asarray(v), compact=True)
+        d = np.real(flat[compact_plan(sym).diag])
         with np.errstate(invalid="ignore", divide="ignore"):
             logdet = np.asarray(-2 * np.sum(np.log(d)), real)
         ok = np.asarray(np.all(d > 0) & np.all(np.isfinite(d)))
         if not reads:
             return logdet, ok
-        z = takahashi_np(sym, flat, in_place=True)
-        return (logdet, ok, *(_read_np(z, r) for r in reads))
+        z = takahashi_np(sym, flat, in_place=True, compact=True)
+        return (logdet, ok, *(_read_np(z, r) for r in compact))
 
     shapes = (
         jax.ShapeDtypeStruct((), real),
